@@ -1,0 +1,46 @@
+package vm
+
+import (
+	"encoding/binary"
+	"errors"
+)
+
+var errShort = errors.New("truncated")
+
+// reader decodes little-endian fields, remembering the first error so that
+// decoders read straight through and check once.
+type reader struct {
+	buf []byte
+	err error
+}
+
+func (r *reader) bytes(n int) []byte {
+	if r.err != nil || n < 0 || n > len(r.buf) {
+		r.err = errShort
+		return nil
+	}
+	out := r.buf[:n]
+	r.buf = r.buf[n:]
+	return out
+}
+
+func (r *reader) u8() uint8 {
+	if b := r.bytes(1); b != nil {
+		return b[0]
+	}
+	return 0
+}
+
+func (r *reader) u32() uint32 {
+	if b := r.bytes(4); b != nil {
+		return binary.LittleEndian.Uint32(b)
+	}
+	return 0
+}
+
+func (r *reader) u64() uint64 {
+	if b := r.bytes(8); b != nil {
+		return binary.LittleEndian.Uint64(b)
+	}
+	return 0
+}

@@ -1,0 +1,56 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// ErrMaxEpochs means a run reached its epoch budget before the guest
+// powered off.
+var ErrMaxEpochs = errors.New("the guest did not power off within the epoch budget")
+
+// RunOptions bound a run.
+type RunOptions struct {
+	EpochLength uint64 // blocks per epoch
+	MaxEpochs   uint64 // 0: no bound
+	// OnEpoch, if set, sees every epoch end; an error from it ends the run.
+	OnEpoch func(Stop) error
+}
+
+// Result is how a run ended.
+type Result struct {
+	Last     Stop
+	ExitCode uint32
+}
+
+// Run runs epochs until the guest powers off. A fault, a divergence, the
+// epoch budget or ctx end it with an error; Result.Last says where.
+func (m *Machine) Run(ctx context.Context, opt RunOptions) (Result, error) {
+	var res Result
+	for n := uint64(0); opt.MaxEpochs == 0 || n < opt.MaxEpochs; n++ {
+		if err := ctx.Err(); err != nil {
+			return res, fmt.Errorf("run stopped after %d epochs: %w", n, err)
+		}
+		st, err := m.RunEpoch(ctx, opt.EpochLength)
+		if st.Epoch != 0 {
+			res.Last = st
+		}
+		if err != nil {
+			return res, err
+		}
+		if opt.OnEpoch != nil {
+			if err := opt.OnEpoch(st); err != nil {
+				return res, err
+			}
+		}
+		switch st.Reason {
+		case StopFault:
+			return res, fmt.Errorf("guest fault in epoch %d: %w", st.Epoch, st.Err)
+		case StopPowerOff:
+			_, res.ExitCode = m.PoweredOff()
+			return res, nil
+		}
+	}
+	return res, fmt.Errorf("%w (%d epochs of %d blocks)", ErrMaxEpochs, opt.MaxEpochs, opt.EpochLength)
+}
