@@ -1,0 +1,83 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"hvft/vm"
+	"hvft/vm/tlb"
+)
+
+// machineFlags are the flags that configure the emulated machine, shared by
+// every command that boots one.
+func machineFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "ram", Value: "16MiB", Usage: "guest RAM size (bytes, or with K/M/G, KiB/MiB/GiB)"},
+		&cli.StringFlag{Name: "tlb-page", Value: "64KiB", Usage: "bytes covered by one software-TLB entry (power of two, >= 4KiB)"},
+		&cli.IntFlag{Name: "tlb-entries", Value: 32, Usage: fmt.Sprintf("software-TLB capacity (>= %d)", tlb.MinEntries)},
+		&cli.StringFlag{Name: "tlb-policy", Value: "random", Usage: "TLB replacement: random, fifo or lru"},
+		&cli.Uint64Flag{Name: "tlb-seed", Usage: "seed of the random policy (0: drawn from the host and logged)"},
+		&cli.Uint64Flag{Name: "epoch-blocks", Value: 100_000, Usage: "epoch length in translation blocks (the epoch clock's unit)"},
+		&cli.Uint64Flag{Name: "ram-hash-every", Value: 64, Usage: "include RAM in the state hash every N epochs (0: only at power-off)"},
+	}
+}
+
+// parseSize reads "16MiB", "64K", "4096" and the like.
+func parseSize(s string) (uint64, error) {
+	t := strings.TrimSpace(strings.ToUpper(s))
+	mult := uint64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   uint64
+	}{{"GIB", 1 << 30}, {"MIB", 1 << 20}, {"KIB", 1 << 10}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}} {
+		if rest, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseUint(t, 10, 64)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("size %q: want a positive number of bytes, optionally with K, M or G", s)
+	}
+	if n > (1<<63)/mult {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	return n * mult, nil
+}
+
+// machineConfig turns the machine flags into a configuration.
+func machineConfig(c *cli.Context) (vm.Config, error) {
+	var cfg vm.Config
+	var err error
+	if cfg.RAMSize, err = parseSize(c.String("ram")); err != nil {
+		return cfg, fmt.Errorf("--ram: %w", err)
+	}
+	if cfg.TLB.PageSize, err = parseSize(c.String("tlb-page")); err != nil {
+		return cfg, fmt.Errorf("--tlb-page: %w", err)
+	}
+	cfg.TLB.Entries = c.Int("tlb-entries")
+	if cfg.TLB.Policy, err = tlb.ParsePolicy(c.String("tlb-policy")); err != nil {
+		return cfg, fmt.Errorf("--tlb-policy: %w", err)
+	}
+	cfg.TLB.Seed = c.Uint64("tlb-seed")
+	if cfg.TLB.Seed == 0 {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return cfg, fmt.Errorf("drawing a TLB seed: %w", err)
+		}
+		cfg.TLB.Seed = binary.LittleEndian.Uint64(b[:]) | 1
+	}
+	if err := cfg.TLB.Validate(); err != nil {
+		return cfg, err
+	}
+	if c.Uint64("epoch-blocks") == 0 {
+		return cfg, fmt.Errorf("--epoch-blocks must be positive")
+	}
+	cfg.RAMHashEvery = c.Uint64("ram-hash-every")
+	return cfg, nil
+}

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+
+	"hvft/guests"
+	"hvft/vm"
+	"hvft/vm/guestelf"
+)
+
+// runReport is the JSON that --report writes.
+type runReport struct {
+	Guest       string `json:"guest"`
+	ImageDigest string `json:"image_digest"`
+	FinalHash   string `json:"final_hash"`
+	Epochs      uint64 `json:"epochs"`
+	Blocks      uint64 `json:"blocks"`
+	Answers     uint64 `json:"answers"`
+	TLBMisses   uint64 `json:"tlb_misses"`
+	TLBEvicts   uint64 `json:"tlb_evictions"`
+	TLBSeed     uint64 `json:"tlb_seed"`
+	Interrupts  uint64 `json:"interrupts"`
+	ExitCode    *int   `json:"exit_code"`
+	Stop        string `json:"stop"`
+	StopRIP     string `json:"stop_rip"`
+	Error       string `json:"error,omitempty"`
+	DurationMS  int64  `json:"duration_ms"`
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "boot a guest unreplicated, console on stdout",
+		ArgsUsage: "[GUEST] [-- GUEST-ARGS...]",
+		Description: "GUEST is a built-in guest name (see `hvft guests`) or the path of a static x86-64 ELF;\n" +
+			"the default is " + guests.Default + ". Arguments after -- reach the guest as argv[1..].\n" +
+			"The exit status is the guest's power-off code.",
+		Flags: append(machineFlags(),
+			&cli.Uint64Flag{Name: "max-epochs", Usage: "stop with an error after this many epochs (0: no bound)"},
+			&cli.DurationFlag{Name: "timeout", Usage: "stop with an error after this long (0: no bound)"},
+			&cli.StringFlag{Name: "report", Usage: "write a JSON report of the run to this file"},
+		),
+		Action: runAction,
+	}
+}
+
+func runAction(c *cli.Context) error {
+	log, err := newLogger(c)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	cfg, err := machineConfig(c)
+	if err != nil {
+		return err
+	}
+	name, args, err := guestArgs(c)
+	if err != nil {
+		return err
+	}
+	data, label, err := guests.Load(name)
+	if err != nil {
+		return err
+	}
+	img, err := guestelf.Parse(data, cfg.RAMSize, vm.ImageMinAddr)
+	if err != nil {
+		return fmt.Errorf("guest %s: %w", label, err)
+	}
+	cfg.Args = append([]string{name}, args...)
+	rep := runReport{Guest: label, ImageDigest: fmt.Sprintf("%x", img.Digest), TLBSeed: cfg.TLB.Seed}
+	log.Info("booting", zap.String("guest", label), zap.Uint64("ram", cfg.RAMSize),
+		zap.Uint64("tlb_page", cfg.TLB.PageSize), zap.Int("tlb_entries", cfg.TLB.Entries),
+		zap.Stringer("tlb_policy", cfg.TLB.Policy), zap.Uint64("tlb_seed", cfg.TLB.Seed),
+		zap.Uint64("epoch_blocks", c.Uint64("epoch-blocks")))
+
+	ctx := c.Context
+	if d := c.Duration("timeout"); d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	live, err := vm.NewLive(vm.LiveConfig{Console: c.App.Writer, Input: os.Stdin})
+	if err != nil {
+		return err
+	}
+	defer live.Close()
+	m, err := vm.New(cfg, img, live, log)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+
+	start := time.Now()
+	res, runErr := m.Run(ctx, vm.RunOptions{EpochLength: c.Uint64("epoch-blocks"), MaxEpochs: c.Uint64("max-epochs")})
+	if err := live.Close(); err != nil && runErr == nil {
+		runErr = err
+	}
+	rep.DurationMS = time.Since(start).Milliseconds()
+	st := m.Stats()
+	rep.Epochs, rep.Blocks, rep.Answers = st.Epochs, st.Blocks, st.Answers
+	rep.TLBMisses, rep.TLBEvicts, rep.Interrupts = st.TLBMisses, st.Evictions, st.Interrupts
+	rep.Stop, rep.StopRIP = res.Last.Reason.String(), fmt.Sprintf("%#x", res.Last.RIP)
+	if h, err := m.Hash(true); err == nil {
+		rep.FinalHash = h.String()
+	}
+	if runErr == nil {
+		code := int(res.ExitCode)
+		rep.ExitCode = &code
+	} else {
+		rep.Error = runErr.Error()
+		if errors.Is(runErr, context.DeadlineExceeded) {
+			runErr = fmt.Errorf("timed out after %v: %w", c.Duration("timeout"), runErr)
+		}
+	}
+	log.Info("finished", zap.String("stop", rep.Stop), zap.String("final_hash", rep.FinalHash),
+		zap.Uint64("epochs", rep.Epochs), zap.Uint64("blocks", rep.Blocks),
+		zap.Uint64("tlb_misses", rep.TLBMisses), zap.Int64("duration_ms", rep.DurationMS))
+	if path := c.String("report"); path != "" {
+		if err := writeJSON(path, rep); err != nil {
+			return err
+		}
+	}
+	if runErr != nil {
+		return runErr
+	}
+	return exitCode(res.ExitCode & 0xFF)
+}
+
+// writeJSON writes v to path atomically (temporary file, then rename).
+func writeJSON(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("writing report: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing report: %w", err)
+	}
+	return nil
+}
+
+// guestArgs splits the positional arguments into the guest and its own
+// arguments: [GUEST] [-- ARGS...]. Flags must precede GUEST (the CLI library
+// stops reading flags at the first positional argument), so a flag-like
+// word after GUEST is refused rather than silently handed to the guest.
+func guestArgs(c *cli.Context) (string, []string, error) {
+	name := guests.Default
+	args := c.Args().Slice()
+	if len(args) > 0 && args[0] != "--" {
+		name, args = args[0], args[1:]
+	}
+	if len(args) > 0 && args[0] == "--" {
+		return name, args[1:], nil
+	}
+	for _, a := range args {
+		if strings.HasPrefix(a, "-") {
+			return "", nil, fmt.Errorf("%q after the guest name: put hvft's flags before GUEST and the guest's arguments after --", a)
+		}
+	}
+	if len(args) > 0 {
+		return "", nil, fmt.Errorf("unexpected arguments %q: the guest's arguments go after --, as in: hvft %s %s -- %s", args, c.Command.Name, name, strings.Join(args, " "))
+	}
+	return name, nil, nil
+}

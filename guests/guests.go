@@ -1,0 +1,112 @@
+// Package guests holds the built-in guest images (built from src/ with the
+// SDK in sdk/ and include/, by the Makefile in this folder) and resolves a
+// guest named on the command line to its bytes.
+//
+// The images live in images/ rather than testdata/ because Go's embed
+// cannot reach a folder outside its package's, and the project keeps a
+// single copy of each binary.
+package guests
+
+import (
+	"embed"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"sort"
+	"strings"
+)
+
+//go:embed images/*.elf images/TOOLCHAIN
+var images embed.FS
+
+// MaxImageSize bounds a guest image file read from disk.
+const MaxImageSize = 256 << 20
+
+// Default is the guest `hvft run` boots when none is named.
+const Default = "ticker"
+
+// descriptions says what each built-in guest is for, for `hvft guests`.
+var descriptions = map[string]string{
+	"hello":     "prints a greeting and its arguments",
+	"compute":   "CPU-bound SHA-256 over MiB of generated data [MiB reps]",
+	"ticker":    "timer IRQs; each tick reads clock and random and prints a checksummed line [ticks period-us]",
+	"tlbstress": "touches many scattered pages and verifies them [MiB passes]",
+	"faults":    "divides by zero and executes ud2, handling both",
+	"rdtsc":     "uses RDTSC although CPUID says no TSC (diverges when replicated)",
+	"spin":      "never halts, never powers off",
+	"badjump":   "jumps outside RAM",
+	"badop":     "executes ud2 with no usable IDT gate",
+}
+
+// Guest is one built-in image.
+type Guest struct {
+	Name        string
+	Description string
+	Size        int
+}
+
+// List returns the built-in guests, sorted by name.
+func List() []Guest {
+	entries, _ := fs.ReadDir(images, "images")
+	var out []Guest
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".elf")
+		if !ok {
+			continue
+		}
+		info, _ := e.Info()
+		out = append(out, Guest{Name: name, Description: descriptions[name], Size: int(info.Size())})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Builtin returns a built-in image by name.
+func Builtin(name string) ([]byte, bool) {
+	if strings.ContainsAny(name, "/\\") {
+		return nil, false
+	}
+	data, err := images.ReadFile(path.Join("images", name+".elf"))
+	return data, err == nil
+}
+
+// Toolchain is the compiler and linker the built-in images were built with.
+func Toolchain() string {
+	data, _ := images.ReadFile("images/TOOLCHAIN")
+	return string(data)
+}
+
+// Load returns the bytes of a guest named either as a built-in or as a
+// file path (a name containing a slash or ending in .elf is always a path),
+// and a label for logs.
+func Load(nameOrPath string) ([]byte, string, error) {
+	if !strings.ContainsAny(nameOrPath, "/\\") && !strings.HasSuffix(nameOrPath, ".elf") {
+		if data, ok := Builtin(nameOrPath); ok {
+			return data, nameOrPath, nil
+		}
+		if _, err := os.Stat(nameOrPath); err != nil {
+			var names []string
+			for _, g := range List() {
+				names = append(names, g.Name)
+			}
+			return nil, "", fmt.Errorf("guest %q is neither a built-in (%s) nor a file", nameOrPath, strings.Join(names, ", "))
+		}
+	}
+	f, err := os.Open(nameOrPath)
+	if err != nil {
+		return nil, "", fmt.Errorf("reading guest image: %w", err)
+	}
+	defer f.Close()
+	// Read one byte past the bound so that an oversized file is reported,
+	// not silently cut.
+	data, err := io.ReadAll(io.LimitReader(f, MaxImageSize+1))
+	if err != nil {
+		return nil, "", fmt.Errorf("reading guest image %s: %w", nameOrPath, err)
+	}
+	if len(data) > MaxImageSize {
+		return nil, "", fmt.Errorf("guest image %s is larger than %d bytes", nameOrPath, MaxImageSize)
+	}
+	return data, nameOrPath, nil
+}
