@@ -15,6 +15,7 @@ type RunOptions struct {
 	EpochLength uint64 // blocks per epoch
 	MaxEpochs   uint64 // 0: no bound
 	// OnEpoch, if set, sees every epoch end; an error from it ends the run.
+	// It runs on the machine's thread and must not call the Machine.
 	OnEpoch func(Stop) error
 }
 
@@ -25,14 +26,29 @@ type Result struct {
 }
 
 // Run runs epochs until the guest powers off. A fault, a divergence, the
-// epoch budget or ctx end it with an error; Result.Last says where.
+// epoch budget or ctx end it with an error; Result.Last says where. The
+// whole loop runs in one visit to the machine's thread: handing a call to a
+// locked OS thread costs tens of microseconds on this host, too much to pay
+// per epoch.
 func (m *Machine) Run(ctx context.Context, opt RunOptions) (Result, error) {
+	var res Result
+	var err error
+	if callErr := m.call(func() error {
+		res, err = m.run(ctx, opt)
+		return nil
+	}); callErr != nil {
+		return res, callErr
+	}
+	return res, err
+}
+
+func (m *Machine) run(ctx context.Context, opt RunOptions) (Result, error) {
 	var res Result
 	for n := uint64(0); opt.MaxEpochs == 0 || n < opt.MaxEpochs; n++ {
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("run stopped after %d epochs: %w", n, err)
 		}
-		st, err := m.RunEpoch(ctx, opt.EpochLength)
+		st, err := m.runEpoch(ctx, opt.EpochLength)
 		if st.Epoch != 0 {
 			res.Last = st
 		}
@@ -48,7 +64,7 @@ func (m *Machine) Run(ctx context.Context, opt RunOptions) (Result, error) {
 		case StopFault:
 			return res, fmt.Errorf("guest fault in epoch %d: %w", st.Epoch, st.Err)
 		case StopPowerOff:
-			_, res.ExitCode = m.PoweredOff()
+			res.ExitCode = m.board.ExitCode
 			return res, nil
 		}
 	}

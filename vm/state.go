@@ -48,21 +48,27 @@ func (m *Machine) cpuState(buf []byte) ([]byte, error) {
 		return nil, err
 	}
 	buf = binary.LittleEndian.AppendUint64(buf, efer)
-	var wide [16]byte
+	var wide [16 * 24]byte
+	if err := m.eng.RegReadWideBatch(wideRegs, wide[:]); err != nil {
+		return nil, err
+	}
 	for i := 0; i < 8; i++ {
-		if err := m.eng.RegReadBytes(uc.ST(i), wide[:]); err != nil {
-			return nil, err
-		}
-		buf = append(buf, wide[:10]...) // 80-bit registers
+		buf = append(buf, wide[16*i:16*i+10]...) // 80-bit x87 registers
+	}
+	return append(buf, wide[16*8:]...), nil
+}
+
+// wideRegs are ST0-7 then XMM0-15.
+var wideRegs = func() []uc.Reg {
+	var regs []uc.Reg
+	for i := 0; i < 8; i++ {
+		regs = append(regs, uc.ST(i))
 	}
 	for i := 0; i < 16; i++ {
-		if err := m.eng.RegReadBytes(uc.XMM(i), wide[:]); err != nil {
-			return nil, err
-		}
-		buf = append(buf, wide[:]...)
+		regs = append(regs, uc.XMM(i))
 	}
-	return buf, nil
-}
+	return regs
+}()
 
 // machineState appends everything but RAM and CPU: the clock, epoch,
 // answer count, halt state and devices.

@@ -102,6 +102,16 @@ static uc_err hv_reg_write_batch(uc_engine *uc, int *regs, uint64_t *vals, int n
 	for (int i = 0; i < n; i++) ptrs[i] = &vals[i];
 	return uc_reg_write_batch(uc, regs, ptrs, n);
 }
+static uc_err hv_read_wide(uc_engine *uc, int *regs, uint8_t *out, int n) {
+	for (int i = 0; i < n; i++) {
+		uint8_t tmp[64];
+		memset(tmp, 0, sizeof tmp);
+		uc_err err = uc_reg_read(uc, regs[i], tmp);
+		if (err != UC_ERR_OK) return err;
+		memcpy(out + 16 * i, tmp, 16);
+	}
+	return UC_ERR_OK;
+}
 static uc_err hv_mmr_read(uc_engine *uc, int reg, uint64_t *base, uint32_t *limit, uint16_t *sel, uint32_t *flags) {
 	uc_x86_mmr m;
 	memset(&m, 0, sizeof m);
@@ -432,6 +442,22 @@ func (e *Engine) RegReadBytes(reg Reg, buf []byte) error {
 	}
 	copy(buf, tmp[:16])
 	return nil
+}
+
+// RegReadWideBatch reads wide registers (XMM: 16 bytes, ST: 10 bytes
+// zero-padded) into out, 16 bytes per register, in one call.
+func (e *Engine) RegReadWideBatch(regs []Reg, out []byte) error {
+	if len(out) < 16*len(regs) || len(regs) > 64 {
+		return fmt.Errorf("unicorn read registers: %d registers need %d bytes, have %d (at most 64 registers)", len(regs), 16*len(regs), len(out))
+	}
+	if len(regs) == 0 {
+		return nil
+	}
+	var cregs [64]C.int
+	for i, r := range regs {
+		cregs[i] = C.int(r)
+	}
+	return check("read wide registers", C.hv_read_wide(e.h, &cregs[0], (*C.uint8_t)(unsafe.Pointer(&out[0])), C.int(len(regs))))
 }
 
 // RegWriteBytes writes a wide register from buf (at least 16 bytes).
