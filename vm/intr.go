@@ -22,7 +22,7 @@ const (
 // hasErrorCode reports whether x86 pushes an error code for an exception.
 func hasErrorCode(vector uint32) bool {
 	switch vector {
-	case 8, 10, 11, 12, 13, 14, 17, 21:
+	case 8, 10, 11, 12, 13, 14, 17:
 		return true
 	}
 	return false

@@ -170,7 +170,9 @@ func guestArgs(c *cli.Context) (string, []string, error) {
 		}
 	}
 	if len(args) > 0 {
-		return "", nil, fmt.Errorf("unexpected arguments %q: the guest's arguments go after --, as in: hvft %s %s -- %s", args, c.Command.Name, name, strings.Join(args, " "))
+		// The CLI library swallows a "--" that comes first, so "run -- 5"
+		// arrives as "run 5": name the guest whenever it takes arguments.
+		return "", nil, fmt.Errorf("unexpected arguments %q after guest %q: name the guest, then its arguments after --, as in: hvft %s %s -- ARGS", args, name, c.Command.Name, guests.Default)
 	}
 	return name, nil, nil
 }

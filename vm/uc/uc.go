@@ -11,7 +11,7 @@
 package uc
 
 /*
-#cgo pkg-config: unicorn
+#cgo LDFLAGS: -lunicorn
 #include <stdlib.h>
 #include <string.h>
 #include <unicorn/unicorn.h>

@@ -1,0 +1,43 @@
+# hvft: the two commands the README starts with, and the rest.
+#
+#   make run     build hvft and boot the default guest (see README.md)
+#   make test    every test: formatting, vet, unit, process and golden tests,
+#                a short fuzz run
+#   make bench   the benchmarks behind the performance figures
+#   make guests  rebuild the guest images in guests/images
+
+GO      ?= go
+HVFT    := ./hvft
+FUZZTIME ?= 10s
+
+.PHONY: all deps build run test fuzz bench guests clean
+
+all: build
+
+deps:
+	@.ci/deps
+
+build: deps
+	$(GO) build -o $(HVFT) ./cmd/hvft
+
+run: build
+	$(HVFT) run
+
+test: deps
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+	$(MAKE) --no-print-directory fuzz
+
+fuzz: deps
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./vm/guestelf
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./vm/...
+
+guests:
+	$(MAKE) -C guests
+
+clean:
+	rm -f $(HVFT)

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"hvft/guests"
+)
+
+var hvftBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hvft-cli")
+	if err != nil {
+		panic(err)
+	}
+	hvftBin = filepath.Join(dir, "hvft")
+	if out, err := exec.Command("go", "build", "-o", hvftBin, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		os.Exit(2)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// hvft runs the built binary with a bound on its run time.
+func hvft(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, hvftBin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	default:
+		t.Fatalf("hvft %v: %v", args, err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("hvft %v did not finish within its bound", args)
+	}
+	if strings.Contains(r.stderr, "panic:") || strings.Contains(r.stderr, "goroutine ") {
+		t.Fatalf("hvft %v panicked:\n%s", args, r.stderr)
+	}
+	return r
+}
+
+func writeFile(t *testing.T, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRunHelloWithArgsAndReport(t *testing.T) {
+	report := filepath.Join(t.TempDir(), "r.json")
+	r := hvft(t, "", "--log-level", "warn", "run", "--report", report, "hello", "--", "one", "two")
+	if r.code != 0 || r.stdout != "hello from hvft\narg[0]=hello\narg[1]=one\narg[2]=two\n" {
+		t.Fatalf("exit %d stdout %q stderr %s", r.code, r.stdout, r.stderr)
+	}
+	var rep map[string]any
+	data, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"final_hash", "epochs", "blocks", "tlb_misses", "exit_code", "duration_ms"} {
+		if _, ok := rep[k]; !ok {
+			t.Errorf("report lacks %q: %s", k, data)
+		}
+	}
+	if rep["exit_code"] != 0.0 || len(rep["final_hash"].(string)) != 32 {
+		t.Errorf("report %s", data)
+	}
+}
+
+func TestExitCodeIsTheGuests(t *testing.T) {
+	// compute powers off with 2 when its buffer cannot fit in RAM.
+	r := hvft(t, "", "--log-level", "warn", "run", "compute", "--", "64")
+	if r.code != 2 {
+		t.Fatalf("exit %d, want the guest's 2\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestRdtscGuestSeesNoTSC(t *testing.T) {
+	r := hvft(t, "", "--log-level", "warn", "run", "rdtsc")
+	if r.code != 0 || !strings.Contains(r.stdout, "cpuid says no TSC") {
+		t.Fatalf("exit %d stdout %q", r.code, r.stdout)
+	}
+}
+
+func TestTickerDefault(t *testing.T) {
+	r := hvft(t, "", "--log-format", "json", "run", "ticker", "--", "5", "2000")
+	if r.code != 0 || strings.Count(r.stdout, "tick ") != 5 {
+		t.Fatalf("exit %d stdout %q stderr %s", r.code, r.stdout, r.stderr)
+	}
+	first := strings.SplitN(r.stderr, "\n", 2)[0]
+	var entry map[string]any
+	if err := json.Unmarshal([]byte(first), &entry); err != nil || entry["tlb_seed"] == nil {
+		t.Errorf("--log-format json first line %q: %v (want JSON with the TLB seed)", first, err)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	helloImg, _ := guests.Builtin("hello")
+	outside := append([]byte(nil), helloImg...)
+	phoff := int(outside[32]) | int(outside[33])<<8
+	// p_paddr of the first program header: far beyond 16 MiB of RAM.
+	copy(outside[phoff+24:], []byte{0, 0, 0, 0x40, 0, 0, 0, 0})
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing file", []string{"run", "/nonexistent/guest.elf"}, "no such file"},
+		{"unknown builtin", []string{"run", "nosuchguest"}, "neither a built-in"},
+		{"truncated ELF", []string{"run", writeFile(t, "trunc.elf", helloImg[:200])}, "guest"},
+		{"garbage ELF", []string{"run", writeFile(t, "garbage.elf", bytes.Repeat([]byte("junk"), 300))}, "not an ELF"},
+		{"segment outside RAM", []string{"run", writeFile(t, "outside.elf", outside)}, "outside RAM"},
+		{"jump to unmapped memory", []string{"run", "badjump"}, "fetch from unmapped memory at 0x40000000"},
+		{"invalid opcode, no handler", []string{"run", "badop"}, "no usable IDT gate for vector 6"},
+		{"never halts: max epochs", []string{"run", "--max-epochs", "20", "spin"}, "epoch budget"},
+		{"never halts: timeout", []string{"run", "--timeout", "300ms", "spin"}, "timed out"},
+		{"flag after guest", []string{"run", "hello", "--tlb-entries", "8"}, "before GUEST"},
+		{"tiny TLB", []string{"run", "--tlb-entries", "1", "hello"}, "at least 4"},
+		{"bad page size", []string{"run", "--tlb-page", "3000", "hello"}, "power of two"},
+		{"bad RAM size", []string{"run", "--ram", "lots", "hello"}, "--ram"},
+		{"RAM too small for image", []string{"run", "--ram", "1MiB", "hello"}, "outside RAM"},
+		{"bad policy", []string{"run", "--tlb-policy", "mru", "hello"}, "unknown TLB policy"},
+		{"bad log level", []string{"--log-level", "loud", "run", "hello"}, "--log-level"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := hvft(t, "", append([]string{"--log-level", "error"}, c.args...)...)
+			if c.name == "bad log level" {
+				r = hvft(t, "", c.args...)
+			}
+			if r.code != exitFailure {
+				t.Fatalf("exit %d, want %d\nstdout %s\nstderr %s", r.code, exitFailure, r.stdout, r.stderr)
+			}
+			if !strings.Contains(r.stderr, c.want) || !strings.HasPrefix(strings.TrimSpace(r.stderr[strings.LastIndex(strings.TrimRight(r.stderr, "\n"), "\n")+1:]), "hvft:") {
+				t.Errorf("stderr does not end with an hvft: error naming %q:\n%s", c.want, r.stderr)
+			}
+		})
+	}
+}
+
+func TestHelpExplains(t *testing.T) {
+	r := hvft(t, "", "run", "--help")
+	for _, want := range []string{"--tlb-entries", "--epoch-blocks", "--max-epochs", "--timeout", "--report", "built-in"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("run --help lacks %q", want)
+		}
+	}
+	r = hvft(t, "", "guests")
+	for _, g := range guests.List() {
+		if !strings.Contains(r.stdout, g.Name) {
+			t.Errorf("guests lacks %s", g.Name)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	good := map[string]uint64{"4096": 4096, "64K": 64 << 10, "64KiB": 64 << 10, "16MiB": 16 << 20, "16m": 16 << 20, "1G": 1 << 30, "2 MB": 2 << 20}
+	for s, want := range good {
+		if got, err := parseSize(s); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "0", "-1", "12Q", "K", "99999999999999999999G"} {
+		if _, err := parseSize(s); err == nil {
+			t.Errorf("parseSize(%q) accepted", s)
+		}
+	}
+}
