@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"hvft/vm/tlb"
@@ -99,5 +98,4 @@ func TestGoldenHashes(t *testing.T) {
 		}
 		t.Logf("wrote %s", filepath.Clean(goldenPath))
 	}
-	_ = strings.TrimSpace
 }

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -85,6 +86,7 @@ type Machine struct {
 	log    *zap.Logger
 	calls  chan func()
 	done   chan struct{}
+	closer sync.Once
 	epoch  uint64
 	seq    uint64
 	halted bool
@@ -187,13 +189,7 @@ func (m *Machine) call(fn func() error) error {
 
 // Close releases the machine. It is safe to call more than once.
 func (m *Machine) Close() {
-	select {
-	case <-m.done:
-		return
-	default:
-	}
-	defer func() { recover() }() // a second Close may race on the closed channel
-	close(m.calls)
+	m.closer.Do(func() { close(m.calls) })
 	<-m.done
 }
 
