@@ -1,0 +1,206 @@
+package epoch
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"reflect"
+	"testing"
+)
+
+func sampleMessages() []Message {
+	return []Message{
+		{Type: TypeHello, Hello: &Hello{Config: MachineConfig{ImageDigest: [32]byte{1, 2}, ArgsDigest: [32]byte{3}, RAMSize: 16 << 20, EpochBlocks: 100000, RAMHashEvery: 64, BoardVersion: 1}}},
+		{Type: TypeWelcome, Welcome: &Welcome{Accepted: false, Reason: "image digest differs"}},
+		{Type: TypeAnswer, Answer: &Answer{Seq: 7, Kind: 1, Port: 0x520, Size: 4, Value: 0xdeadbeef, Regs: [4]uint32{1, 2, 3, 4}}},
+		{Type: TypeEpochEnd, EpochEnd: &EpochEnd{Epoch: 3, Clock: 300000, RIP: 0x101000, Reason: 2, Answers: 7, Hash: [16]byte{9}, RAMHashed: true,
+			Events: []Event{{IRQ: 0}, {IRQ: 1, Data: []byte("typed")}}}},
+		{Type: TypeAck, Ack: &Ack{Epoch: 3, Answers: 7}},
+		{Type: TypeHeartbeat},
+		{Type: TypeRelease, Release: &Release{Output: 42}},
+		{Type: TypeDivergence, Divergence: &Divergence{Epoch: 4, Clock: 5, RIP: 6, Detail: "state hash differs"}},
+		{Type: TypeGoodbye, Goodbye: &Goodbye{ExitCode: 3}},
+	}
+}
+
+func TestCodecRoundTrip(t *testing.T) {
+	var stream []byte
+	for _, m := range sampleMessages() {
+		var err error
+		if stream, err = AppendFrame(stream, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := bytes.NewReader(stream)
+	for _, want := range sampleMessages() {
+		got, err := ReadFrame(r)
+		if err != nil {
+			t.Fatalf("%v: %v", want.Type, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%v: got %+v", want.Type, got)
+		}
+	}
+	if _, err := ReadFrame(r); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the last frame: %v, want EOF", err)
+	}
+}
+
+func TestCodecRejectsDamage(t *testing.T) {
+	frame, _ := AppendFrame(nil, sampleMessages()[3])
+	for i := 4; i < len(frame); i++ {
+		bad := append([]byte(nil), frame...)
+		bad[i] ^= 0x40
+		if _, err := ReadFrame(bytes.NewReader(bad)); !errors.Is(err, ErrFrame) {
+			t.Fatalf("flipped byte %d of %d accepted: %v", i, len(frame), err)
+		}
+	}
+	for n := 5; n < len(frame); n++ {
+		if _, err := ReadFrame(bytes.NewReader(frame[:n])); !errors.Is(err, ErrFrame) {
+			t.Fatalf("frame cut to %d bytes: %v", n, err)
+		}
+	}
+	huge := []byte{0xff, 0xff, 0xff, 0x7f}
+	if _, err := ReadFrame(bytes.NewReader(huge)); !errors.Is(err, ErrFrame) {
+		t.Fatalf("2 GiB length accepted: %v", err)
+	}
+	if _, err := AppendFrame(nil, Message{Type: TypeAnswer}); err == nil {
+		t.Error("answer without body encoded")
+	}
+}
+
+// FuzzReadFrame: no input panics, and whatever decodes re-encodes to the
+// same frame.
+func FuzzReadFrame(f *testing.F) {
+	for _, m := range sampleMessages() {
+		frame, _ := AppendFrame(nil, m)
+		f.Add(frame)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := ReadFrame(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		again, err := AppendFrame(nil, m)
+		if err != nil {
+			t.Fatalf("decoded %v does not encode: %v", m.Type, err)
+		}
+		if !bytes.Equal(again, data[:len(again)]) {
+			t.Fatalf("re-encoding differs")
+		}
+	})
+}
+
+func out(seq, epoch, answers uint64) Output {
+	return Output{Seq: seq, Epoch: epoch, Answers: answers, Port: 0x500, Value: uint32('a' + seq)}
+}
+
+// TestOutputWaitsForAck: rule 3.
+func TestOutputWaitsForAck(t *testing.T) {
+	p := NewPrimary(Bounded, 4)
+	p.Answer(Answer{Seq: 1})
+	if act := p.Output(out(1, 1, 1)); len(act.Release) != 0 {
+		t.Fatal("output released before the backup held answer 1")
+	}
+	if act := p.Output(out(2, 1, 1)); len(act.Release) != 0 {
+		t.Fatal("second output overtook the first")
+	}
+	act, err := p.Ack(Ack{Epoch: 0, Answers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(act.Release) != 2 || act.Release[0].Seq != 1 || act.Release[1].Seq != 2 {
+		t.Fatalf("ack released %+v", act.Release)
+	}
+	if len(act.Send) != 1 || act.Send[0].Type != TypeRelease || act.Send[0].Release.Output != 2 {
+		t.Fatalf("release watermark not announced: %+v", act.Send)
+	}
+	p.EndEpoch(EpochEnd{Epoch: 1, Answers: 1})
+	if act := p.Output(out(3, 2, 1)); len(act.Release) != 0 {
+		t.Fatal("output of epoch 2 released before epoch 1's end was acknowledged")
+	}
+	act, _ = p.Ack(Ack{Epoch: 1, Answers: 1})
+	if len(act.Release) != 1 {
+		t.Fatalf("released %+v", act.Release)
+	}
+	if _, err := p.Ack(Ack{Epoch: 5, Answers: 1}); err == nil {
+		t.Error("ack of an epoch never sent accepted")
+	}
+}
+
+// TestLagBounds: rule 2, both modes.
+func TestLagBounds(t *testing.T) {
+	strict := NewPrimary(Strict, 10)
+	bounded := NewPrimary(Bounded, 2)
+	for e := uint64(1); e <= 3; e++ {
+		strict.EndEpoch(EpochEnd{Epoch: e})
+		bounded.EndEpoch(EpochEnd{Epoch: e})
+	}
+	if !strict.MayStart(1) || strict.MayStart(2) {
+		t.Error("strict: epoch 2 may start before epoch 1 is acknowledged")
+	}
+	if !bounded.MayStart(3) || bounded.MayStart(4) {
+		t.Error("bounded(2): wrong lag limit")
+	}
+	strict.Ack(Ack{Epoch: 1})
+	bounded.Ack(Ack{Epoch: 1})
+	if !strict.MayStart(2) || strict.MayStart(3) || !bounded.MayStart(4) {
+		t.Error("acknowledgement did not advance the limit")
+	}
+	bounded.Output(out(1, 4, 0))
+	act := bounded.BackupLost()
+	if len(act.Release) != 1 || !bounded.MayStart(100) {
+		t.Errorf("alone: released %v, may start %v", act.Release, bounded.MayStart(100))
+	}
+	if act := bounded.Answer(Answer{Seq: 1}); len(act.Send) != 0 {
+		t.Error("a primary alone still sends")
+	}
+}
+
+// TestBackupOrderAndFailover: rules 4 and 5.
+func TestBackupOrderAndFailover(t *testing.T) {
+	b := NewBackup()
+	if b.MayExecute(1) {
+		t.Fatal("may execute epoch 1 before holding its end")
+	}
+	for _, m := range []Message{
+		{Type: TypeAnswer, Answer: &Answer{Seq: 1}},
+		{Type: TypeEpochEnd, EpochEnd: &EpochEnd{Epoch: 1, Answers: 1}},
+		{Type: TypeAnswer, Answer: &Answer{Seq: 2}},
+	} {
+		if rec, err := b.Receive(m); err != nil || rec == nil {
+			t.Fatalf("%v: %v", m.Type, err)
+		}
+	}
+	if ack, ok := b.Ack(); !ok || *ack.Ack != (Ack{Epoch: 1, Answers: 2}) {
+		t.Fatalf("ack %+v", ack.Ack)
+	}
+	if _, ok := b.Ack(); ok {
+		t.Error("repeated ack of the same records")
+	}
+	if !b.MayExecute(1) || b.MayExecute(2) {
+		t.Error("one epoch behind violated")
+	}
+	if _, err := b.Receive(Message{Type: TypeAnswer, Answer: &Answer{Seq: 5}}); err == nil {
+		t.Error("gap in answers accepted")
+	}
+	if _, err := b.Receive(Message{Type: TypeEpochEnd, EpochEnd: &EpochEnd{Epoch: 2, Answers: 1}}); err == nil {
+		t.Error("epoch end with the wrong answer count accepted")
+	}
+	for seq := uint64(1); seq <= 4; seq++ {
+		if act := b.Output(out(seq, 1, 1)); len(act.Release) != 0 {
+			t.Fatal("a backup released output")
+		}
+	}
+	b.Receive(Message{Type: TypeRelease, Release: &Release{Output: 2}})
+	act := b.FailOver()
+	if len(act.Release) != 2 || act.Release[0].Seq != 3 || act.Release[1].Seq != 4 {
+		t.Fatalf("failover re-emitted %+v, want outputs 3 and 4", act.Release)
+	}
+	if !b.MayExecute(99) {
+		t.Error("after failover the backup still waits for epoch ends")
+	}
+	if act := b.Output(out(5, 2, 2)); len(act.Release) != 1 {
+		t.Error("new primary does not release")
+	}
+}

@@ -1,0 +1,129 @@
+// Package epoch is hvft's replication protocol as pure logic: the messages
+// a primary and a backup exchange, their binary codec, and the two roles'
+// state machines, which are stepped with events and hand back what to send,
+// what to release and what the caller may do next. It opens no sockets,
+// starts no goroutines and reads no clocks: time and the network arrive as
+// events, so the protocol can be tested by simulation (docs/protocol.md).
+package epoch
+
+// Version is the wire protocol's version; a frame of another version is
+// refused.
+const Version = 1
+
+// Type names a message.
+type Type uint8
+
+// Message types.
+const (
+	TypeHello      Type = 1 // backup -> primary: who I am and what I run
+	TypeWelcome    Type = 2 // primary -> backup: accepted, or refused with a reason
+	TypeAnswer     Type = 3 // primary -> backup: one environment answer
+	TypeEpochEnd   Type = 4 // primary -> backup: the end of an epoch
+	TypeAck        Type = 5 // backup -> primary: records held so far
+	TypeHeartbeat  Type = 6 // both ways
+	TypeRelease    Type = 7 // primary -> backup: output-release watermark
+	TypeDivergence Type = 8 // backup -> primary: the replicas differ
+	TypeGoodbye    Type = 9 // primary -> backup: the run ended on purpose
+)
+
+func (t Type) String() string {
+	names := map[Type]string{TypeHello: "hello", TypeWelcome: "welcome", TypeAnswer: "answer",
+		TypeEpochEnd: "epoch-end", TypeAck: "ack", TypeHeartbeat: "heartbeat", TypeRelease: "release",
+		TypeDivergence: "divergence", TypeGoodbye: "goodbye"}
+	if n, ok := names[t]; ok {
+		return n
+	}
+	return "unknown"
+}
+
+// Message is one protocol message: exactly one of the pointers is set, the
+// one its Type names.
+type Message struct {
+	Type       Type
+	Hello      *Hello
+	Welcome    *Welcome
+	Answer     *Answer
+	EpochEnd   *EpochEnd
+	Ack        *Ack
+	Release    *Release
+	Divergence *Divergence
+	Goodbye    *Goodbye
+}
+
+// MachineConfig is what both replicas must share for one instruction stream
+// to produce the same states.
+type MachineConfig struct {
+	ImageDigest  [32]byte
+	ArgsDigest   [32]byte // the guest's argument vector
+	RAMSize      uint64
+	EpochBlocks  uint64
+	RAMHashEvery uint64
+	BoardVersion uint32
+}
+
+// Hello opens a link: the backup's configuration.
+type Hello struct {
+	Config MachineConfig
+}
+
+// Welcome answers a Hello; Reason is empty when accepted.
+type Welcome struct {
+	Accepted bool
+	Reason   string
+}
+
+// Answer is one environment answer (rule 1).
+type Answer struct {
+	Seq   uint64
+	Kind  uint8
+	Port  uint32
+	Sub   uint32
+	Size  uint8
+	Value uint64
+	Regs  [4]uint32
+}
+
+// Event is an interrupt delivered at an epoch boundary, with its data.
+type Event struct {
+	IRQ  uint8
+	Data []byte
+}
+
+// EpochEnd is the end of an epoch: where it stopped, the state hash there,
+// and the interrupts to deliver at the boundary (rule 2).
+type EpochEnd struct {
+	Epoch     uint64
+	Clock     uint64
+	RIP       uint64
+	Reason    uint8
+	Answers   uint64
+	Hash      [16]byte
+	RAMHashed bool
+	Events    []Event
+}
+
+// Ack says the backup holds every answer up to Answers and every epoch end
+// up to Epoch.
+type Ack struct {
+	Epoch   uint64
+	Answers uint64
+}
+
+// Release says the primary has let every output up to Output leave.
+type Release struct {
+	Output uint64
+}
+
+// Divergence reports that the backup's state differs from the primary's.
+type Divergence struct {
+	Epoch  uint64
+	Clock  uint64
+	RIP    uint64
+	Detail string
+}
+
+// Goodbye says the primary is done: the guest powered off, with this exit
+// code, and the backup should finish its replay rather than take over.
+type Goodbye struct {
+	ExitCode uint32
+}

@@ -1,0 +1,279 @@
+package epoch
+
+import "fmt"
+
+// The rules cited below are those of docs/protocol.md (after
+// ../shared/DESIGN.md, "The protocol").
+
+// Mode says when a primary may start its next epoch.
+type Mode int
+
+// Protocol modes.
+const (
+	// Bounded lets the primary run up to MaxLag epochs ahead of the
+	// backup's acknowledgements; it never waits on a round trip for an
+	// epoch that produced no output (rule 2, default).
+	Bounded Mode = iota
+	// Strict is the paper's variant: epoch E+1 starts only once the
+	// backup acknowledged E's end.
+	Strict
+)
+
+// ParseMode reads "bounded" or "strict".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "bounded", "default", "":
+		return Bounded, nil
+	case "strict":
+		return Strict, nil
+	}
+	return 0, fmt.Errorf("protocol %q: want bounded or strict", s)
+}
+
+func (m Mode) String() string {
+	if m == Strict {
+		return "strict"
+	}
+	return "bounded"
+}
+
+// Output is something the guest sent out (a console byte), identified by
+// its sequence number and placed in the log: it was produced during Epoch,
+// after Answers environment answers.
+type Output struct {
+	Seq     uint64
+	Epoch   uint64
+	Answers uint64
+	Port    uint32
+	Value   uint32
+}
+
+// Actions is what a step asks of the caller: messages to send, in order,
+// and outputs that may now leave, in sequence order.
+type Actions struct {
+	Send    []Message
+	Release []Output
+}
+
+// Primary is the primary's side of the protocol.
+type Primary struct {
+	mode      Mode
+	maxLag    uint64
+	alone     bool
+	sentEpoch uint64 // last epoch end logged
+	sentAns   uint64 // last answer logged
+	acked     Ack
+	held      []Output
+	released  uint64 // highest output sequence number released
+	announced uint64 // highest watermark sent to the backup
+}
+
+// NewPrimary returns a primary paired with a backup. maxLag bounds, in
+// Bounded mode, how many epochs may be logged but not acknowledged.
+func NewPrimary(mode Mode, maxLag uint64) *Primary {
+	if mode == Strict {
+		maxLag = 0
+	}
+	return &Primary{mode: mode, maxLag: maxLag}
+}
+
+// Alone reports whether the primary has lost its backup.
+func (p *Primary) Alone() bool { return p.alone }
+
+// Acked returns the backup's latest acknowledgement.
+func (p *Primary) Acked() Ack { return p.acked }
+
+// Released is the highest output sequence number released.
+func (p *Primary) Released() uint64 { return p.released }
+
+// Answer logs an environment answer: it is sent as it happens (rule 1).
+func (p *Primary) Answer(a Answer) Actions {
+	p.sentAns = a.Seq
+	if p.alone {
+		return Actions{}
+	}
+	return Actions{Send: []Message{{Type: TypeAnswer, Answer: &a}}}
+}
+
+// EndEpoch logs the end of an epoch; its interrupts are delivered only
+// after this record is logged (rule 2).
+func (p *Primary) EndEpoch(e EpochEnd) Actions {
+	p.sentEpoch = e.Epoch
+	if p.alone {
+		return Actions{}
+	}
+	return Actions{Send: []Message{{Type: TypeEpochEnd, EpochEnd: &e}}}
+}
+
+// MayStart reports whether epoch may begin: in Strict mode once epoch-1 is
+// acknowledged, in Bounded mode while at most MaxLag logged epochs are
+// unacknowledged (rule 2). A primary alone never waits (rule 6).
+func (p *Primary) MayStart(epoch uint64) bool {
+	if p.alone || epoch == 0 {
+		return true
+	}
+	return epoch-1 <= p.acked.Epoch+p.maxLag
+}
+
+// covered reports whether the backup holds every record before o.
+func (p *Primary) covered(o Output) bool {
+	return p.acked.Answers >= o.Answers && p.acked.Epoch+1 >= o.Epoch
+}
+
+// Output asks to release o. It leaves at once when the backup holds every
+// record before it (or there is no backup); otherwise it is held until an
+// acknowledgement covers it (rule 3).
+func (p *Primary) Output(o Output) Actions {
+	if len(p.held) == 0 && (p.alone || p.covered(o)) {
+		return p.release([]Output{o})
+	}
+	p.held = append(p.held, o)
+	return Actions{}
+}
+
+func (p *Primary) release(outs []Output) Actions {
+	if len(outs) == 0 {
+		return Actions{}
+	}
+	act := Actions{Release: outs}
+	p.released = outs[len(outs)-1].Seq
+	if !p.alone && p.released > p.announced {
+		p.announced = p.released
+		act.Send = append(act.Send, Message{Type: TypeRelease, Release: &Release{Output: p.released}})
+	}
+	return act
+}
+
+// Ack takes the backup's acknowledgement and releases what it covers
+// (rule 3). An acknowledgement of records never sent is a protocol error.
+func (p *Primary) Ack(a Ack) (Actions, error) {
+	if a.Epoch > p.sentEpoch || a.Answers > p.sentAns {
+		return Actions{}, fmt.Errorf("backup acknowledged epoch %d answer %d, but only epoch %d answer %d were sent", a.Epoch, a.Answers, p.sentEpoch, p.sentAns)
+	}
+	if a.Epoch < p.acked.Epoch || a.Answers < p.acked.Answers {
+		return Actions{}, nil // stale: acknowledgements only grow
+	}
+	p.acked = a
+	n := 0
+	for n < len(p.held) && p.covered(p.held[n]) {
+		n++
+	}
+	outs := p.held[:n:n]
+	p.held = p.held[n:]
+	return p.release(outs), nil
+}
+
+// BackupLost makes the primary go on alone: it releases what it held and
+// never waits again (rule 6).
+func (p *Primary) BackupLost() Actions {
+	p.alone = true
+	outs := p.held
+	p.held = nil
+	return p.release(outs)
+}
+
+// Backup is the backup's side of the protocol.
+type Backup struct {
+	ends      uint64 // last epoch end held
+	answers   uint64 // last answer held
+	acked     Ack    // last acknowledgement sent
+	watermark uint64 // the primary's output-release watermark
+	pending   []Output
+	primary   bool // failed over: now the primary
+	done      bool // the primary said goodbye
+	exitCode  uint32
+}
+
+// NewBackup returns a backup that holds nothing yet.
+func NewBackup() *Backup { return &Backup{} }
+
+// Held returns the last epoch end and answer held.
+func (b *Backup) Held() (epoch, answers uint64) { return b.ends, b.answers }
+
+// Watermark is the primary's last announced output-release watermark.
+func (b *Backup) Watermark() uint64 { return b.watermark }
+
+// PrimaryDone reports whether the primary ended the run on purpose, and
+// with which exit code.
+func (b *Backup) PrimaryDone() (bool, uint32) { return b.done, b.exitCode }
+
+// Receive takes one message from the primary. Answers and epoch ends must
+// arrive in order; anything else means the link or the primary is broken.
+// It returns the message to log for replay (nil for control messages).
+func (b *Backup) Receive(m Message) (*Message, error) {
+	switch m.Type {
+	case TypeAnswer:
+		if m.Answer.Seq != b.answers+1 {
+			return nil, fmt.Errorf("answer %d out of order: expected %d", m.Answer.Seq, b.answers+1)
+		}
+		b.answers = m.Answer.Seq
+		return &m, nil
+	case TypeEpochEnd:
+		e := m.EpochEnd
+		if e.Epoch != b.ends+1 || e.Answers != b.answers {
+			return nil, fmt.Errorf("end of epoch %d after %d answers out of order: expected epoch %d after %d answers", e.Epoch, e.Answers, b.ends+1, b.answers)
+		}
+		b.ends = e.Epoch
+		return &m, nil
+	case TypeRelease:
+		if m.Release.Output > b.watermark {
+			b.watermark = m.Release.Output
+		}
+		n := 0
+		for n < len(b.pending) && b.pending[n].Seq <= b.watermark {
+			n++
+		}
+		b.pending = b.pending[n:]
+		return nil, nil
+	case TypeGoodbye:
+		b.done, b.exitCode = true, m.Goodbye.ExitCode
+		return nil, nil
+	case TypeHeartbeat:
+		return nil, nil
+	}
+	return nil, fmt.Errorf("unexpected %v message from the primary", m.Type)
+}
+
+// Ack returns the acknowledgement to send for what is held now, or false
+// when nothing new is held (acknowledgements are coalesced).
+func (b *Backup) Ack() (Message, bool) {
+	a := Ack{Epoch: b.ends, Answers: b.answers}
+	if a == b.acked {
+		return Message{}, false
+	}
+	b.acked = a
+	return Message{Type: TypeAck, Ack: &a}, true
+}
+
+// MayExecute reports whether the backup may run epoch: only once it holds
+// that epoch's end, one epoch behind (rule 4), until it fails over.
+func (b *Backup) MayExecute(epoch uint64) bool { return b.primary || epoch <= b.ends }
+
+// Output takes an output the backup's own replay produced. A backup
+// performs no output (rule 4) but keeps those past the primary's watermark,
+// to re-emit them if it takes over (rule 5); once primary, it releases.
+func (b *Backup) Output(o Output) Actions {
+	if b.primary {
+		if o.Seq <= b.watermark {
+			return Actions{}
+		}
+		return Actions{Release: []Output{o}}
+	}
+	if o.Seq > b.watermark {
+		b.pending = append(b.pending, o)
+	}
+	return Actions{}
+}
+
+// FailOver makes the backup the primary: from now on it executes without
+// waiting for epoch ends, and it re-emits every output it produced past the
+// last watermark it saw (rule 5).
+func (b *Backup) FailOver() Actions {
+	b.primary = true
+	outs := b.pending
+	b.pending = nil
+	return Actions{Release: outs}
+}
+
+// IsPrimary reports whether the backup has taken over.
+func (b *Backup) IsPrimary() bool { return b.primary }
