@@ -83,6 +83,9 @@ func (p *Primary) Alone() bool { return p.alone }
 // Acked returns the backup's latest acknowledgement.
 func (p *Primary) Acked() Ack { return p.acked }
 
+// Held is the number of outputs waiting for an acknowledgement.
+func (p *Primary) Held() int { return len(p.held) }
+
 // Released is the highest output sequence number released.
 func (p *Primary) Released() uint64 { return p.released }
 

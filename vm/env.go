@@ -110,10 +110,11 @@ type EpochEnd struct {
 // Output is an OUT that leaves the machine: its sequence number among the
 // console's bytes (or zero for other devices), port and value.
 type Output struct {
-	Seq   uint64
-	Port  uint32
-	Value uint32
-	At    Point
+	Seq     uint64
+	Port    uint32
+	Value   uint32
+	At      Point
+	Answers uint64 // environment answers given before this output
 }
 
 // Wake describes, at a HLT, which IRQs could end the halt: a live
@@ -141,6 +142,14 @@ type Environment interface {
 	// given a halt waits, bounded by ctx, for a host event that can wake
 	// the guest.
 	EndEpoch(ctx context.Context, end *EpochEnd, wake Wake) ([]Event, error)
+}
+
+// BoardObserver is implemented by an environment that needs to see the
+// board's state (a backup going live restarts the guest's timer from it).
+// The machine calls Attach once, before the guest runs; the board may be
+// read only from inside the environment's methods.
+type BoardObserver interface {
+	Attach(b *Board)
 }
 
 // Recorder receives the records a run produces, in order.

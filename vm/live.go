@@ -33,6 +33,10 @@ type LiveConfig struct {
 	TimerJitter time.Duration
 	// OnOutput, if set, receives each console byte instead of Console.
 	OnOutput func(o Output) error
+	// ClockStart is the guest clock's value now, in nanoseconds: zero at
+	// boot, the last value the guest saw when a backup takes over, so
+	// that the guest's clock never runs backwards.
+	ClockStart uint64
 }
 
 // Live is the environment of a primary or an unreplicated run: host devices
@@ -158,7 +162,7 @@ func (l *Live) In(at Point, seq uint64, port uint32, size int, local uint64) (ui
 	v := local
 	switch port {
 	case PortClockLo:
-		v = uint64(time.Since(l.start).Nanoseconds())
+		v = l.cfg.ClockStart + uint64(time.Since(l.start).Nanoseconds())
 	case PortRandom:
 		var b [4]byte
 		if _, err := io.ReadFull(l.random, b[:]); err != nil {
@@ -191,6 +195,14 @@ func (l *Live) Out(o Output, effect Effect, b *Board) error {
 		l.programTimer(b.TimerPeriod)
 	}
 	return nil
+}
+
+// Resume starts the host side of devices whose state the board already
+// holds: a backup that takes over restarts the guest's programmed timer.
+func (l *Live) Resume(b *Board) {
+	if b.TimerPeriod != 0 {
+		l.programTimer(b.TimerPeriod)
+	}
 }
 
 // programTimer restarts the host timer with a period in microseconds.

@@ -127,6 +127,9 @@ func New(cfg Config, img *guestelf.Image, env Environment, log *zap.Logger) (*Ma
 	if err := <-started; err != nil {
 		return nil, err
 	}
+	if obs, ok := env.(BoardObserver); ok {
+		obs.Attach(m.board)
+	}
 	if err := m.call(func() error { return m.boot(img) }); err != nil {
 		m.Close()
 		return nil, err
@@ -450,7 +453,7 @@ func (m *Machine) Out(port uint32, size int, value uint32) {
 		return
 	}
 	effect := m.board.out(port, value)
-	o := Output{Port: port, Value: value, At: m.point()}
+	o := Output{Port: port, Value: value, At: m.point(), Answers: m.seq}
 	if effect == EffectConsole {
 		o.Seq = m.board.ConsoleOut
 	}

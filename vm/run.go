@@ -14,8 +14,13 @@ var ErrMaxEpochs = errors.New("the guest did not power off within the epoch budg
 type RunOptions struct {
 	EpochLength uint64 // blocks per epoch
 	MaxEpochs   uint64 // 0: no bound
+	// BeforeEpoch, if set, is called before each epoch (numbered from 1)
+	// and may wait: a primary uses it to bound its lead over the backup, a
+	// backup to wait for the epoch's end record. An error ends the run.
+	BeforeEpoch func(ctx context.Context, epoch uint64) error
 	// OnEpoch, if set, sees every epoch end; an error from it ends the run.
-	// It runs on the machine's thread and must not call the Machine.
+	// Both callbacks run on the machine's thread and must not call the
+	// Machine.
 	OnEpoch func(Stop) error
 }
 
@@ -47,6 +52,11 @@ func (m *Machine) run(ctx context.Context, opt RunOptions) (Result, error) {
 	for n := uint64(0); opt.MaxEpochs == 0 || n < opt.MaxEpochs; n++ {
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("run stopped after %d epochs: %w", n, err)
+		}
+		if opt.BeforeEpoch != nil {
+			if err := opt.BeforeEpoch(ctx, m.epoch+1); err != nil {
+				return res, err
+			}
 		}
 		st, err := m.runEpoch(ctx, opt.EpochLength)
 		if st.Epoch != 0 {

@@ -226,7 +226,8 @@ func (m *Machine) restoreState(body []byte) error {
 		}
 	}
 	m.eng.SetBlocks(blocks)
-	m.epoch, m.seq, m.halted, m.board = epoch, seq, halted, board
+	// Copy into the board in place: an environment may hold a pointer to it.
+	m.epoch, m.seq, m.halted, *m.board = epoch, seq, halted, *board
 	m.fault = nil
 	return nil
 }

@@ -1,0 +1,392 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"hvft/epoch"
+	"hvft/vm"
+)
+
+// BackupOptions configure the backup.
+type BackupOptions struct {
+	Options
+	Primary        string        // the primary's address
+	ConnectTimeout time.Duration // how long to keep trying to reach it
+}
+
+// backup is the backup role's shared state. mu guards everything below it;
+// cond signals new records, failover and the end of the link.
+type backup struct {
+	opt     BackupOptions
+	log     *zap.Logger
+	link    *Link
+	mu      sync.Mutex
+	cond    *sync.Cond
+	proto   *epoch.Backup
+	queue   []vm.Record
+	linkEnd bool // the link is gone (closed, corrupt, or goodbye)
+	stopped bool // the run ended (or diverged): never take over now
+	report  Report
+	fo      *Failover
+	foStart time.Time
+	execd   uint64 // last epoch executed
+
+	// Touched only on the machine thread.
+	board     *vm.Board
+	replay    *vm.Replay
+	live      *vm.Live
+	lastClock uint64
+	compared  uint64
+}
+
+// RunBackup connects to the primary and replays its log one epoch behind,
+// comparing state hashes at every epoch end; if the primary dies it
+// finishes what it holds and goes on as the primary.
+func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
+	opt.defaults()
+	if opt.ConnectTimeout <= 0 {
+		opt.ConnectTimeout = 30 * time.Second
+	}
+	start := time.Now()
+	b := &backup{opt: opt, log: opt.Log, proto: epoch.NewBackup()}
+	b.cond = sync.NewCond(&b.mu)
+	b.report.Role = "backup"
+	dctx, cancel := context.WithTimeout(ctx, opt.ConnectTimeout)
+	link, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig(), b.log)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	b.link = link
+	b.log.Info("connected to the primary", zap.String("primary", opt.Primary))
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go b.receive()
+	go heartbeat(ctx, link, opt.Heartbeat, opt.FailureTimeout, func(reason string) { b.failOver("primary silent: " + reason) })
+	stopWake := context.AfterFunc(ctx, func() { b.mu.Lock(); b.cond.Broadcast(); b.mu.Unlock() })
+	defer stopWake()
+	if b.opt.CPU == nil {
+		if b.opt.CPU, err = vm.ProbeCPUModel(); err != nil {
+			return nil, err
+		}
+	}
+
+	res, runErr := b.run(ctx)
+	b.mu.Lock()
+	b.stopped = true
+	b.mu.Unlock()
+	if b.live != nil {
+		b.live.Close()
+	}
+	var div *vm.DivergenceError
+	if errors.As(runErr, &div) {
+		b.log.Error("DIVERGENCE: this replica no longer matches the primary; stopping",
+			zap.Uint64("epoch", div.At.Epoch), zap.Uint64("clock", div.At.Clock),
+			zap.String("rip", fmt.Sprintf("%#x", div.At.RIP)), zap.String("detail", div.Detail))
+		b.link.SendNow(epoch.Message{Type: epoch.TypeDivergence, Divergence: &epoch.Divergence{
+			Epoch: div.At.Epoch, Clock: div.At.Clock, RIP: div.At.RIP, Detail: div.Detail}})
+	}
+	b.link.Close()
+	b.opt.Sink.Flush()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.report.DurationMS = time.Since(start).Milliseconds()
+	b.report.HashesCompared = b.compared
+	b.report.BecamePrimary = b.proto.IsPrimary()
+	b.report.Failover = b.fo
+	if div != nil {
+		b.report.Divergence = div.Error()
+	}
+	if runErr != nil {
+		b.report.Error = runErr.Error()
+	} else {
+		code := int(res.ExitCode)
+		b.report.ExitCode = &code
+	}
+	rep := b.report
+	return &rep, runErr
+}
+
+func (b *backup) receive() {
+	for {
+		m, err := b.link.Recv()
+		if err != nil {
+			b.endLink(err)
+			return
+		}
+		b.mu.Lock()
+		rec, err := b.proto.Receive(m)
+		if err != nil {
+			b.mu.Unlock()
+			b.endLink(fmt.Errorf("protocol violation by the primary: %w", err))
+			return
+		}
+		switch {
+		case rec == nil:
+		case rec.Answer != nil:
+			a := fromWireAnswer(rec.Answer)
+			b.queue = append(b.queue, vm.Record{Answer: &a})
+		case rec.EpochEnd != nil:
+			e := fromWireEnd(rec.EpochEnd)
+			b.queue = append(b.queue, vm.Record{End: &e})
+		}
+		b.cond.Broadcast()
+		ack, send := b.proto.Ack()
+		done, _ := b.proto.PrimaryDone()
+		b.mu.Unlock()
+		// Acknowledge once the frames received so far are consumed, so a
+		// burst costs one acknowledgement.
+		if send && !b.link.Buffered() {
+			b.link.SendNow(ack)
+		}
+		if done {
+			b.endLink(nil)
+			return
+		}
+	}
+}
+
+// endLink handles the end of the link: after a goodbye the run is
+// finishing; otherwise the primary is presumed dead.
+func (b *backup) endLink(err error) {
+	b.mu.Lock()
+	done, _ := b.proto.PrimaryDone()
+	b.linkEnd = true
+	b.cond.Broadcast()
+	b.mu.Unlock()
+	if done {
+		b.log.Info("the primary finished the run; replaying to its end")
+		return
+	}
+	if errors.Is(err, epoch.ErrFrame) {
+		b.log.Error("corrupt frame from the primary: closing the link", zap.Error(err))
+	}
+	b.failOver(fmt.Sprintf("link closed: %v", err))
+}
+
+// failOver makes this replica the primary (rule 5): it stops waiting for
+// epoch ends, re-emits its outputs past the last release watermark, and
+// will go live at the first environment instruction without a logged
+// answer.
+func (b *backup) failOver(reason string) {
+	b.mu.Lock()
+	if b.proto.IsPrimary() || b.stopped {
+		b.mu.Unlock()
+		return
+	}
+	if done, _ := b.proto.PrimaryDone(); done {
+		b.mu.Unlock()
+		return
+	}
+	silence := b.link.Silence()
+	b.foStart = time.Now()
+	held, _ := b.proto.Held()
+	act := b.proto.FailOver()
+	b.fo = &Failover{Reason: reason, DetectedAfterMS: ms(silence), DetectedUnixMS: b.foStart.UnixMilli(),
+		EpochsHeld: held, EpochsExecuted: b.execd, Reemitted: len(act.Release)}
+	b.emit(act.Release)
+	b.cond.Broadcast()
+	b.mu.Unlock()
+	b.link.Close()
+	b.opt.Sink.Flush()
+	b.log.Warn("PRIMARY LOST: taking over", zap.String("reason", reason), zap.Duration("silent_for", silence),
+		zap.Uint64("epochs_held", held), zap.Uint64("epochs_executed", b.execd), zap.Int("reemitted", len(act.Release)))
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// emit sends released outputs to the sink; mu is held.
+func (b *backup) emit(outs []epoch.Output) {
+	if len(outs) == 0 {
+		return
+	}
+	if err := b.opt.Sink.Emit(outs); err != nil {
+		b.log.Error("console sink", zap.Error(err))
+	}
+	b.report.OutputsEmitted += uint64(len(outs))
+}
+
+func (b *backup) run(ctx context.Context) (vm.Result, error) {
+	mc := b.opt.Machine
+	b.replay = vm.NewReplay(ctx, b)
+	m, err := vm.New(mc.Config, mc.Image, b, b.log)
+	if err != nil {
+		return vm.Result{}, err
+	}
+	defer m.Close()
+	res, err := m.Run(ctx, vm.RunOptions{
+		EpochLength: mc.EpochBlocks,
+		MaxEpochs:   b.opt.MaxEpochs,
+		BeforeEpoch: func(ctx context.Context, e uint64) error {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			// Rule 4: run epoch E only once its end record is held.
+			for !b.proto.MayExecute(e) {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				if b.linkEnd && !b.proto.IsPrimary() {
+					return fmt.Errorf("the primary finished, but the log ends before epoch %d", e)
+				}
+				b.cond.Wait()
+			}
+			return nil
+		},
+		OnEpoch: func(s vm.Stop) error {
+			if b.opt.OnEpoch != nil {
+				b.opt.OnEpoch(s)
+			}
+			b.mu.Lock()
+			b.execd = s.Epoch
+			primary := b.proto.IsPrimary()
+			b.mu.Unlock()
+			if primary {
+				b.opt.Sink.Flush()
+				return b.opt.Sink.Progress(s.Epoch)
+			}
+			return nil
+		},
+	})
+	st := m.Stats()
+	final, _ := m.Hash(true)
+	b.mu.Lock()
+	b.report.Epochs, b.report.TLBMisses, b.report.FinalHash = st.Epochs, st.TLBMisses, final.String()
+	if b.fo != nil && b.fo.ReplayMS == 0 {
+		b.fo.ReplayMS = ms(time.Since(b.foStart)) // finished before any live answer was needed
+	}
+	b.mu.Unlock()
+	return res, err
+}
+
+// Next implements vm.RecordSource over the received log: it waits for the
+// next record, and reports io.EOF once the backup has failed over and holds
+// nothing more (rule 5: then it goes live).
+func (b *backup) Next(ctx context.Context) (vm.Record, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for len(b.queue) == 0 {
+		if b.proto.IsPrimary() || b.linkEnd {
+			return vm.Record{}, io.EOF
+		}
+		if err := ctx.Err(); err != nil {
+			return vm.Record{}, err
+		}
+		b.cond.Wait()
+	}
+	r := b.queue[0]
+	b.queue = b.queue[1:]
+	return r, nil
+}
+
+// Attach implements vm.BoardObserver.
+func (b *backup) Attach(board *vm.Board) { b.board = board }
+
+// goLive switches to this host's devices at the first instruction without
+// a logged answer.
+func (b *backup) goLive(at vm.Point) error {
+	live, err := vm.NewLive(vm.LiveConfig{OnOutput: b.output, Input: b.opt.Input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter})
+	if err != nil {
+		return err
+	}
+	live.Resume(b.board)
+	b.live = live
+	b.mu.Lock()
+	now := time.Now()
+	b.fo.ReplayMS = ms(now.Sub(b.foStart))
+	b.fo.LiveUnixMS = now.UnixMilli()
+	b.fo.LiveAtEpoch, b.fo.LiveAtClock = at.Epoch, at.Clock
+	b.mu.Unlock()
+	b.log.Warn("live: this replica is now the primary", zap.Uint64("epoch", at.Epoch), zap.Uint64("clock", at.Clock),
+		zap.Float64("replay_ms", b.fo.ReplayMS))
+	return nil
+}
+
+// exhausted reports whether a replay error means "the log is used up and
+// the primary is gone": time to go live.
+func (b *backup) exhausted(err error) bool {
+	if !errors.Is(err, vm.ErrLogExhausted) {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.proto.IsPrimary()
+}
+
+// In implements vm.Environment: from the log while it lasts.
+func (b *backup) In(at vm.Point, seq uint64, port uint32, size int, local uint64) (uint64, error) {
+	if b.live == nil {
+		v, err := b.replay.In(at, seq, port, size, local)
+		if err == nil && b.opt.mutateAnswer != nil {
+			v = b.opt.mutateAnswer(at, port, seq, v)
+		}
+		if !b.exhausted(err) {
+			if err == nil && port == vm.PortClockLo {
+				b.lastClock = v
+			}
+			return v, err
+		}
+		if err := b.goLive(at); err != nil {
+			return 0, err
+		}
+	}
+	return b.live.In(at, seq, port, size, local)
+}
+
+// CPUID implements vm.Environment.
+func (b *backup) CPUID(at vm.Point, seq uint64, leaf, sub uint32) ([4]uint32, error) {
+	if b.live == nil {
+		r, err := b.replay.CPUID(at, seq, leaf, sub)
+		if !b.exhausted(err) {
+			return r, err
+		}
+		if err := b.goLive(at); err != nil {
+			return r, err
+		}
+	}
+	return b.live.CPUID(at, seq, leaf, sub)
+}
+
+// Out implements vm.Environment: the board keeps its state either way;
+// console bytes go to the protocol, which holds them while this replica is
+// a backup and releases them once it is the primary.
+func (b *backup) Out(o vm.Output, effect vm.Effect, board *vm.Board) error {
+	if b.live != nil {
+		return b.live.Out(o, effect, board)
+	}
+	if effect == vm.EffectConsole {
+		return b.output(o)
+	}
+	return nil
+}
+
+func (b *backup) output(o vm.Output) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.emit(b.proto.Output(epoch.Output{Seq: o.Seq, Epoch: o.At.Epoch, Answers: o.Answers, Port: o.Port, Value: o.Value}).Release)
+	return nil
+}
+
+// EndEpoch implements vm.Environment: the boundary is checked against the
+// primary's record (hash included), or, past the log, taken live.
+func (b *backup) EndEpoch(ctx context.Context, end *vm.EpochEnd, wake vm.Wake) ([]vm.Event, error) {
+	if b.live == nil {
+		evs, err := b.replay.EndEpoch(ctx, end, wake)
+		if !b.exhausted(err) {
+			if err == nil && !end.Hash.IsZero() {
+				b.compared++
+			}
+			return evs, err
+		}
+		if err := b.goLive(vm.Point{Epoch: end.Epoch, Clock: end.Clock, RIP: end.RIP}); err != nil {
+			return nil, err
+		}
+	}
+	return b.live.EndEpoch(ctx, end, wake)
+}

@@ -1,0 +1,90 @@
+// Package replica wires hvft's replication protocol (package epoch) to the
+// machine (package vm) and the network: a TCP link with a handshake,
+// heartbeats and a failure detector, the primary and backup roles, output
+// release, and failover. Protocol rules live in epoch; this package only
+// carries them out.
+package replica
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"strings"
+
+	"hvft/epoch"
+	"hvft/vm"
+	"hvft/vm/guestelf"
+)
+
+// Machine describes the guest and machine both replicas run.
+type Machine struct {
+	Image       *guestelf.Image
+	Config      vm.Config // Config.Args includes the guest's argv[0]
+	EpochBlocks uint64
+}
+
+// wireConfig is what the handshake compares.
+func (m Machine) wireConfig() epoch.MachineConfig {
+	h := sha256.New()
+	for _, a := range m.Config.Args {
+		fmt.Fprintf(h, "%d:%s", len(a), a)
+	}
+	var args [32]byte
+	copy(args[:], h.Sum(nil))
+	return epoch.MachineConfig{
+		ImageDigest:  m.Image.Digest,
+		ArgsDigest:   args,
+		RAMSize:      m.Config.RAMSize,
+		EpochBlocks:  m.EpochBlocks,
+		RAMHashEvery: m.Config.RAMHashEvery,
+		BoardVersion: vm.BoardVersion,
+	}
+}
+
+// compareConfigs explains why a backup's configuration cannot replicate
+// the primary's, or returns "" when it can.
+func compareConfigs(primary, backup epoch.MachineConfig) string {
+	var why []string
+	if primary.ImageDigest != backup.ImageDigest {
+		why = append(why, fmt.Sprintf("guest image differs (primary %x..., backup %x...)", primary.ImageDigest[:6], backup.ImageDigest[:6]))
+	}
+	if primary.ArgsDigest != backup.ArgsDigest {
+		why = append(why, "guest arguments differ")
+	}
+	if primary.RAMSize != backup.RAMSize {
+		why = append(why, fmt.Sprintf("RAM size differs (primary %d, backup %d)", primary.RAMSize, backup.RAMSize))
+	}
+	if primary.EpochBlocks != backup.EpochBlocks {
+		why = append(why, fmt.Sprintf("epoch length differs (primary %d, backup %d blocks)", primary.EpochBlocks, backup.EpochBlocks))
+	}
+	if primary.RAMHashEvery != backup.RAMHashEvery {
+		why = append(why, fmt.Sprintf("RAM hash interval differs (primary %d, backup %d)", primary.RAMHashEvery, backup.RAMHashEvery))
+	}
+	if primary.BoardVersion != backup.BoardVersion {
+		why = append(why, fmt.Sprintf("board version differs (primary %d, backup %d)", primary.BoardVersion, backup.BoardVersion))
+	}
+	return strings.Join(why, "; ")
+}
+
+func toWireAnswer(a vm.Answer) epoch.Answer {
+	return epoch.Answer{Seq: a.Seq, Kind: uint8(a.Kind), Port: a.Port, Sub: a.Sub, Size: a.Size, Value: a.Value, Regs: a.Regs}
+}
+
+func fromWireAnswer(a *epoch.Answer) vm.Answer {
+	return vm.Answer{Seq: a.Seq, Kind: vm.AnswerKind(a.Kind), Port: a.Port, Sub: a.Sub, Size: a.Size, Value: a.Value, Regs: a.Regs}
+}
+
+func toWireEnd(e vm.EpochEnd) epoch.EpochEnd {
+	w := epoch.EpochEnd{Epoch: e.Epoch, Clock: e.Clock, RIP: e.RIP, Reason: uint8(e.Reason), Answers: e.Answers, Hash: e.Hash, RAMHashed: e.RAMHashed}
+	for _, ev := range e.Events {
+		w.Events = append(w.Events, epoch.Event{IRQ: ev.IRQ, Data: ev.Data})
+	}
+	return w
+}
+
+func fromWireEnd(e *epoch.EpochEnd) vm.EpochEnd {
+	v := vm.EpochEnd{Epoch: e.Epoch, Clock: e.Clock, RIP: e.RIP, Reason: vm.StopReason(e.Reason), Answers: e.Answers, Hash: e.Hash, RAMHashed: e.RAMHashed}
+	for _, ev := range e.Events {
+		v.Events = append(v.Events, vm.Event{IRQ: ev.IRQ, Data: ev.Data})
+	}
+	return v
+}

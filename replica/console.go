@@ -1,0 +1,199 @@
+package replica
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+
+	"hvft/epoch"
+)
+
+// Sink is where released outputs go. A sink drops an output whose
+// sequence number it already wrote, so a new primary may re-emit freely
+// (exactly once at the sink).
+type Sink interface {
+	Emit(outs []epoch.Output) error
+	// Progress notes that the replica finished an epoch (stream sinks
+	// pass it on; the demo uses it to time its kill).
+	Progress(epoch uint64) error
+	Flush() error
+}
+
+// PlainSink writes console bytes as they are.
+type PlainSink struct {
+	mu   sync.Mutex
+	w    *bufio.Writer
+	last uint64
+}
+
+// NewPlainSink writes to w.
+func NewPlainSink(w io.Writer) *PlainSink { return &PlainSink{w: bufio.NewWriter(w)} }
+
+// Emit writes outputs not yet written.
+func (s *PlainSink) Emit(outs []epoch.Output) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range outs {
+		if o.Seq <= s.last {
+			continue
+		}
+		s.last = o.Seq
+		if err := s.w.WriteByte(byte(o.Value)); err != nil {
+			return fmt.Errorf("writing the console: %w", err)
+		}
+	}
+	return nil
+}
+
+// Progress does nothing for a plain console.
+func (s *PlainSink) Progress(uint64) error { return nil }
+
+// Flush writes out buffered bytes.
+func (s *PlainSink) Flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Flush()
+}
+
+// StreamSink writes the sequenced console stream the demo merges: one
+// line per output byte, "o SEQ HEX", and one per finished epoch, "e N".
+type StreamSink struct {
+	mu   sync.Mutex
+	w    *bufio.Writer
+	last uint64
+}
+
+// NewStreamSink writes to w.
+func NewStreamSink(w io.Writer) *StreamSink { return &StreamSink{w: bufio.NewWriter(w)} }
+
+// Emit writes outputs not yet written.
+func (s *StreamSink) Emit(outs []epoch.Output) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range outs {
+		if o.Seq <= s.last {
+			continue
+		}
+		s.last = o.Seq
+		if _, err := fmt.Fprintf(s.w, "o %d %02x\n", o.Seq, byte(o.Value)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Progress writes an epoch line and flushes.
+func (s *StreamSink) Progress(epoch uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(s.w, "e %d\n", epoch)
+	return s.w.Flush()
+}
+
+// Flush writes out buffered lines.
+func (s *StreamSink) Flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Flush()
+}
+
+// Merger joins the sequenced console streams of several replicas into one
+// console: each sequence number is written once, in order.
+type Merger struct {
+	mu         sync.Mutex
+	out        io.Writer
+	next       uint64
+	Duplicates uint64 // outputs dropped as already written
+	Gaps       uint64 // outputs that arrived past a hole: must stay 0
+	pending    map[uint64]byte
+}
+
+// NewMerger writes the merged console to out.
+func NewMerger(out io.Writer) *Merger {
+	return &Merger{out: out, next: 1, pending: map[uint64]byte{}}
+}
+
+// Written is the number of console bytes written.
+func (m *Merger) Written() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.next - 1
+}
+
+// Read consumes one replica's stream until EOF, calling onEpoch for each
+// progress line. Lines it cannot parse are an error.
+func (m *Merger) Read(r io.Reader, onEpoch func(uint64)) error {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		switch {
+		case len(f) == 2 && f[0] == "e":
+			n, err := strconv.ParseUint(f[1], 10, 64)
+			if err != nil {
+				return fmt.Errorf("console stream: bad line %q", sc.Text())
+			}
+			if onEpoch != nil {
+				onEpoch(n)
+			}
+		case len(f) == 3 && f[0] == "o":
+			seq, err1 := strconv.ParseUint(f[1], 10, 64)
+			b, err2 := strconv.ParseUint(f[2], 16, 8)
+			if err1 != nil || err2 != nil {
+				return fmt.Errorf("console stream: bad line %q", sc.Text())
+			}
+			if err := m.put(seq, byte(b)); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("console stream: bad line %q", sc.Text())
+		}
+	}
+	return sc.Err()
+}
+
+func (m *Merger) put(seq uint64, b byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case seq < m.next:
+		m.Duplicates++
+		return nil
+	case seq > m.next:
+		// A hole: hold it; a correct run fills it from the other stream.
+		if _, ok := m.pending[seq]; ok {
+			m.Duplicates++
+		}
+		m.pending[seq] = b
+		return nil
+	}
+	if _, err := m.out.Write([]byte{b}); err != nil {
+		return err
+	}
+	m.next++
+	for {
+		b, ok := m.pending[m.next]
+		if !ok {
+			return nil
+		}
+		delete(m.pending, m.next)
+		if _, err := m.out.Write([]byte{b}); err != nil {
+			return err
+		}
+		m.next++
+	}
+}
+
+// Close reports outputs still waiting behind a hole: with both streams
+// ended they are a gap, which a correct run never has.
+func (m *Merger) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.pending) > 0 {
+		m.Gaps = uint64(len(m.pending))
+		return fmt.Errorf("console has a gap: output %d never arrived, %d later ones held", m.next, len(m.pending))
+	}
+	return nil
+}

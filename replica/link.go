@@ -1,0 +1,232 @@
+package replica
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"hvft/epoch"
+)
+
+// handshakeTimeout bounds each side's wait for the other's first message.
+const handshakeTimeout = 5 * time.Second
+
+// Link is one replication connection: framed messages both ways. Sends are
+// buffered and safe for concurrent use; Flush pushes them out. One
+// goroutine receives.
+type Link struct {
+	conn      net.Conn
+	r         *bufio.Reader
+	mu        sync.Mutex
+	w         *bufio.Writer
+	buf       []byte
+	err       error // first send error; the link is dead after it
+	lastHeard atomic.Int64
+	sent      atomic.Uint64 // bytes written
+}
+
+func newLink(conn net.Conn) *Link {
+	l := &Link{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), w: bufio.NewWriterSize(conn, 64<<10)}
+	l.heard()
+	return l
+}
+
+func (l *Link) heard() { l.lastHeard.Store(time.Now().UnixNano()) }
+
+// Silence is how long since the peer was last heard from.
+func (l *Link) Silence() time.Duration {
+	return time.Since(time.Unix(0, l.lastHeard.Load()))
+}
+
+// BytesSent counts the bytes handed to the connection.
+func (l *Link) BytesSent() uint64 { return l.sent.Load() }
+
+// Send queues messages.
+func (l *Link) Send(msgs ...epoch.Message) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return l.err
+	}
+	for _, m := range msgs {
+		var err error
+		if l.buf, err = epoch.AppendFrame(l.buf[:0], m); err != nil {
+			return err
+		}
+		if _, err := l.w.Write(l.buf); err != nil {
+			l.err = fmt.Errorf("sending %v: %w", m.Type, err)
+			return l.err
+		}
+		l.sent.Add(uint64(len(l.buf)))
+	}
+	return nil
+}
+
+// Flush writes out queued messages.
+func (l *Link) Flush() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return l.err
+	}
+	if err := l.w.Flush(); err != nil {
+		l.err = fmt.Errorf("sending: %w", err)
+	}
+	return l.err
+}
+
+// SendNow queues messages and flushes.
+func (l *Link) SendNow(msgs ...epoch.Message) error {
+	if err := l.Send(msgs...); err != nil {
+		return err
+	}
+	return l.Flush()
+}
+
+// Recv reads the next message. A malformed frame is an error wrapping
+// epoch.ErrFrame: the caller closes the link.
+func (l *Link) Recv() (epoch.Message, error) {
+	m, err := epoch.ReadFrame(l.r)
+	if err == nil {
+		l.heard()
+	}
+	return m, err
+}
+
+// Buffered reports whether more received bytes wait to be decoded.
+func (l *Link) Buffered() bool { return l.r.Buffered() > 0 }
+
+// Close closes the connection; a blocked Recv returns.
+func (l *Link) Close() error { return l.conn.Close() }
+
+// RemoteAddr names the peer.
+func (l *Link) RemoteAddr() string { return l.conn.RemoteAddr().String() }
+
+// RefusedError is the primary's refusal of a backup at the handshake.
+type RefusedError struct{ Reason string }
+
+func (e *RefusedError) Error() string { return "the primary refused this backup: " + e.Reason }
+
+// acceptBackup waits on ln for a backup whose configuration matches want.
+// A backup that does not match is told why and turned away, and the wait
+// goes on; so is a peer that does not speak the protocol.
+func acceptBackup(ctx context.Context, ln net.Listener, want epoch.MachineConfig, log *zap.Logger) (*Link, error) {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("accepting a backup: %w", err)
+		}
+		l := newLink(conn)
+		reason, err := l.welcome(want)
+		if err == nil && reason == "" {
+			return l, nil
+		}
+		if err != nil {
+			log.Warn("turned away a peer that failed the handshake", zap.String("peer", conn.RemoteAddr().String()), zap.Error(err))
+		} else {
+			log.Warn("refused a backup", zap.String("peer", conn.RemoteAddr().String()), zap.String("reason", reason))
+		}
+		l.Close()
+	}
+}
+
+// welcome reads the peer's Hello and answers it.
+func (l *Link) welcome(want epoch.MachineConfig) (string, error) {
+	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	defer l.conn.SetDeadline(time.Time{})
+	m, err := l.Recv()
+	if err != nil {
+		return "", fmt.Errorf("reading hello: %w", err)
+	}
+	if m.Type != epoch.TypeHello {
+		return "", fmt.Errorf("first message is %v, not hello", m.Type)
+	}
+	reason := compareConfigs(want, m.Hello.Config)
+	if err := l.SendNow(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason}}); err != nil {
+		return "", err
+	}
+	return reason, nil
+}
+
+// dialPrimary connects to the primary, retrying until ctx ends, and
+// presents cfg. A refusal is final.
+func dialPrimary(ctx context.Context, addr string, cfg epoch.MachineConfig, log *zap.Logger) (*Link, error) {
+	var d net.Dialer
+	warned := false
+	for {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			l := newLink(conn)
+			if err := l.hello(cfg); err != nil {
+				l.Close()
+				return nil, err
+			}
+			return l, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("no primary at %s: %w", addr, err)
+		}
+		if !warned {
+			log.Info("waiting for the primary", zap.String("addr", addr), zap.Error(err))
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no primary at %s: %w", addr, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (l *Link) hello(cfg epoch.MachineConfig) error {
+	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	defer l.conn.SetDeadline(time.Time{})
+	if err := l.SendNow(epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: cfg}}); err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	m, err := l.Recv()
+	if err != nil {
+		return fmt.Errorf("handshake: reading the primary's answer: %w", err)
+	}
+	if m.Type != epoch.TypeWelcome {
+		return fmt.Errorf("handshake: the primary answered %v", m.Type)
+	}
+	if !m.Welcome.Accepted {
+		return &RefusedError{Reason: m.Welcome.Reason}
+	}
+	return nil
+}
+
+// heartbeat sends a heartbeat every interval and calls dead once when the
+// peer has been silent for longer than timeout, until ctx ends.
+func heartbeat(ctx context.Context, l *Link, interval, timeout time.Duration, dead func(reason string)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s := l.Silence(); s > timeout {
+			dead(fmt.Sprintf("no message for %v (timeout %v)", s.Round(time.Millisecond), timeout))
+			return
+		}
+		if err := l.SendNow(epoch.Message{Type: epoch.TypeHeartbeat}); err != nil && !errors.Is(err, net.ErrClosed) {
+			dead(err.Error())
+			return
+		}
+	}
+}

@@ -1,0 +1,306 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"hvft/epoch"
+	"hvft/vm"
+)
+
+// Options configure a replica of either role.
+type Options struct {
+	Machine        Machine
+	Heartbeat      time.Duration // interval between heartbeats
+	FailureTimeout time.Duration // silence after which the peer is declared dead
+	Sink           Sink          // where released console output goes
+	Input          io.Reader     // console input (used only while primary)
+	CPU            *vm.CPUModel  // CPUID answers; nil probes
+	TimerJitter    time.Duration
+	MaxEpochs      uint64
+	Log            *zap.Logger
+	// OnEpoch, if set, sees every epoch this replica executes (on the
+	// machine's thread).
+	OnEpoch func(vm.Stop)
+
+	// mutateAnswer, in tests, lets a backup answer from its own host.
+	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
+}
+
+func (o *Options) defaults() {
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = 50 * time.Millisecond
+	}
+	if o.FailureTimeout <= 0 {
+		o.FailureTimeout = 500 * time.Millisecond
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+}
+
+// PrimaryOptions configure the primary.
+type PrimaryOptions struct {
+	Options
+	Listener   net.Listener  // where the backup connects; nil: run alone
+	BackupWait time.Duration // how long to wait for the backup (0: run alone)
+	Mode       epoch.Mode
+	MaxLag     uint64 // epochs the backup may lag in Bounded mode
+}
+
+// primary is the primary role's shared state. mu guards proto, sink use
+// and report counters; cond signals acknowledgements and backup loss.
+type primary struct {
+	opt    PrimaryOptions
+	log    *zap.Logger
+	link   *Link
+	mu     sync.Mutex
+	cond   *sync.Cond
+	proto  *epoch.Primary
+	report Report
+	epoch  uint64 // epoch being executed
+	ended  bool   // the run is over: a closing link is no loss
+}
+
+// RunPrimary waits for a backup (or not), then runs the guest as primary:
+// every answer and epoch end goes to the backup, outputs leave only under
+// the output rule, and a lost backup leaves the primary running alone.
+func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
+	opt.defaults()
+	start := time.Now()
+	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag)}
+	p.cond = sync.NewCond(&p.mu)
+	p.report.Role = "primary"
+	if err := p.connect(ctx); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if p.link != nil {
+		go p.receive()
+		go heartbeat(ctx, p.link, opt.Heartbeat, opt.FailureTimeout, func(reason string) { p.loseBackup("backup silent: " + reason) })
+	}
+	stopWake := context.AfterFunc(ctx, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
+	defer stopWake()
+
+	res, runErr := p.run(ctx)
+	if runErr == nil {
+		runErr = p.drain(ctx, res.ExitCode)
+	}
+	p.mu.Lock()
+	p.ended = true
+	p.mu.Unlock()
+	if p.link != nil {
+		p.link.Close()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.report.DurationMS = time.Since(start).Milliseconds()
+	if p.link != nil {
+		p.report.LogBytes = p.link.BytesSent()
+	}
+	if runErr != nil {
+		p.report.Error = runErr.Error()
+	} else {
+		code := int(res.ExitCode)
+		p.report.ExitCode = &code
+	}
+	rep := p.report
+	return &rep, runErr
+}
+
+func (p *primary) connect(ctx context.Context) error {
+	if p.opt.Listener == nil || p.opt.BackupWait <= 0 {
+		p.proto.BackupLost()
+		p.log.Info("running without a backup")
+		return nil
+	}
+	p.log.Info("waiting for a backup", zap.String("listen", p.opt.Listener.Addr().String()),
+		zap.Duration("up_to", p.opt.BackupWait))
+	wctx, cancel := context.WithTimeout(ctx, p.opt.BackupWait)
+	defer cancel()
+	link, err := acceptBackup(wctx, p.opt.Listener, p.opt.Machine.wireConfig(), p.log)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return fmt.Errorf("no backup connected to %s within %v (start `hvft backup --primary ADDR` with the same guest, or use --backup-wait 0 to run alone)", p.opt.Listener.Addr(), p.opt.BackupWait)
+		}
+		return err
+	}
+	p.link = link
+	p.log.Info("backup connected", zap.String("backup", link.RemoteAddr()), zap.Stringer("protocol", p.opt.Mode), zap.Uint64("max_lag", p.opt.MaxLag))
+	return nil
+}
+
+// apply carries out a protocol step; mu is held.
+func (p *primary) apply(act epoch.Actions) {
+	if len(act.Send) > 0 && p.link != nil && !p.proto.Alone() {
+		p.link.Send(act.Send...) // a failed send surfaces as a lost link
+	}
+	if len(act.Release) > 0 {
+		if err := p.opt.Sink.Emit(act.Release); err != nil {
+			p.log.Error("console sink", zap.Error(err))
+		}
+		p.report.OutputsEmitted += uint64(len(act.Release))
+	}
+}
+
+// RecordAnswer implements vm.Recorder (rule 1).
+func (p *primary) RecordAnswer(a vm.Answer) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.apply(p.proto.Answer(toWireAnswer(a)))
+	return nil
+}
+
+// RecordEpochEnd implements vm.Recorder (rule 2: logged before its
+// interrupts are delivered).
+func (p *primary) RecordEpochEnd(e vm.EpochEnd) error {
+	p.mu.Lock()
+	p.apply(p.proto.EndEpoch(toWireEnd(e)))
+	alone := p.proto.Alone()
+	p.mu.Unlock()
+	if !alone {
+		p.link.Flush()
+	}
+	return nil
+}
+
+// output takes a console byte from the live environment (rule 3).
+func (p *primary) output(o vm.Output) error {
+	p.mu.Lock()
+	p.apply(p.proto.Output(epoch.Output{Seq: o.Seq, Epoch: o.At.Epoch, Answers: o.Answers, Port: o.Port, Value: o.Value}))
+	alone := p.proto.Alone()
+	p.mu.Unlock()
+	if !alone {
+		p.link.Flush() // the backup must hold what precedes a held output
+	}
+	return nil
+}
+
+func (p *primary) receive() {
+	for {
+		m, err := p.link.Recv()
+		if err != nil {
+			if errors.Is(err, epoch.ErrFrame) {
+				p.log.Error("corrupt frame from the backup", zap.Error(err))
+			}
+			p.loseBackup(fmt.Sprintf("link closed: %v", err))
+			return
+		}
+		switch m.Type {
+		case epoch.TypeAck:
+			p.mu.Lock()
+			act, err := p.proto.Ack(*m.Ack)
+			p.apply(act)
+			p.cond.Broadcast()
+			p.mu.Unlock()
+			if err != nil {
+				p.log.Error("protocol violation by the backup", zap.Error(err))
+				p.loseBackup(err.Error())
+				return
+			}
+			if len(act.Send) > 0 {
+				p.link.Flush()
+			}
+		case epoch.TypeDivergence:
+			d := m.Divergence
+			p.log.Error("BACKUP DIVERGED: the replicas are no longer copies; continuing alone",
+				zap.Uint64("epoch", d.Epoch), zap.Uint64("clock", d.Clock), zap.String("rip", fmt.Sprintf("%#x", d.RIP)), zap.String("detail", d.Detail))
+			p.mu.Lock()
+			p.report.Divergence = fmt.Sprintf("epoch %d clock %d RIP %#x: %s", d.Epoch, d.Clock, d.RIP, d.Detail)
+			p.mu.Unlock()
+			p.loseBackup("backup diverged")
+			return
+		case epoch.TypeHeartbeat:
+		default:
+			p.loseBackup(fmt.Sprintf("unexpected %v message from the backup", m.Type))
+			return
+		}
+	}
+}
+
+// loseBackup makes the primary go on alone (rule 6).
+func (p *primary) loseBackup(reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.proto.Alone() || p.ended {
+		return
+	}
+	p.apply(p.proto.BackupLost())
+	p.report.BackupLost = reason
+	p.cond.Broadcast()
+	p.link.Close()
+	p.log.Warn("backup lost; continuing alone", zap.String("reason", reason), zap.Uint64("epoch", p.epoch))
+}
+
+func (p *primary) run(ctx context.Context) (vm.Result, error) {
+	mc := p.opt.Machine
+	live, err := vm.NewLive(vm.LiveConfig{Recorder: p, OnOutput: p.output, Input: p.opt.Input, CPU: p.opt.CPU, TimerJitter: p.opt.TimerJitter})
+	if err != nil {
+		return vm.Result{}, err
+	}
+	defer live.Close()
+	m, err := vm.New(mc.Config, mc.Image, live, p.log)
+	if err != nil {
+		return vm.Result{}, err
+	}
+	defer m.Close()
+	res, err := m.Run(ctx, vm.RunOptions{
+		EpochLength: mc.EpochBlocks,
+		MaxEpochs:   p.opt.MaxEpochs,
+		BeforeEpoch: func(ctx context.Context, e uint64) error {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			p.epoch = e
+			for !p.proto.MayStart(e) {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				p.cond.Wait()
+			}
+			return nil
+		},
+		OnEpoch: func(s vm.Stop) error {
+			if p.opt.OnEpoch != nil {
+				p.opt.OnEpoch(s)
+			}
+			p.opt.Sink.Flush()
+			return p.opt.Sink.Progress(s.Epoch)
+		},
+	})
+	st := m.Stats()
+	final, _ := m.Hash(true)
+	p.mu.Lock()
+	p.report.Epochs, p.report.TLBMisses, p.report.FinalHash = st.Epochs, st.TLBMisses, final.String()
+	p.mu.Unlock()
+	return res, err
+}
+
+// drain waits until every output is released (acknowledged, or the backup
+// lost), then tells the backup the run is over.
+func (p *primary) drain(ctx context.Context, exitCode uint32) error {
+	if p.link == nil {
+		return p.opt.Sink.Flush()
+	}
+	p.mu.Lock()
+	for !p.proto.Alone() && p.proto.Held() > 0 {
+		if err := ctx.Err(); err != nil {
+			p.mu.Unlock()
+			return fmt.Errorf("waiting for the backup to acknowledge the last outputs: %w", err)
+		}
+		p.cond.Wait()
+	}
+	alone := p.proto.Alone()
+	p.mu.Unlock()
+	if !alone {
+		p.link.SendNow(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: &epoch.Goodbye{ExitCode: exitCode}})
+	}
+	return p.opt.Sink.Flush()
+}

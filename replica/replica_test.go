@@ -1,0 +1,196 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"hvft/epoch"
+	"hvft/guests"
+	"hvft/vm"
+	"hvft/vm/guestelf"
+	"hvft/vm/tlb"
+)
+
+const pairTimeout = 2 * time.Minute
+
+var cpuModel = sync.OnceValues(vm.ProbeCPUModel)
+
+func machine(t *testing.T, name string, args []string, tlbCfg tlb.Config) Machine {
+	t.Helper()
+	data, ok := guests.Builtin(name)
+	if !ok {
+		t.Fatalf("no guest %s", name)
+	}
+	img, err := guestelf.Parse(data, vm.DefaultRAMSize, vm.ImageMinAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Machine{Image: img, EpochBlocks: 20_000, Config: vm.Config{RAMSize: vm.DefaultRAMSize, TLB: tlbCfg, RAMHashEvery: 4, Args: append([]string{name}, args...)}}
+}
+
+type side struct {
+	rep   *Report
+	err   error
+	out   bytes.Buffer
+	trail []vm.Stop
+}
+
+type pairConfig struct {
+	guest        string
+	args         []string
+	primaryTLB   tlb.Config
+	backupTLB    tlb.Config
+	mode         epoch.Mode
+	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
+}
+
+// runPair runs a primary and a backup in this process over a real loopback
+// socket, each with its own TLB and jittered host timer.
+func runPair(t *testing.T, c pairConfig) (p, b *side) {
+	t.Helper()
+	cpu, err := cpuModel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), pairTimeout)
+	defer cancel()
+	p, b = &side{}, &side{}
+	opts := func(s *side, tlbCfg tlb.Config) Options {
+		return Options{Machine: machine(t, c.guest, c.args, tlbCfg), Sink: NewPlainSink(&s.out), CPU: cpu,
+			TimerJitter: 200 * time.Microsecond, OnEpoch: func(st vm.Stop) { s.trail = append(s.trail, st) }}
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		p.rep, p.err = RunPrimary(ctx, PrimaryOptions{Options: opts(p, c.primaryTLB), Listener: ln, BackupWait: time.Minute, Mode: c.mode, MaxLag: 4})
+	}()
+	go func() {
+		defer wg.Done()
+		o := opts(b, c.backupTLB)
+		o.mutateAnswer = c.mutateAnswer
+		b.rep, b.err = RunBackup(ctx, BackupOptions{Options: o, Primary: ln.Addr().String()})
+	}()
+	wg.Wait()
+	if ctx.Err() != nil {
+		t.Fatal("pair did not finish within its bound")
+	}
+	return p, b
+}
+
+// TestPairReplicates: equal per-epoch hash trails and final hashes under
+// different TLBs and jittered timers; different miss counts; the backup
+// emitted nothing.
+func TestPairReplicates(t *testing.T) {
+	for _, c := range []pairConfig{
+		{guest: "ticker", args: []string{"30", "2000"}, primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, backupTLB: tlb.Config{PageSize: 16 << 10, Entries: 4, Policy: tlb.FIFO, Seed: 2}},
+		{guest: "tlbstress", args: []string{"4", "2"}, primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 8, Seed: 3}, backupTLB: tlb.Config{PageSize: 16 << 10, Entries: 64, Policy: tlb.LRU, Seed: 4}},
+		{guest: "ticker", args: []string{"10", "2000"}, primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 5}, backupTLB: tlb.Config{PageSize: 16 << 10, Entries: 4, Seed: 6}, mode: epoch.Strict},
+	} {
+		t.Run(c.guest+"-"+c.mode.String(), func(t *testing.T) {
+			p, b := runPair(t, c)
+			if p.err != nil || b.err != nil {
+				t.Fatalf("primary: %v\nbackup: %v", p.err, b.err)
+			}
+			if len(p.trail) != len(b.trail) || len(p.trail) < 5 {
+				t.Fatalf("primary ran %d epochs, backup %d", len(p.trail), len(b.trail))
+			}
+			for i := range p.trail {
+				if p.trail[i].Hash != b.trail[i].Hash || p.trail[i].Clock != b.trail[i].Clock {
+					t.Fatalf("epoch %d: primary %v backup %v", i+1, p.trail[i].Hash, b.trail[i].Hash)
+				}
+			}
+			if p.rep.FinalHash != b.rep.FinalHash || *p.rep.ExitCode != 0 || *b.rep.ExitCode != 0 {
+				t.Fatalf("final: primary %s exit %v, backup %s exit %v", p.rep.FinalHash, *p.rep.ExitCode, b.rep.FinalHash, *b.rep.ExitCode)
+			}
+			if p.rep.TLBMisses == b.rep.TLBMisses {
+				t.Errorf("miss counts equal (%d): the TLBs did not differ", p.rep.TLBMisses)
+			}
+			if b.out.Len() != 0 || b.rep.OutputsEmitted != 0 || b.rep.BecamePrimary {
+				t.Errorf("backup emitted %d bytes (%d outputs)", b.out.Len(), b.rep.OutputsEmitted)
+			}
+			if b.rep.HashesCompared != uint64(len(b.trail)) {
+				t.Errorf("backup compared %d hashes over %d epochs", b.rep.HashesCompared, len(b.trail))
+			}
+			if c.guest == "ticker" && strings.Count(p.out.String(), "tick ") != atoi(c.args[0]) {
+				t.Errorf("primary console:\n%s", p.out.String())
+			}
+			t.Logf("%d epochs, misses primary %d backup %d, log %d bytes", len(p.trail), p.rep.TLBMisses, b.rep.TLBMisses, p.rep.LogBytes)
+		})
+	}
+}
+
+func atoi(s string) int {
+	n := 0
+	for _, c := range s {
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// TestBackupAnsweringFromItsOwnHostIsCaught is the negative control: a
+// backup that answers one clock read from its own host diverges, is caught
+// at that epoch, reports it to the primary and stops; the primary goes on
+// alone.
+func TestBackupAnsweringFromItsOwnHostIsCaught(t *testing.T) {
+	var mu sync.Mutex
+	var badAt vm.Point
+	bad := false
+	c := pairConfig{guest: "ticker", args: []string{"10", "2000"},
+		primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, backupTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 2},
+		mutateAnswer: func(at vm.Point, port uint32, seq, v uint64) uint64 {
+			mu.Lock()
+			defer mu.Unlock()
+			if bad || seq < 9 || port != vm.PortClockLo {
+				return v
+			}
+			bad, badAt = true, at
+			return v + uint64(time.Now().UnixNano()%1000) + 1 // this host's own clock
+		}}
+	p, b := runPair(t, c)
+	var div *vm.DivergenceError
+	if !errors.As(b.err, &div) {
+		t.Fatalf("backup error %v, want a divergence", b.err)
+	}
+	if div.At.Epoch != badAt.Epoch {
+		t.Errorf("caught at epoch %d; the altered clock read was in epoch %d", div.At.Epoch, badAt.Epoch)
+	}
+	if p.err != nil || *p.rep.ExitCode != 0 {
+		t.Fatalf("primary: %v", p.err)
+	}
+	if p.rep.Divergence == "" || p.rep.BackupLost == "" {
+		t.Errorf("primary report: divergence %q, backup lost %q", p.rep.Divergence, p.rep.BackupLost)
+	}
+	if b.rep.Divergence == "" || b.rep.BecamePrimary || b.rep.OutputsEmitted != 0 {
+		t.Errorf("backup report %+v: a diverged backup must stop, not take over", b.rep)
+	}
+	t.Logf("caught: %v", div)
+}
+
+// TestRdtscDiverges: the rdtsc guest reads host cycles the hypervisor
+// cannot trap; the replicas' states differ and the hash comparison says
+// where.
+func TestRdtscDiverges(t *testing.T) {
+	p, b := runPair(t, pairConfig{guest: "rdtsc", primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, backupTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}})
+	var div *vm.DivergenceError
+	if !errors.As(b.err, &div) {
+		t.Fatalf("backup error %v, want a divergence", b.err)
+	}
+	if div.At.Epoch != uint64(len(b.trail))+1 || div.At.Clock == 0 || div.At.RIP == 0 {
+		t.Errorf("divergence %v after %d good epochs", div, len(b.trail))
+	}
+	if p.err != nil || b.rep.BecamePrimary || b.rep.OutputsEmitted != 0 {
+		t.Errorf("primary: %v; backup took over %v, emitted %d", p.err, b.rep.BecamePrimary, b.rep.OutputsEmitted)
+	}
+}

@@ -1,0 +1,41 @@
+package replica
+
+// Report is the JSON summary `hvft primary` and `hvft backup` write.
+type Report struct {
+	Role           string    `json:"role"`
+	BecamePrimary  bool      `json:"became_primary"`
+	Epochs         uint64    `json:"epochs"`
+	FinalHash      string    `json:"final_hash"`
+	ExitCode       *int      `json:"exit_code"`
+	OutputsEmitted uint64    `json:"outputs_emitted"`
+	TLBMisses      uint64    `json:"tlb_misses"`
+	HashesCompared uint64    `json:"hashes_compared,omitempty"`
+	LogBytes       uint64    `json:"log_bytes,omitempty"`
+	BackupLost     string    `json:"backup_lost,omitempty"`
+	Failover       *Failover `json:"failover,omitempty"`
+	Divergence     string    `json:"divergence,omitempty"`
+	Error          string    `json:"error,omitempty"`
+	DurationMS     int64     `json:"duration_ms"`
+}
+
+// Failover is the timeline of a backup's takeover.
+type Failover struct {
+	Reason string `json:"reason"`
+	// DetectedAfterMS is how long the primary had been silent when its
+	// death was declared (0 for a closed link, about the timeout for a
+	// silent death).
+	DetectedAfterMS float64 `json:"detected_after_ms"`
+	// DetectedUnixMS is the wall-clock time of detection.
+	DetectedUnixMS int64 `json:"detected_unix_ms"`
+	// EpochsHeld is the last complete epoch held at detection;
+	// EpochsExecuted the last one executed then.
+	EpochsHeld     uint64 `json:"epochs_held"`
+	EpochsExecuted uint64 `json:"epochs_executed"`
+	// ReplayMS runs from detection to going live (first answer from this
+	// host's devices).
+	ReplayMS    float64 `json:"replay_ms"`
+	LiveUnixMS  int64   `json:"live_unix_ms,omitempty"`
+	LiveAtEpoch uint64  `json:"live_at_epoch,omitempty"`
+	LiveAtClock uint64  `json:"live_at_clock,omitempty"`
+	Reemitted   int     `json:"reemitted"`
+}
