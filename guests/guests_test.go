@@ -61,3 +61,23 @@ func TestListAndLoad(t *testing.T) {
 		t.Errorf("path load: %q %v", data, err)
 	}
 }
+
+func TestCheckTickerCatchesDamage(t *testing.T) {
+	// FNV-1a 64 over 100 (8 bytes LE) then 0x2a (4 bytes LE).
+	good := "tick 1 clock=100 rand=0000002a sum=683f4daca300637b\n"
+	if err := CheckTicker(good, 1); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]string{
+		"missing":   "",
+		"repeated":  good + good,
+		"bad sum":   strings.Replace(good, "sum=68", "sum=69", 1),
+		"bad index": strings.Replace(good, "tick 1", "tick 2", 1),
+		"garbage":   "hello\n",
+	}
+	for name, out := range bad {
+		if err := CheckTicker(out, 1); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+}

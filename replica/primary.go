@@ -138,16 +138,23 @@ func (p *primary) connect(ctx context.Context) error {
 	return nil
 }
 
-// apply carries out a protocol step; mu is held.
+// apply carries out a protocol step; mu is held. Released outputs reach
+// the sink, flushed, before any message goes out: a release watermark must
+// never tell the backup that an output left while it still sits in this
+// process's buffer, or a crash would lose it.
 func (p *primary) apply(act epoch.Actions) {
-	if len(act.Send) > 0 && p.link != nil && !p.proto.Alone() {
-		p.link.Send(act.Send...) // a failed send surfaces as a lost link
-	}
 	if len(act.Release) > 0 {
-		if err := p.opt.Sink.Emit(act.Release); err != nil {
+		err := p.opt.Sink.Emit(act.Release)
+		if err == nil && len(act.Send) > 0 {
+			err = p.opt.Sink.Flush()
+		}
+		if err != nil {
 			p.log.Error("console sink", zap.Error(err))
 		}
 		p.report.OutputsEmitted += uint64(len(act.Release))
+	}
+	if len(act.Send) > 0 && p.link != nil && !p.proto.Alone() {
+		p.link.Send(act.Send...) // a failed send surfaces as a lost link
 	}
 }
 

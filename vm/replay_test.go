@@ -2,7 +2,9 @@ package vm
 
 import (
 	"context"
+
 	"errors"
+	"hvft/guests"
 	"testing"
 	"time"
 
@@ -44,7 +46,7 @@ func TestRecordReplayTicker(t *testing.T) {
 	if len(live.ends) < 12 || live.stats.Interrupts != 12 || live.stats.Answers == 0 {
 		t.Fatalf("live run too small to mean anything: %d epochs, %d interrupts, %d answers", len(live.ends), live.stats.Interrupts, live.stats.Answers)
 	}
-	if err := checkTickerLines(string(live.out), 12); err != nil {
+	if err := guests.CheckTicker(string(live.out), 12); err != nil {
 		t.Fatalf("live console: %v\n%s", err, live.out)
 	}
 	rep := replayLog(t, log, "12", Config{TLB: tlbConfig(16<<10, 4, tlb.FIFO, 99)})

@@ -61,6 +61,9 @@ func newApp() *cli.App {
 		},
 		Commands: []*cli.Command{
 			runCommand(),
+			primaryCommand(),
+			backupCommand(),
+			demoCommand(),
 			guestsCommand(),
 		},
 		HideHelpCommand: true,

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"hvft/guests"
+	"hvft/replica"
 	"hvft/vm"
 	"hvft/vm/guestelf"
 )
@@ -44,11 +45,7 @@ func runCommand() *cli.Command {
 		Description: "GUEST is a built-in guest name (see `hvft guests`) or the path of a static x86-64 ELF;\n" +
 			"the default is " + guests.Default + ". Arguments after -- reach the guest as argv[1..].\n" +
 			"The exit status is the guest's power-off code.",
-		Flags: append(machineFlags(),
-			&cli.Uint64Flag{Name: "max-epochs", Usage: "stop with an error after this many epochs (0: no bound)"},
-			&cli.DurationFlag{Name: "timeout", Usage: "stop with an error after this long (0: no bound)"},
-			&cli.StringFlag{Name: "report", Usage: "write a JSON report of the run to this file"},
-		),
+		Flags:  append(machineFlags(), runFlags()...),
 		Action: runAction,
 	}
 }
@@ -63,24 +60,14 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	name, args, err := guestArgs(c)
+	mach, label, err := loadMachine(c, cfg)
 	if err != nil {
 		return err
 	}
-	data, label, err := guests.Load(name)
-	if err != nil {
-		return err
-	}
-	img, err := guestelf.Parse(data, cfg.RAMSize, vm.ImageMinAddr)
-	if err != nil {
-		return fmt.Errorf("guest %s: %w", label, err)
-	}
-	cfg.Args = append([]string{name}, args...)
+	img := mach.Image
+	cfg = mach.Config
 	rep := runReport{Guest: label, ImageDigest: fmt.Sprintf("%x", img.Digest), TLBSeed: cfg.TLB.Seed}
-	log.Info("booting", zap.String("guest", label), zap.Uint64("ram", cfg.RAMSize),
-		zap.Uint64("tlb_page", cfg.TLB.PageSize), zap.Int("tlb_entries", cfg.TLB.Entries),
-		zap.Stringer("tlb_policy", cfg.TLB.Policy), zap.Uint64("tlb_seed", cfg.TLB.Seed),
-		zap.Uint64("epoch_blocks", c.Uint64("epoch-blocks")))
+	logBoot(log, label, mach)
 
 	ctx := c.Context
 	if d := c.Duration("timeout"); d > 0 {
@@ -100,7 +87,7 @@ func runAction(c *cli.Context) error {
 	defer m.Close()
 
 	start := time.Now()
-	res, runErr := m.Run(ctx, vm.RunOptions{EpochLength: c.Uint64("epoch-blocks"), MaxEpochs: c.Uint64("max-epochs")})
+	res, runErr := m.Run(ctx, vm.RunOptions{EpochLength: mach.EpochBlocks, MaxEpochs: c.Uint64("max-epochs")})
 	if err := live.Close(); err != nil && runErr == nil {
 		runErr = err
 	}
@@ -149,6 +136,33 @@ func writeJSON(path string, v any) error {
 		return fmt.Errorf("writing report: %w", err)
 	}
 	return nil
+}
+
+// loadMachine reads the guest named on the command line and completes the
+// machine configuration with its arguments.
+func loadMachine(c *cli.Context, cfg vm.Config) (replica.Machine, string, error) {
+	name, args, err := guestArgs(c)
+	if err != nil {
+		return replica.Machine{}, "", err
+	}
+	data, label, err := guests.Load(name)
+	if err != nil {
+		return replica.Machine{}, "", err
+	}
+	img, err := guestelf.Parse(data, cfg.RAMSize, vm.ImageMinAddr)
+	if err != nil {
+		return replica.Machine{}, "", fmt.Errorf("guest %s: %w", label, err)
+	}
+	cfg.Args = append([]string{name}, args...)
+	return replica.Machine{Image: img, Config: cfg, EpochBlocks: c.Uint64("epoch-blocks")}, label, nil
+}
+
+func logBoot(log *zap.Logger, label string, m replica.Machine) {
+	cfg := m.Config
+	log.Info("booting", zap.String("guest", label), zap.Strings("args", cfg.Args[1:]), zap.Uint64("ram", cfg.RAMSize),
+		zap.Uint64("tlb_page", cfg.TLB.PageSize), zap.Int("tlb_entries", cfg.TLB.Entries),
+		zap.Stringer("tlb_policy", cfg.TLB.Policy), zap.Uint64("tlb_seed", cfg.TLB.Seed),
+		zap.Uint64("epoch_blocks", m.EpochBlocks))
 }
 
 // guestArgs splits the positional arguments into the guest and its own

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+
+	"hvft/epoch"
+	"hvft/replica"
+)
+
+// runFlags bound a run and report on it; shared by run, primary and backup.
+func runFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.Uint64Flag{Name: "max-epochs", Usage: "stop with an error after this many epochs (0: no bound)"},
+		&cli.DurationFlag{Name: "timeout", Usage: "stop with an error after this long (0: no bound)"},
+		&cli.StringFlag{Name: "report", Usage: "write a JSON report of the run to this file"},
+	}
+}
+
+// linkFlags configure the replication link on both sides.
+func linkFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "interval between heartbeats on the replication link"},
+		&cli.DurationFlag{Name: "failure-timeout", Value: 500 * time.Millisecond, Usage: "declare the peer dead after this much silence (a closed link counts at once)"},
+		&cli.BoolFlag{Name: "console-stream", Usage: "write the console as a sequenced stream (\"o SEQ HEX\" and \"e EPOCH\" lines) for a merging sink such as hvft demo"},
+	}
+}
+
+func primaryCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "primary",
+		Usage:     "run a guest as the primary of a replicated pair",
+		ArgsUsage: "[GUEST] [-- GUEST-ARGS...]",
+		Description: "Waits for a backup on --listen, then runs the guest, streaming every environment answer\n" +
+			"and epoch end to it. Console output leaves only once the backup holds every log record\n" +
+			"before it. If the backup dies, the primary goes on alone.",
+		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...),
+			&cli.StringFlag{Name: "listen", Required: true, Usage: "address the backup connects to (host:port, or fd:N for an inherited listener)"},
+			&cli.DurationFlag{Name: "backup-wait", Value: 30 * time.Second, Usage: "how long to wait for the backup before failing (0: run alone at once)"},
+			&cli.StringFlag{Name: "protocol", Value: "bounded", Usage: "bounded (run up to --max-lag epochs ahead of the backup) or strict (wait for each epoch's acknowledgement)"},
+			&cli.Uint64Flag{Name: "max-lag", Value: 4, Usage: "epochs the primary may run ahead of the backup's acknowledgements (bounded protocol)"},
+		),
+		Action: primaryAction,
+	}
+}
+
+func backupCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "backup",
+		Usage:     "replay a primary's guest one epoch behind, and take over if it dies",
+		ArgsUsage: "[GUEST] [-- GUEST-ARGS...]",
+		Description: "Connects to the primary at --primary with the same guest and machine configuration,\n" +
+			"replays its log one epoch behind, compares state hashes at every epoch end and emits\n" +
+			"nothing. When the primary dies it finishes what it holds and goes on as the primary.",
+		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...),
+			&cli.StringFlag{Name: "primary", Required: true, Usage: "the primary's address (host:port)"},
+			&cli.DurationFlag{Name: "connect-timeout", Value: 30 * time.Second, Usage: "how long to keep trying to reach the primary"},
+		),
+		Action: backupAction,
+	}
+}
+
+// replicaSetup is what both roles read from the command line.
+type replicaSetup struct {
+	log    *zap.Logger
+	opts   replica.Options
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func setupReplica(c *cli.Context) (*replicaSetup, error) {
+	log, err := newLogger(c)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := machineConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	mach, label, err := loadMachine(c, cfg)
+	if err != nil {
+		return nil, err
+	}
+	logBoot(log, label, mach)
+	var sink replica.Sink = replica.NewPlainSink(c.App.Writer)
+	if c.Bool("console-stream") {
+		sink = replica.NewStreamSink(c.App.Writer)
+	}
+	s := &replicaSetup{log: log, opts: replica.Options{
+		Machine: mach, Heartbeat: c.Duration("heartbeat"), FailureTimeout: c.Duration("failure-timeout"),
+		Sink: sink, Input: os.Stdin, MaxEpochs: c.Uint64("max-epochs"), Log: log,
+	}}
+	s.ctx, s.cancel = c.Context, func() {}
+	if d := c.Duration("timeout"); d > 0 {
+		s.ctx, s.cancel = context.WithTimeout(c.Context, d)
+	}
+	return s, nil
+}
+
+// finish writes the report and turns the outcome into an exit status.
+func finish(c *cli.Context, log *zap.Logger, rep *replica.Report, err error) error {
+	if rep != nil {
+		if path := c.String("report"); path != "" {
+			if werr := writeJSON(path, rep); werr != nil {
+				return werr
+			}
+		}
+		log.Info("finished", zap.String("role", rep.Role), zap.Bool("became_primary", rep.BecamePrimary),
+			zap.Uint64("epochs", rep.Epochs), zap.String("final_hash", rep.FinalHash), zap.Uint64("outputs", rep.OutputsEmitted))
+	}
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("timed out after %v: %w", c.Duration("timeout"), err)
+		}
+		return err
+	}
+	return exitCode(*rep.ExitCode & 0xFF)
+}
+
+func primaryAction(c *cli.Context) error {
+	s, err := setupReplica(c)
+	if err != nil {
+		return err
+	}
+	defer s.cancel()
+	defer s.log.Sync()
+	mode, err := epoch.ParseMode(c.String("protocol"))
+	if err != nil {
+		return fmt.Errorf("--protocol: %w", err)
+	}
+	ln, err := listen(c.String("listen"))
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	rep, err := replica.RunPrimary(s.ctx, replica.PrimaryOptions{Options: s.opts, Listener: ln,
+		BackupWait: c.Duration("backup-wait"), Mode: mode, MaxLag: c.Uint64("max-lag")})
+	return finish(c, s.log, rep, err)
+}
+
+func backupAction(c *cli.Context) error {
+	s, err := setupReplica(c)
+	if err != nil {
+		return err
+	}
+	defer s.cancel()
+	defer s.log.Sync()
+	rep, err := replica.RunBackup(s.ctx, replica.BackupOptions{Options: s.opts, Primary: c.String("primary"),
+		ConnectTimeout: c.Duration("connect-timeout")})
+	return finish(c, s.log, rep, err)
+}
+
+// listen opens host:port, or adopts an inherited listening socket (fd:N),
+// which is how hvft demo hands its primary a port without a race.
+func listen(addr string) (net.Listener, error) {
+	if rest, ok := strings.CutPrefix(addr, "fd:"); ok {
+		fd, err := strconv.Atoi(rest)
+		if err != nil || fd < 3 {
+			return nil, fmt.Errorf("--listen %q: want fd:N with N >= 3", addr)
+		}
+		f := os.NewFile(uintptr(fd), "listener")
+		if f == nil {
+			return nil, fmt.Errorf("--listen %q: no such file descriptor", addr)
+		}
+		defer f.Close()
+		ln, err := net.FileListener(f)
+		if err != nil {
+			return nil, fmt.Errorf("--listen %q: %w", addr, err)
+		}
+		return ln, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	return ln, nil
+}
