@@ -1,0 +1,306 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"hvft/epoch"
+	"hvft/guests"
+)
+
+// proc is a running hvft process.
+type proc struct {
+	cmd            *exec.Cmd
+	stdout, stderr syncBuffer
+	done           chan struct{}
+	cancel         context.CancelFunc
+	err            error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startHvft(t *testing.T, args ...string) *proc {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	p := &proc{cmd: exec.CommandContext(ctx, hvftBin, args...), done: make(chan struct{}), cancel: cancel}
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { p.cmd.Process.Kill(); <-p.done; cancel() })
+	return p
+}
+
+// wait returns the exit code; the process's own bound ends a hang.
+func (p *proc) wait(t *testing.T) int {
+	t.Helper()
+	<-p.done
+	var ee *exec.ExitError
+	switch {
+	case p.err == nil:
+		return 0
+	case errors.As(p.err, &ee):
+		return ee.ExitCode()
+	}
+	t.Fatalf("%v", p.err)
+	return -1
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type demoReport struct {
+	Killed        bool     `json:"killed"`
+	KilledAtEpoch uint64   `json:"killed_at_epoch"`
+	KillToLiveMS  *float64 `json:"kill_to_live_ms"`
+	Gaps          uint64   `json:"gaps"`
+	Backup        struct {
+		BecamePrimary  bool   `json:"became_primary"`
+		ExitCode       *int   `json:"exit_code"`
+		HashesCompared uint64 `json:"hashes_compared"`
+		Failover       *struct {
+			DetectedAfterMS float64 `json:"detected_after_ms"`
+			LiveAtEpoch     uint64  `json:"live_at_epoch"`
+		} `json:"failover"`
+	} `json:"backup"`
+}
+
+// TestDemoSurvivesPrimaryKill: the primary is SIGKILLed at a random epoch
+// (seeded, logged); the merged console has every ticker line exactly once,
+// in order, with valid checksums, and the survivor exits with the guest's
+// code.
+func TestDemoSurvivesPrimaryKill(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	const ticks = 80
+	runs := 4
+	if testing.Short() {
+		runs = 1
+	}
+	for i := 0; i < runs; i++ {
+		killAt := 2 + rng.IntN(ticks-10)
+		t.Run("kill-at-"+strconv.Itoa(killAt), func(t *testing.T) {
+			report := filepath.Join(t.TempDir(), "demo.json")
+			r := hvft(t, "", "--log-level", "warn", "demo", "--kill-after", strconv.Itoa(killAt), "--report", report,
+				"ticker", "--", strconv.Itoa(ticks), "3000")
+			if r.code != 0 {
+				t.Fatalf("demo exit %d\n%s", r.code, r.stderr)
+			}
+			if err := guests.CheckTicker(r.stdout, ticks); err != nil {
+				t.Fatalf("merged console: %v\n%s", err, r.stdout)
+			}
+			var rep demoReport
+			data, _ := os.ReadFile(report)
+			if err := json.Unmarshal(data, &rep); err != nil {
+				t.Fatal(err)
+			}
+			if !rep.Killed || !rep.Backup.BecamePrimary || rep.Backup.Failover == nil || rep.Gaps != 0 {
+				t.Fatalf("report %s", data)
+			}
+			if rep.Backup.HashesCompared == 0 {
+				t.Errorf("no hashes compared before the kill: %s", data)
+			}
+			t.Logf("killed after epoch %d; detected after %.1f ms, live at epoch %d, kill to live %v ms",
+				rep.KilledAtEpoch, rep.Backup.Failover.DetectedAfterMS, rep.Backup.Failover.LiveAtEpoch, derefMS(rep.KillToLiveMS))
+		})
+	}
+}
+
+func derefMS(v *float64) any {
+	if v == nil {
+		return "n/a"
+	}
+	return *v
+}
+
+// TestBackupKillLeavesPrimaryAlone: the primary finishes the run alone.
+func TestBackupKillLeavesPrimaryAlone(t *testing.T) {
+	addr := freeAddr(t)
+	report := filepath.Join(t.TempDir(), "primary.json")
+	primary := startHvft(t, "--log-level", "warn", "primary", "--listen", addr, "--report", report, "ticker", "--", "60", "3000")
+	backup := startHvft(t, "--log-level", "warn", "backup", "--primary", addr, "ticker", "--", "60", "3000")
+	deadline := time.Now().Add(time.Minute)
+	for strings.Count(primary.stdout.String(), "tick ") < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("primary printed nothing\n%s", primary.stderr.String())
+		}
+		select {
+		case <-primary.done:
+			t.Fatalf("primary ended early\n%s", primary.stderr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	backup.cmd.Process.Kill()
+	backup.wait(t)
+	if code := primary.wait(t); code != 0 {
+		t.Fatalf("primary exit %d\n%s", code, primary.stderr.String())
+	}
+	if err := guests.CheckTicker(primary.stdout.String(), 60); err != nil {
+		t.Fatalf("primary console: %v", err)
+	}
+	data, _ := os.ReadFile(report)
+	var rep struct {
+		BackupLost string `json:"backup_lost"`
+	}
+	json.Unmarshal(data, &rep)
+	if rep.BackupLost == "" {
+		t.Errorf("report does not say the backup was lost: %s", data)
+	}
+}
+
+// TestHandshakeRefusesMismatch: a backup with another guest image, other
+// arguments or another RAM size is refused with the reason; the primary
+// keeps waiting for a proper backup, and says what it waits for.
+func TestHandshakeRefusesMismatch(t *testing.T) {
+	addr := freeAddr(t)
+	primary := startHvft(t, "primary", "--listen", addr, "--backup-wait", "20s", "ticker", "--", "5", "2000")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"hello"}, "guest image differs"},
+		{[]string{"ticker", "--", "6", "2000"}, "guest arguments differ"},
+		{[]string{"--ram", "32MiB", "ticker", "--", "5", "2000"}, "RAM size differs"},
+	} {
+		args := append([]string{"--log-level", "error", "backup", "--primary", addr}, c.args...)
+		if c.args[0] == "--ram" {
+			args = append([]string{"--log-level", "error", "backup", "--primary", addr}, c.args...)
+		}
+		r := hvft(t, "", args...)
+		if r.code != exitFailure || !strings.Contains(r.stderr, "refused") || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("backup %v: exit %d, stderr %s", c.args, r.code, r.stderr)
+		}
+	}
+	good := hvft(t, "", "--log-level", "error", "backup", "--primary", addr, "ticker", "--", "5", "2000")
+	if good.code != 0 || good.stdout != "" {
+		t.Errorf("matching backup: exit %d stdout %q stderr %s", good.code, good.stdout, good.stderr)
+	}
+	if code := primary.wait(t); code != 0 {
+		t.Fatalf("primary exit %d\n%s", code, primary.stderr.String())
+	}
+	log := primary.stderr.String()
+	if !strings.Contains(log, "waiting for a backup") || strings.Count(log, "refused a backup") != 3 {
+		t.Errorf("primary log does not show the wait and three refusals:\n%s", log)
+	}
+}
+
+func TestPrimaryWithoutBackup(t *testing.T) {
+	r := hvft(t, "", "--log-level", "error", "primary", "--listen", freeAddr(t), "--backup-wait", "300ms", "hello")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "no backup connected") || !strings.Contains(r.stderr, "--backup-wait 0") {
+		t.Errorf("exit %d stderr %s", r.code, r.stderr)
+	}
+	r = hvft(t, "", "--log-level", "error", "primary", "--listen", freeAddr(t), "--backup-wait", "0", "hello")
+	if r.code != 0 || !strings.Contains(r.stdout, "hello from hvft") {
+		t.Errorf("alone: exit %d stdout %q stderr %s", r.code, r.stdout, r.stderr)
+	}
+	r = hvft(t, "", "--log-level", "error", "backup", "--primary", freeAddr(t), "--connect-timeout", "300ms", "hello")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "no primary at") {
+		t.Errorf("backup without primary: exit %d stderr %s", r.code, r.stderr)
+	}
+}
+
+// TestGarbageOnTheLink: a peer that sends garbage or a truncated frame is
+// turned away by the primary, which then replicates with a real backup; a
+// backup fed garbage closes the link with an error and never crashes.
+func TestGarbageOnTheLink(t *testing.T) {
+	addr := freeAddr(t)
+	primary := startHvft(t, "primary", "--listen", addr, "ticker", "--", "5", "2000")
+	for _, junk := range [][]byte{
+		bytes.Repeat([]byte{0xff}, 64),             // absurd length
+		{10, 0, 0, 0, 1, 1, 2, 3},                  // truncated frame
+		[]byte("GET / HTTP/1.0\r\n\r\n"),           // wrong protocol
+		{8, 0, 0, 0, 1, 6, 0, 0, 0, 0, 0, 0, 0, 0}, // bad checksum
+	} {
+		var conn net.Conn
+		var err error
+		for i := 0; i < 100; i++ {
+			if conn, err = net.Dial("tcp", addr); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // bounded retry while the primary starts
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Write(junk)
+		conn.(*net.TCPConn).CloseWrite()
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 256)
+		for {
+			if _, err := conn.Read(buf); err != nil {
+				break // the primary closed it
+			}
+		}
+		conn.Close()
+	}
+	good := hvft(t, "", "--log-level", "error", "backup", "--primary", addr, "ticker", "--", "5", "2000")
+	if good.code != 0 {
+		t.Errorf("real backup after garbage: exit %d\n%s", good.code, good.stderr)
+	}
+	if code := primary.wait(t); code != 0 || strings.Count(primary.stdout.String(), "tick ") != 5 {
+		t.Fatalf("primary exit %d\n%s\n%s", code, primary.stdout.String(), primary.stderr.String())
+	}
+	if n := strings.Count(primary.stderr.String(), "failed the handshake"); n != 4 {
+		t.Errorf("primary turned away %d garbage peers, want 4:\n%s", n, primary.stderr.String())
+	}
+
+	// A fake primary that welcomes the backup, then sends garbage.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		buf := make([]byte, 4096)
+		conn.Read(buf) // the hello
+		welcome, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: true}})
+		conn.Write(welcome)
+		conn.Write(bytes.Repeat([]byte{0x42}, 100))
+		time.Sleep(100 * time.Millisecond)
+	}()
+	r := hvft(t, "", "backup", "--primary", ln.Addr().String(), "hello")
+	if !strings.Contains(r.stderr, "bad frame") {
+		t.Errorf("backup fed garbage: exit %d, stderr does not name the bad frame:\n%s", r.code, r.stderr)
+	}
+}
