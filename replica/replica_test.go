@@ -21,7 +21,7 @@ const pairTimeout = 2 * time.Minute
 
 var cpuModel = sync.OnceValues(vm.ProbeCPUModel)
 
-func machine(t *testing.T, name string, args []string, tlbCfg tlb.Config) Machine {
+func machine(t testing.TB, name string, args []string, tlbCfg tlb.Config) Machine {
 	t.Helper()
 	data, ok := guests.Builtin(name)
 	if !ok {

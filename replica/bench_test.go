@@ -1,0 +1,114 @@
+package replica
+
+import (
+	"context"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"hvft/epoch"
+	"hvft/vm"
+	"hvft/vm/tlb"
+)
+
+// pairRun runs one in-process primary/backup pair over loopback and
+// returns the primary's wall time and epoch count.
+func pairRun(b *testing.B, mach Machine, mode epoch.Mode) (time.Duration, uint64) {
+	b.Helper()
+	cpu, err := cpuModel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), pairTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var prep, brep *Report
+	var perr, berr error
+	var elapsed time.Duration
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		start := time.Now()
+		prep, perr = RunPrimary(ctx, PrimaryOptions{Options: Options{Machine: mach, Sink: NewPlainSink(io.Discard), CPU: cpu},
+			Listener: ln, BackupWait: time.Minute, Mode: mode, MaxLag: 4})
+		elapsed = time.Since(start)
+	}()
+	go func() {
+		defer wg.Done()
+		brep, berr = RunBackup(ctx, BackupOptions{Options: Options{Machine: mach, Sink: NewPlainSink(io.Discard), CPU: cpu}, Primary: ln.Addr().String()})
+	}()
+	wg.Wait()
+	if perr != nil || berr != nil || prep.FinalHash != brep.FinalHash {
+		b.Fatalf("pair: %v / %v, hashes %s / %s", perr, berr, prep.FinalHash, brep.FinalHash)
+	}
+	return elapsed, prep.Epochs
+}
+
+func soloRun(b *testing.B, mach Machine) time.Duration {
+	b.Helper()
+	cpu, _ := cpuModel()
+	live, err := vm.NewLive(vm.LiveConfig{CPU: cpu})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer live.Close()
+	m, err := vm.New(mach.Config, mach.Image, live, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	start := time.Now()
+	if _, err := m.Run(context.Background(), vm.RunOptions{EpochLength: mach.EpochBlocks}); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// BenchmarkReplicatedCompute: compute unreplicated (hvft run's machine)
+// against a primary/backup pair on this machine over loopback, default
+// (bounded) and strict protocol, as ratios measured in one run. Target:
+// bounded/run <= 1.1.
+func BenchmarkReplicatedCompute(b *testing.B) {
+	mach := benchMachine(b, "compute", []string{"4", "1"})
+	soloRun(b, mach) // warm up
+	var solo, bounded, strict time.Duration
+	for i := 0; i < b.N; i++ {
+		solo += soloRun(b, mach)
+		d, _ := pairRun(b, mach, epoch.Bounded)
+		bounded += d
+		d, _ = pairRun(b, mach, epoch.Strict)
+		strict += d
+	}
+	b.ReportMetric(float64(solo.Milliseconds())/float64(b.N), "run-ms/op")
+	b.ReportMetric(bounded.Seconds()/solo.Seconds(), "bounded/run")
+	b.ReportMetric(strict.Seconds()/solo.Seconds(), "strict/run")
+}
+
+// BenchmarkTickerEpochRate: epochs per second of a replicated ticker with
+// a fast timer (every epoch ends at a HLT and carries an interrupt).
+func BenchmarkTickerEpochRate(b *testing.B) {
+	mach := benchMachine(b, "ticker", []string{"300", "200"})
+	var total time.Duration
+	var epochs uint64
+	for i := 0; i < b.N; i++ {
+		d, n := pairRun(b, mach, epoch.Bounded)
+		total += d
+		epochs += n
+	}
+	b.ReportMetric(float64(epochs)/total.Seconds(), "epochs/s")
+}
+
+// benchMachine is the default machine: 32 x 64 KiB TLB, 100,000-block
+// epochs, RAM hashed every 64 epochs (hvft's defaults).
+func benchMachine(b *testing.B, name string, args []string) Machine {
+	m := machine(b, name, args, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1})
+	m.EpochBlocks, m.Config.RAMHashEvery = 100_000, 64
+	return m
+}
