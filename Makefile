@@ -1,6 +1,6 @@
 # hvft: the two commands the README starts with, and the rest.
 #
-#   make run     build hvft and boot the default guest (see README.md)
+#   make run     build hvft and run the replicated demo (see README.md)
 #   make test    every test: formatting, vet, unit, process and golden tests,
 #                a short fuzz run
 #   make bench   the benchmarks behind the performance figures
@@ -21,7 +21,7 @@ build: deps
 	$(GO) build -o $(HVFT) ./cmd/hvft
 
 run: build
-	$(HVFT) run
+	$(HVFT) demo
 
 test: deps
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -32,9 +32,10 @@ test: deps
 
 fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./vm/guestelf
+	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./epoch
 
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./vm/...
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./vm/... ./replica/...
 
 guests:
 	$(MAKE) -C guests

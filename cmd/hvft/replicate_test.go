@@ -13,11 +13,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"hvft/epoch"
 	"hvft/guests"
+	"hvft/replica"
 )
 
 // proc is a running hvft process.
@@ -303,4 +305,63 @@ func TestGarbageOnTheLink(t *testing.T) {
 	if !strings.Contains(r.stderr, "bad frame") {
 		t.Errorf("backup fed garbage: exit %d, stderr does not name the bad frame:\n%s", r.code, r.stderr)
 	}
+}
+
+// TestSilentPrimaryIsDeclaredDead: a primary that stops (SIGSTOP) without
+// closing its link is declared dead after the failure timeout; the backup
+// takes over and the merged console is complete.
+func TestSilentPrimaryIsDeclaredDead(t *testing.T) {
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	guest := []string{"ticker", "--", "40", "3000"}
+	link := []string{"--console-stream", "--failure-timeout", "300ms", "--heartbeat", "50ms"}
+	primary := startHvft(t, append(append([]string{"--log-level", "warn", "primary", "--listen", addr}, link...), guest...)...)
+	backupReport := filepath.Join(dir, "backup.json")
+	backup := startHvft(t, append(append([]string{"--log-level", "warn", "backup", "--primary", addr, "--report", backupReport}, link...), guest...)...)
+	deadline := time.Now().Add(time.Minute)
+	for strings.Count(primary.stdout.String(), "\ne ") < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("primary made no progress\n%s", primary.stderr.String())
+		}
+		select {
+		case <-primary.done:
+			t.Fatalf("primary ended early\n%s", primary.stderr.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := primary.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	if code := backup.wait(t); code != 0 {
+		t.Fatalf("backup exit %d\n%s", code, backup.stderr.String())
+	}
+	tookOver := time.Since(stopped)
+	primary.cmd.Process.Kill()
+	primary.wait(t)
+	var console bytes.Buffer
+	m := replica.NewMerger(&console)
+	for _, s := range []string{primary.stdout.String(), backup.stdout.String()} {
+		if err := m.Read(strings.NewReader(s), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := guests.CheckTicker(console.String(), 40); err != nil {
+		t.Fatalf("merged console: %v\n%s", err, console.String())
+	}
+	var rep struct {
+		Failover struct {
+			Reason          string  `json:"reason"`
+			DetectedAfterMS float64 `json:"detected_after_ms"`
+		} `json:"failover"`
+	}
+	data, _ := os.ReadFile(backupReport)
+	json.Unmarshal(data, &rep)
+	if !strings.Contains(rep.Failover.Reason, "silent") || rep.Failover.DetectedAfterMS < 300 {
+		t.Errorf("failover %+v: want a silence of at least the 300 ms timeout", rep.Failover)
+	}
+	t.Logf("silent primary: detected after %.0f ms; backup finished %v after the stop", rep.Failover.DetectedAfterMS, tookOver.Round(time.Millisecond))
 }
