@@ -150,6 +150,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 			return buf, missing
 		}
 		buf = le.AppendUint32(buf, m.Goodbye.ExitCode)
+		buf = append(buf, m.Goodbye.Hash[:]...)
 	default:
 		return buf, fmt.Errorf("cannot encode message type %d", m.Type)
 	}
@@ -234,7 +235,9 @@ func DecodeFrame(body []byte) (Message, error) {
 	case TypeDivergence:
 		m.Divergence = &Divergence{Epoch: d.u64(), Clock: d.u64(), RIP: d.u64(), Detail: d.string()}
 	case TypeGoodbye:
-		m.Goodbye = &Goodbye{ExitCode: d.u32()}
+		g := &Goodbye{ExitCode: d.u32()}
+		copy(g.Hash[:], d.bytes(16))
+		m.Goodbye = g
 	default:
 		return Message{}, frameErr("unknown message type %d", m.Type)
 	}

@@ -19,7 +19,7 @@ func sampleMessages() []Message {
 		{Type: TypeHeartbeat},
 		{Type: TypeRelease, Release: &Release{Output: 42}},
 		{Type: TypeDivergence, Divergence: &Divergence{Epoch: 4, Clock: 5, RIP: 6, Detail: "state hash differs"}},
-		{Type: TypeGoodbye, Goodbye: &Goodbye{ExitCode: 3}},
+		{Type: TypeGoodbye, Goodbye: &Goodbye{ExitCode: 3, Hash: [16]byte{7, 7}}},
 	}
 }
 

@@ -122,8 +122,11 @@ type Divergence struct {
 	Detail string
 }
 
-// Goodbye says the primary is done: the guest powered off, with this exit
-// code, and the backup should finish its replay rather than take over.
+// Goodbye says the run is over. From the primary: the guest powered off
+// with this exit code; finish the replay rather than take over. From the
+// backup, in answer: the replay reached the same end, with this final
+// state hash (RAM included).
 type Goodbye struct {
 	ExitCode uint32
+	Hash     [16]byte
 }

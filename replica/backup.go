@@ -90,10 +90,20 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		b.log.Error("DIVERGENCE: this replica no longer matches the primary; stopping",
 			zap.Uint64("epoch", div.At.Epoch), zap.Uint64("clock", div.At.Clock),
 			zap.String("rip", fmt.Sprintf("%#x", div.At.RIP)), zap.String("detail", div.Detail))
-		b.link.SendNow(epoch.Message{Type: epoch.TypeDivergence, Divergence: &epoch.Divergence{
+		b.link.Send(epoch.Message{Type: epoch.TypeDivergence, Divergence: &epoch.Divergence{
 			Epoch: div.At.Epoch, Clock: div.At.Clock, RIP: div.At.RIP, Detail: div.Detail}})
 	}
-	b.link.Close()
+	b.mu.Lock()
+	done, _ := b.proto.PrimaryDone()
+	sendBye := done && runErr == nil && !b.proto.IsPrimary()
+	finalHash := b.report.FinalHash
+	b.mu.Unlock()
+	if sendBye {
+		// Tell the primary the replay reached the same end.
+		final, _ := vm.ParseDigest(finalHash)
+		b.link.Send(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: &epoch.Goodbye{ExitCode: res.ExitCode, Hash: final}})
+	}
+	b.link.CloseAfter(time.Second) // the verdict must reach the primary
 	b.opt.Sink.Flush()
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -138,13 +148,18 @@ func (b *backup) receive() {
 			b.queue = append(b.queue, vm.Record{End: &e})
 		}
 		b.cond.Broadcast()
-		ack, send := b.proto.Ack()
+		// Acknowledge once the frames received so far are consumed, so a
+		// burst costs one acknowledgement. (Ask the protocol for the ack
+		// only then: it remembers what it handed out as sent.)
+		var ack epoch.Message
+		send := false
+		if !b.link.Buffered() {
+			ack, send = b.proto.Ack()
+		}
 		done, _ := b.proto.PrimaryDone()
 		b.mu.Unlock()
-		// Acknowledge once the frames received so far are consumed, so a
-		// burst costs one acknowledgement.
-		if send && !b.link.Buffered() {
-			b.link.SendNow(ack)
+		if send {
+			b.link.Send(ack)
 		}
 		if done {
 			b.endLink(nil)

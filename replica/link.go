@@ -18,23 +18,32 @@ import (
 // handshakeTimeout bounds each side's wait for the other's first message.
 const handshakeTimeout = 5 * time.Second
 
-// Link is one replication connection: framed messages both ways. Sends are
-// buffered and safe for concurrent use; Flush pushes them out. One
+// Link is one replication connection: framed messages both ways. Send
+// never blocks on the network: it queues encoded frames for a writer
+// goroutine, which writes and flushes whatever has accumulated. So no
+// caller ever holds a protocol lock across a blocking write (two peers
+// each blocked writing to the other while holding the lock their reader
+// needs would deadlock), and a burst of messages costs one write. One
 // goroutine receives.
 type Link struct {
 	conn      net.Conn
 	r         *bufio.Reader
 	mu        sync.Mutex
-	w         *bufio.Writer
-	buf       []byte
-	err       error // first send error; the link is dead after it
+	cond      *sync.Cond
+	pending   []byte // encoded frames not yet written
+	writing   bool
+	closed    bool
+	err       error // first write error; the link is dead after it
 	lastHeard atomic.Int64
 	sent      atomic.Uint64 // bytes written
+	done      chan struct{} // the writer exited
 }
 
 func newLink(conn net.Conn) *Link {
-	l := &Link{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), w: bufio.NewWriterSize(conn, 64<<10)}
+	l := &Link{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), done: make(chan struct{})}
+	l.cond = sync.NewCond(&l.mu)
 	l.heard()
+	go l.writer()
 	return l
 }
 
@@ -45,49 +54,76 @@ func (l *Link) Silence() time.Duration {
 	return time.Since(time.Unix(0, l.lastHeard.Load()))
 }
 
-// BytesSent counts the bytes handed to the connection.
+// BytesSent counts the bytes written to the connection.
 func (l *Link) BytesSent() uint64 { return l.sent.Load() }
 
-// Send queues messages.
+// Send queues messages; they go out in order.
 func (l *Link) Send(msgs ...epoch.Message) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
 		return l.err
 	}
+	if l.closed {
+		return net.ErrClosed
+	}
 	for _, m := range msgs {
 		var err error
-		if l.buf, err = epoch.AppendFrame(l.buf[:0], m); err != nil {
+		if l.pending, err = epoch.AppendFrame(l.pending, m); err != nil {
 			return err
 		}
-		if _, err := l.w.Write(l.buf); err != nil {
-			l.err = fmt.Errorf("sending %v: %w", m.Type, err)
-			return l.err
-		}
-		l.sent.Add(uint64(len(l.buf)))
 	}
+	l.cond.Broadcast()
 	return nil
 }
 
-// Flush writes out queued messages.
-func (l *Link) Flush() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.err != nil {
-		return l.err
+func (l *Link) writer() {
+	defer close(l.done)
+	var buf []byte
+	for {
+		l.mu.Lock()
+		for len(l.pending) == 0 && !l.closed {
+			l.writing = false
+			l.cond.Broadcast()
+			l.cond.Wait()
+		}
+		if len(l.pending) == 0 {
+			l.writing = false
+			l.cond.Broadcast()
+			l.mu.Unlock()
+			return
+		}
+		buf, l.pending = l.pending, buf[:0]
+		l.writing = true
+		l.mu.Unlock()
+		n, err := l.conn.Write(buf)
+		l.sent.Add(uint64(n))
+		if err != nil {
+			l.mu.Lock()
+			l.err = fmt.Errorf("sending: %w", err)
+			l.pending, l.writing = nil, false
+			l.cond.Broadcast()
+			l.mu.Unlock()
+			l.conn.Close()
+			return
+		}
 	}
-	if err := l.w.Flush(); err != nil {
-		l.err = fmt.Errorf("sending: %w", err)
-	}
-	return l.err
 }
 
-// SendNow queues messages and flushes.
-func (l *Link) SendNow(msgs ...epoch.Message) error {
-	if err := l.Send(msgs...); err != nil {
-		return err
+// Drain waits, at most timeout, until everything queued has been written.
+func (l *Link) Drain(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	stop := time.AfterFunc(timeout, func() { l.mu.Lock(); l.cond.Broadcast(); l.mu.Unlock() })
+	defer stop.Stop()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for (len(l.pending) > 0 || l.writing) && l.err == nil {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sending: %d bytes not written within %v", len(l.pending), timeout)
+		}
+		l.cond.Wait()
 	}
-	return l.Flush()
+	return l.err
 }
 
 // Recv reads the next message. A malformed frame is an error wrapping
@@ -103,8 +139,22 @@ func (l *Link) Recv() (epoch.Message, error) {
 // Buffered reports whether more received bytes wait to be decoded.
 func (l *Link) Buffered() bool { return l.r.Buffered() > 0 }
 
-// Close closes the connection; a blocked Recv returns.
-func (l *Link) Close() error { return l.conn.Close() }
+// Close closes the connection at once, dropping anything not yet written;
+// a blocked Recv returns.
+func (l *Link) Close() error {
+	l.mu.Lock()
+	l.closed = true
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	return l.conn.Close()
+}
+
+// CloseAfter writes what is queued (for at most timeout), then closes.
+func (l *Link) CloseAfter(timeout time.Duration) error {
+	err := l.Drain(timeout)
+	l.Close()
+	return err
+}
 
 // RemoteAddr names the peer.
 func (l *Link) RemoteAddr() string { return l.conn.RemoteAddr().String() }
@@ -154,10 +204,10 @@ func (l *Link) welcome(want epoch.MachineConfig) (string, error) {
 		return "", fmt.Errorf("first message is %v, not hello", m.Type)
 	}
 	reason := compareConfigs(want, m.Hello.Config)
-	if err := l.SendNow(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason}}); err != nil {
+	if err := l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason}}); err != nil {
 		return "", err
 	}
-	return reason, nil
+	return reason, l.Drain(handshakeTimeout)
 }
 
 // dialPrimary connects to the primary, retrying until ctx ends, and
@@ -193,7 +243,7 @@ func dialPrimary(ctx context.Context, addr string, cfg epoch.MachineConfig, log 
 func (l *Link) hello(cfg epoch.MachineConfig) error {
 	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
 	defer l.conn.SetDeadline(time.Time{})
-	if err := l.SendNow(epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: cfg}}); err != nil {
+	if err := l.Send(epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: cfg}}); err != nil {
 		return fmt.Errorf("handshake: %w", err)
 	}
 	m, err := l.Recv()
@@ -224,7 +274,7 @@ func heartbeat(ctx context.Context, l *Link, interval, timeout time.Duration, de
 			dead(fmt.Sprintf("no message for %v (timeout %v)", s.Round(time.Millisecond), timeout))
 			return
 		}
-		if err := l.SendNow(epoch.Message{Type: epoch.TypeHeartbeat}); err != nil && !errors.Is(err, net.ErrClosed) {
+		if err := l.Send(epoch.Message{Type: epoch.TypeHeartbeat}); err != nil && !errors.Is(err, net.ErrClosed) {
 			dead(err.Error())
 			return
 		}

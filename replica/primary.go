@@ -67,6 +67,8 @@ type primary struct {
 	report Report
 	epoch  uint64 // epoch being executed
 	ended  bool   // the run is over: a closing link is no loss
+	// backupEnd is the backup's goodbye: it replayed to the same end.
+	backupEnd *epoch.Goodbye
 }
 
 // RunPrimary waits for a backup (or not), then runs the guest as primary:
@@ -90,9 +92,9 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	stopWake := context.AfterFunc(ctx, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
 	defer stopWake()
 
-	res, runErr := p.run(ctx)
+	res, final, runErr := p.run(ctx)
 	if runErr == nil {
-		runErr = p.drain(ctx, res.ExitCode)
+		runErr = p.drain(ctx, res.ExitCode, final)
 	}
 	p.mu.Lock()
 	p.ended = true
@@ -170,24 +172,16 @@ func (p *primary) RecordAnswer(a vm.Answer) error {
 // interrupts are delivered).
 func (p *primary) RecordEpochEnd(e vm.EpochEnd) error {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.apply(p.proto.EndEpoch(toWireEnd(e)))
-	alone := p.proto.Alone()
-	p.mu.Unlock()
-	if !alone {
-		p.link.Flush()
-	}
 	return nil
 }
 
 // output takes a console byte from the live environment (rule 3).
 func (p *primary) output(o vm.Output) error {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.apply(p.proto.Output(epoch.Output{Seq: o.Seq, Epoch: o.At.Epoch, Answers: o.Answers, Port: o.Port, Value: o.Value}))
-	alone := p.proto.Alone()
-	p.mu.Unlock()
-	if !alone {
-		p.link.Flush() // the backup must hold what precedes a held output
-	}
 	return nil
 }
 
@@ -213,9 +207,6 @@ func (p *primary) receive() {
 				p.loseBackup(err.Error())
 				return
 			}
-			if len(act.Send) > 0 {
-				p.link.Flush()
-			}
 		case epoch.TypeDivergence:
 			d := m.Divergence
 			p.log.Error("BACKUP DIVERGED: the replicas are no longer copies; continuing alone",
@@ -224,6 +215,12 @@ func (p *primary) receive() {
 			p.report.Divergence = fmt.Sprintf("epoch %d clock %d RIP %#x: %s", d.Epoch, d.Clock, d.RIP, d.Detail)
 			p.mu.Unlock()
 			p.loseBackup("backup diverged")
+			return
+		case epoch.TypeGoodbye:
+			p.mu.Lock()
+			p.backupEnd = m.Goodbye
+			p.cond.Broadcast()
+			p.mu.Unlock()
 			return
 		case epoch.TypeHeartbeat:
 		default:
@@ -247,16 +244,16 @@ func (p *primary) loseBackup(reason string) {
 	p.log.Warn("backup lost; continuing alone", zap.String("reason", reason), zap.Uint64("epoch", p.epoch))
 }
 
-func (p *primary) run(ctx context.Context) (vm.Result, error) {
+func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 	mc := p.opt.Machine
 	live, err := vm.NewLive(vm.LiveConfig{Recorder: p, OnOutput: p.output, Input: p.opt.Input, CPU: p.opt.CPU, TimerJitter: p.opt.TimerJitter})
 	if err != nil {
-		return vm.Result{}, err
+		return vm.Result{}, vm.Digest{}, err
 	}
 	defer live.Close()
 	m, err := vm.New(mc.Config, mc.Image, live, p.log)
 	if err != nil {
-		return vm.Result{}, err
+		return vm.Result{}, vm.Digest{}, err
 	}
 	defer m.Close()
 	res, err := m.Run(ctx, vm.RunOptions{
@@ -287,27 +284,44 @@ func (p *primary) run(ctx context.Context) (vm.Result, error) {
 	p.mu.Lock()
 	p.report.Epochs, p.report.TLBMisses, p.report.FinalHash = st.Epochs, st.TLBMisses, final.String()
 	p.mu.Unlock()
-	return res, err
+	return res, final, err
 }
 
 // drain waits until every output is released (acknowledged, or the backup
-// lost), then tells the backup the run is over.
-func (p *primary) drain(ctx context.Context, exitCode uint32) error {
+// lost), tells the backup the run is over, and waits for its verdict: its
+// own goodbye with its final hash, a divergence, or its loss. Each wait is
+// bounded by the failure detector.
+func (p *primary) drain(ctx context.Context, exitCode uint32, final vm.Digest) error {
 	if p.link == nil {
 		return p.opt.Sink.Flush()
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	for !p.proto.Alone() && p.proto.Held() > 0 {
 		if err := ctx.Err(); err != nil {
-			p.mu.Unlock()
 			return fmt.Errorf("waiting for the backup to acknowledge the last outputs: %w", err)
 		}
 		p.cond.Wait()
 	}
-	alone := p.proto.Alone()
-	p.mu.Unlock()
-	if !alone {
-		p.link.SendNow(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: &epoch.Goodbye{ExitCode: exitCode}})
+	if err := p.opt.Sink.Flush(); err != nil {
+		return fmt.Errorf("writing the console: %w", err)
 	}
-	return p.opt.Sink.Flush()
+	if p.proto.Alone() {
+		return nil
+	}
+	p.link.Send(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: &epoch.Goodbye{ExitCode: exitCode, Hash: final}})
+	for !p.proto.Alone() && p.backupEnd == nil {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("waiting for the backup to finish its replay: %w", err)
+		}
+		p.cond.Wait()
+	}
+	if g := p.backupEnd; g != nil {
+		p.report.BackupFinalHash = vm.Digest(g.Hash).String()
+		if vm.Digest(g.Hash) != final || g.ExitCode != exitCode {
+			p.report.Divergence = fmt.Sprintf("backup ended with final hash %v exit %d, primary %v exit %d", vm.Digest(g.Hash), g.ExitCode, final, exitCode)
+			p.log.Error("BACKUP DIVERGED at the end of the run", zap.String("detail", p.report.Divergence))
+		}
+	}
+	return nil
 }

@@ -2,20 +2,23 @@ package replica
 
 // Report is the JSON summary `hvft primary` and `hvft backup` write.
 type Report struct {
-	Role           string    `json:"role"`
-	BecamePrimary  bool      `json:"became_primary"`
-	Epochs         uint64    `json:"epochs"`
-	FinalHash      string    `json:"final_hash"`
-	ExitCode       *int      `json:"exit_code"`
-	OutputsEmitted uint64    `json:"outputs_emitted"`
-	TLBMisses      uint64    `json:"tlb_misses"`
-	HashesCompared uint64    `json:"hashes_compared,omitempty"`
-	LogBytes       uint64    `json:"log_bytes,omitempty"`
-	BackupLost     string    `json:"backup_lost,omitempty"`
-	Failover       *Failover `json:"failover,omitempty"`
-	Divergence     string    `json:"divergence,omitempty"`
-	Error          string    `json:"error,omitempty"`
-	DurationMS     int64     `json:"duration_ms"`
+	Role           string `json:"role"`
+	BecamePrimary  bool   `json:"became_primary"`
+	Epochs         uint64 `json:"epochs"`
+	FinalHash      string `json:"final_hash"`
+	ExitCode       *int   `json:"exit_code"`
+	OutputsEmitted uint64 `json:"outputs_emitted"`
+	TLBMisses      uint64 `json:"tlb_misses"`
+	HashesCompared uint64 `json:"hashes_compared,omitempty"`
+	LogBytes       uint64 `json:"log_bytes,omitempty"`
+	BackupLost     string `json:"backup_lost,omitempty"`
+	// BackupFinalHash is the final hash the backup reported at the end of
+	// a run it replayed to the end (primary only).
+	BackupFinalHash string    `json:"backup_final_hash,omitempty"`
+	Failover        *Failover `json:"failover,omitempty"`
+	Divergence      string    `json:"divergence,omitempty"`
+	Error           string    `json:"error,omitempty"`
+	DurationMS      int64     `json:"duration_ms"`
 }
 
 // Failover is the timeline of a backup's takeover.

@@ -11,6 +11,17 @@ type Digest [16]byte
 
 func (d Digest) String() string { return hex.EncodeToString(d[:]) }
 
+// ParseDigest reads a digest's hex form.
+func ParseDigest(s string) (Digest, error) {
+	var d Digest
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(d) {
+		return d, fmt.Errorf("digest %q: want %d hex bytes", s, len(d))
+	}
+	copy(d[:], b)
+	return d, nil
+}
+
 // IsZero reports whether d is unset.
 func (d Digest) IsZero() bool { return d == Digest{} }
 
