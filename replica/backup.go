@@ -169,21 +169,23 @@ func (b *backup) receive() {
 }
 
 // endLink handles the end of the link: after a goodbye the run is
-// finishing; otherwise the primary is presumed dead.
+// finishing; otherwise the primary is presumed dead. Marking the link's end
+// and failing over happen under one lock, so the machine never sees a
+// link that is gone without a decision.
 func (b *backup) endLink(err error) {
 	b.mu.Lock()
 	done, _ := b.proto.PrimaryDone()
 	b.linkEnd = true
-	b.cond.Broadcast()
-	b.mu.Unlock()
 	if done {
+		b.cond.Broadcast()
+		b.mu.Unlock()
 		b.log.Info("the primary finished the run; replaying to its end")
 		return
 	}
 	if errors.Is(err, epoch.ErrFrame) {
 		b.log.Error("corrupt frame from the primary: closing the link", zap.Error(err))
 	}
-	b.failOver(fmt.Sprintf("link closed: %v", err))
+	b.failOverLocked(fmt.Sprintf("link closed: %v", err))
 }
 
 // failOver makes this replica the primary (rule 5): it stops waiting for
@@ -192,11 +194,13 @@ func (b *backup) endLink(err error) {
 // answer.
 func (b *backup) failOver(reason string) {
 	b.mu.Lock()
-	if b.proto.IsPrimary() || b.stopped {
-		b.mu.Unlock()
-		return
-	}
-	if done, _ := b.proto.PrimaryDone(); done {
+	b.failOverLocked(reason)
+}
+
+// failOverLocked is failOver with mu held; it unlocks.
+func (b *backup) failOverLocked(reason string) {
+	if done, _ := b.proto.PrimaryDone(); done || b.proto.IsPrimary() || b.stopped {
+		b.cond.Broadcast()
 		b.mu.Unlock()
 		return
 	}
@@ -207,12 +211,13 @@ func (b *backup) failOver(reason string) {
 	b.fo = &Failover{Reason: reason, DetectedAfterMS: ms(silence), DetectedUnixMS: b.foStart.UnixMilli(),
 		EpochsHeld: held, EpochsExecuted: b.execd, Reemitted: len(act.Release)}
 	b.emit(act.Release)
+	executed := b.execd
 	b.cond.Broadcast()
 	b.mu.Unlock()
 	b.link.Close()
 	b.opt.Sink.Flush()
 	b.log.Warn("PRIMARY LOST: taking over", zap.String("reason", reason), zap.Duration("silent_for", silence),
-		zap.Uint64("epochs_held", held), zap.Uint64("epochs_executed", b.execd), zap.Int("reemitted", len(act.Release)))
+		zap.Uint64("epochs_held", held), zap.Uint64("epochs_executed", executed), zap.Int("reemitted", len(act.Release)))
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

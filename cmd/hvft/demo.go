@@ -145,20 +145,29 @@ func demoAction(c *cli.Context) error {
 		if extra != nil {
 			cmd.ExtraFiles = []*os.File{extra}
 		}
-		stdout, err := cmd.StdoutPipe()
+		// Pipes of our own rather than StdoutPipe: Wait closes those, and
+		// a child's last lines must be read after it exits.
+		stdout, stdoutW, err := os.Pipe()
 		if err != nil {
 			return nil, err
 		}
-		stderr, err := cmd.StderrPipe()
+		stderr, stderrW, err := os.Pipe()
 		if err != nil {
 			return nil, err
 		}
-		if err := cmd.Start(); err != nil {
+		cmd.Stdout, cmd.Stderr = stdoutW, stderrW
+		err = cmd.Start()
+		stdoutW.Close()
+		stderrW.Close()
+		if err != nil {
+			stdout.Close()
+			stderr.Close()
 			return nil, fmt.Errorf("starting the %s: %w", label, err)
 		}
 		readers.Add(2)
 		go func() {
 			defer readers.Done()
+			defer stdout.Close()
 			if err := merger.Read(stdout, onEpoch); err != nil {
 				say("%s console: %v", label, err)
 			}
@@ -166,6 +175,7 @@ func demoAction(c *cli.Context) error {
 		}()
 		go func() {
 			defer readers.Done()
+			defer stderr.Close()
 			prefix(c.App.ErrWriter, label, stderr)
 		}()
 		return cmd, nil
