@@ -69,7 +69,18 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go b.receive()
-	go heartbeat(ctx, link, opt.Heartbeat, opt.FailureTimeout, func(reason string) { b.failOver("primary silent: " + reason) })
+	go heartbeat(ctx, link, opt.Heartbeat, opt.FailureTimeout, func(reason string) bool {
+		// After a goodbye the primary says nothing more while this
+		// replica finishes: keep heartbeating so it knows we live.
+		b.mu.Lock()
+		done, _ := b.proto.PrimaryDone()
+		b.mu.Unlock()
+		if done {
+			return false
+		}
+		b.failOver("primary silent: " + reason)
+		return true
+	})
 	stopWake := context.AfterFunc(ctx, func() { b.mu.Lock(); b.cond.Broadcast(); b.mu.Unlock() })
 	defer stopWake()
 	if b.opt.CPU == nil {
@@ -319,12 +330,13 @@ func (b *backup) goLive(at vm.Point) error {
 	b.live = live
 	b.mu.Lock()
 	now := time.Now()
-	b.fo.ReplayMS = ms(now.Sub(b.foStart))
+	replay := ms(now.Sub(b.foStart))
+	b.fo.ReplayMS = replay
 	b.fo.LiveUnixMS = now.UnixMilli()
 	b.fo.LiveAtEpoch, b.fo.LiveAtClock = at.Epoch, at.Clock
 	b.mu.Unlock()
 	b.log.Warn("live: this replica is now the primary", zap.Uint64("epoch", at.Epoch), zap.Uint64("clock", at.Clock),
-		zap.Float64("replay_ms", b.fo.ReplayMS))
+		zap.Float64("replay_ms", replay))
 	return nil
 }
 

@@ -37,10 +37,13 @@ type Link struct {
 	lastHeard atomic.Int64
 	sent      atomic.Uint64 // bytes written
 	done      chan struct{} // the writer exited
+	// writeTimeout bounds one write: a peer that stops reading kills the
+	// link instead of stalling the writer forever.
+	writeTimeout time.Duration
 }
 
 func newLink(conn net.Conn) *Link {
-	l := &Link{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), done: make(chan struct{})}
+	l := &Link{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), done: make(chan struct{}), writeTimeout: handshakeTimeout}
 	l.cond = sync.NewCond(&l.mu)
 	l.heard()
 	go l.writer()
@@ -95,7 +98,9 @@ func (l *Link) writer() {
 		}
 		buf, l.pending = l.pending, buf[:0]
 		l.writing = true
+		timeout := l.writeTimeout
 		l.mu.Unlock()
+		l.conn.SetWriteDeadline(time.Now().Add(timeout))
 		n, err := l.conn.Write(buf)
 		l.sent.Add(uint64(n))
 		if err != nil {
@@ -107,6 +112,15 @@ func (l *Link) writer() {
 			l.conn.Close()
 			return
 		}
+	}
+}
+
+// SetWriteTimeout bounds each write to the peer.
+func (l *Link) SetWriteTimeout(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if d > 0 {
+		l.writeTimeout = d
 	}
 }
 
@@ -259,9 +273,12 @@ func (l *Link) hello(cfg epoch.MachineConfig) error {
 	return nil
 }
 
-// heartbeat sends a heartbeat every interval and calls dead once when the
-// peer has been silent for longer than timeout, until ctx ends.
-func heartbeat(ctx context.Context, l *Link, interval, timeout time.Duration, dead func(reason string)) {
+// heartbeat sends a heartbeat every interval until ctx ends, and calls
+// dead whenever the peer has been silent for longer than timeout; dead
+// returns true to stop (the peer is gone) or false to keep the heartbeats
+// going (the silence is expected, as after a goodbye).
+func heartbeat(ctx context.Context, l *Link, interval, timeout time.Duration, dead func(reason string) (stop bool)) {
+	l.SetWriteTimeout(timeout)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -271,11 +288,14 @@ func heartbeat(ctx context.Context, l *Link, interval, timeout time.Duration, de
 		case <-t.C:
 		}
 		if s := l.Silence(); s > timeout {
-			dead(fmt.Sprintf("no message for %v (timeout %v)", s.Round(time.Millisecond), timeout))
-			return
+			if dead(fmt.Sprintf("no message for %v (timeout %v)", s.Round(time.Millisecond), timeout)) {
+				return
+			}
 		}
-		if err := l.Send(epoch.Message{Type: epoch.TypeHeartbeat}); err != nil && !errors.Is(err, net.ErrClosed) {
-			dead(err.Error())
+		if err := l.Send(epoch.Message{Type: epoch.TypeHeartbeat}); err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				dead(err.Error())
+			}
 			return
 		}
 	}

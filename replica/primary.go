@@ -87,7 +87,10 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	defer cancel()
 	if p.link != nil {
 		go p.receive()
-		go heartbeat(ctx, p.link, opt.Heartbeat, opt.FailureTimeout, func(reason string) { p.loseBackup("backup silent: " + reason) })
+		go heartbeat(ctx, p.link, opt.Heartbeat, opt.FailureTimeout, func(reason string) bool {
+			p.loseBackup("backup silent: " + reason)
+			return true
+		})
 	}
 	stopWake := context.AfterFunc(ctx, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
 	defer stopWake()
@@ -234,7 +237,7 @@ func (p *primary) receive() {
 func (p *primary) loseBackup(reason string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.proto.Alone() || p.ended {
+	if p.proto.Alone() || p.ended || p.backupEnd != nil {
 		return
 	}
 	p.apply(p.proto.BackupLost())

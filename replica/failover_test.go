@@ -1,0 +1,159 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"hvft/epoch"
+	"hvft/guests"
+	"hvft/vm/tlb"
+)
+
+// recordingSink keeps what a replica emitted, by sequence number. Its
+// kill hook runs right after the output it was waiting for is kept: a crash
+// at that instant, with nothing emitted after it.
+type recordingSink struct {
+	mu     sync.Mutex
+	got    map[uint64]byte
+	frozen bool
+	killAt uint64
+	kill   func()
+}
+
+func (s *recordingSink) Emit(outs []epoch.Output) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range outs {
+		if s.frozen {
+			return nil
+		}
+		s.got[o.Seq] = byte(o.Value)
+		if s.killAt != 0 && o.Seq >= s.killAt {
+			s.frozen = true
+			s.kill()
+		}
+	}
+	return nil
+}
+func (s *recordingSink) Progress(uint64) error { return nil }
+func (s *recordingSink) Flush() error          { return nil }
+
+// connListener remembers the connection it accepted, so a test can cut it.
+type connListener struct {
+	net.Listener
+	mu   sync.Mutex
+	conn net.Conn
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	l.mu.Lock()
+	l.conn = c
+	l.mu.Unlock()
+	return c, err
+}
+
+func (l *connListener) cut() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn != nil {
+		l.conn.Close()
+	}
+}
+
+// TestFailoverAtRandomInstants crashes the primary right after a random
+// output left it (its link cut, nothing emitted after), in both protocols,
+// and requires the two sinks together to hold every ticker line exactly
+// once, in order, with valid checksums and a clock that never runs
+// backwards (TestPairReplicates shows a backup that never takes over emits
+// nothing).
+func TestFailoverAtRandomInstants(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 2))
+	cpu, err := cpuModel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ticks = 30
+	runs := 12
+	if testing.Short() {
+		runs = 4
+	}
+	for i := 0; i < runs; i++ {
+		mode := epoch.Mode(i % 2)
+		killAt := uint64(1 + rng.IntN(ticks*50))
+		ln0, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := &connListener{Listener: ln0}
+		ctx, cancel := context.WithTimeout(context.Background(), pairTimeout)
+		pctx, killPrimary := context.WithCancel(ctx)
+		ps := &recordingSink{got: map[uint64]byte{}, killAt: killAt, kill: func() { ln.cut(); killPrimary() }}
+		bs := &recordingSink{got: map[uint64]byte{}}
+		args := []string{"30", "1000"}
+		var wg sync.WaitGroup
+		var brep *Report
+		var berr error
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			RunPrimary(pctx, PrimaryOptions{Options: Options{Machine: machine(t, "ticker", args, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}), Sink: ps, CPU: cpu},
+				Listener: ln, BackupWait: time.Minute, Mode: mode, MaxLag: 4})
+		}()
+		go func() {
+			defer wg.Done()
+			brep, berr = RunBackup(ctx, BackupOptions{Options: Options{Machine: machine(t, "ticker", args, tlb.Config{PageSize: 16 << 10, Entries: 8, Seed: 2}), Sink: bs, CPU: cpu}, Primary: ln0.Addr().String()})
+		}()
+		wg.Wait()
+		timedOut := ctx.Err() != nil
+		cancel()
+		ln0.Close()
+		if timedOut {
+			t.Fatalf("run %d did not finish within its bound", i)
+		}
+		if berr != nil {
+			t.Fatalf("run %d (%v, kill after output %d): backup: %v", i, mode, killAt, berr)
+		}
+		var console bytes.Buffer
+		seqs := map[uint64]byte{}
+		for s, v := range ps.got {
+			seqs[s] = v
+		}
+		for s, v := range bs.got {
+			if pv, ok := seqs[s]; ok && pv != v {
+				t.Fatalf("run %d: output %d is %q from the primary, %q from the backup", i, s, pv, v)
+			}
+			seqs[s] = v
+		}
+		keys := make([]uint64, 0, len(seqs))
+		for s := range seqs {
+			keys = append(keys, s)
+		}
+		sort.Slice(keys, func(a, b int) bool { return keys[a] < keys[b] })
+		for n, s := range keys {
+			if s != uint64(n+1) {
+				t.Fatalf("run %d (%v, kill after output %d): output %d missing", i, mode, killAt, n+1)
+			}
+			console.WriteByte(seqs[s])
+		}
+		if err := guests.CheckTicker(console.String(), ticks); err != nil {
+			t.Fatalf("run %d (%v, kill after output %d): %v", i, mode, killAt, err)
+		}
+		took := brep.Failover != nil
+		if killAt <= uint64(console.Len()) && !took {
+			t.Errorf("run %d: the primary died after output %d but the backup never took over", i, killAt)
+		}
+		if took {
+			t.Logf("run %d %v: killed after output %d; backup held %d epochs, had executed %d, re-emitted %d, live at epoch %d",
+				i, mode, killAt, brep.Failover.EpochsHeld, brep.Failover.EpochsExecuted, brep.Failover.Reemitted, brep.Failover.LiveAtEpoch)
+		}
+	}
+}
