@@ -81,6 +81,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		buf = le.AppendUint64(buf, c.EpochBlocks)
 		buf = le.AppendUint64(buf, c.RAMHashEvery)
 		buf = le.AppendUint32(buf, c.BoardVersion)
+		buf = le.AppendUint64(buf, c.DiskSectors)
 	case TypeWelcome:
 		if m.Welcome == nil {
 			return buf, missing
@@ -121,6 +122,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 				return buf, fmt.Errorf("event data of %d bytes exceeds %d", len(ev.Data), maxEventSz)
 			}
 			buf = append(buf, ev.IRQ)
+			buf = le.AppendUint64(buf, ev.Arg)
 			buf = le.AppendUint32(buf, uint32(len(ev.Data)))
 			buf = append(buf, ev.Data...)
 		}
@@ -200,6 +202,7 @@ func DecodeFrame(body []byte) (Message, error) {
 		copy(c.ArgsDigest[:], d.bytes(32))
 		c.RAMSize, c.EpochBlocks, c.RAMHashEvery = d.u64(), d.u64(), d.u64()
 		c.BoardVersion = d.u32()
+		c.DiskSectors = d.u64()
 		m.Hello = &Hello{Config: c}
 	case TypeWelcome:
 		m.Welcome = &Welcome{Accepted: d.bool(), Reason: d.string()}
@@ -218,7 +221,7 @@ func DecodeFrame(body []byte) (Message, error) {
 			return Message{}, frameErr("epoch end with %d events, more than %d", n, maxEvents)
 		}
 		for i := 0; i < n && d.err == nil; i++ {
-			ev := Event{IRQ: d.u8()}
+			ev := Event{IRQ: d.u8(), Arg: d.u64()}
 			size := d.u32()
 			if size > maxEventSz {
 				return Message{}, frameErr("event data of %d bytes exceeds %d", size, maxEventSz)

@@ -59,6 +59,7 @@ type MachineConfig struct {
 	EpochBlocks  uint64
 	RAMHashEvery uint64
 	BoardVersion uint32
+	DiskSectors  uint64
 }
 
 // Hello opens a link: the backup's configuration.
@@ -86,6 +87,7 @@ type Answer struct {
 // Event is an interrupt delivered at an epoch boundary, with its data.
 type Event struct {
 	IRQ  uint8
+	Arg  uint64
 	Data []byte
 }
 

@@ -37,15 +37,31 @@ func (m Mode) String() string {
 	return "bounded"
 }
 
-// Output is something the guest sent out (a console byte), identified by
-// its sequence number and placed in the log: it was produced during Epoch,
-// after Answers environment answers.
+// OutputKind says what an output is.
+type OutputKind uint8
+
+// Kinds of output.
+const (
+	// Console is a console byte; Seq numbers them, and a sink drops a
+	// sequence number it already wrote, so a new primary may re-emit.
+	Console OutputKind = iota
+	// DiskWrite is a write to the shared disk. It is never re-emitted: an
+	// operation in flight at a failover completes as uncertain and the
+	// guest reissues it (rule 5).
+	DiskWrite
+)
+
+// Output is something the guest sent out, placed in the log: it was
+// produced during Epoch, after Answers environment answers. Ref is the
+// caller's own description of it (the protocol only orders it).
 type Output struct {
+	Kind    OutputKind
 	Seq     uint64
 	Epoch   uint64
 	Answers uint64
 	Port    uint32
 	Value   uint32
+	Ref     any
 }
 
 // Actions is what a step asks of the caller: messages to send, in order,
@@ -139,7 +155,11 @@ func (p *Primary) release(outs []Output) Actions {
 		return Actions{}
 	}
 	act := Actions{Release: outs}
-	p.released = outs[len(outs)-1].Seq
+	for _, o := range outs {
+		if o.Kind == Console {
+			p.released = o.Seq
+		}
+	}
 	if !p.alone && p.released > p.announced {
 		p.announced = p.released
 		act.Send = append(act.Send, Message{Type: TypeRelease, Release: &Release{Output: p.released}})
@@ -256,6 +276,12 @@ func (b *Backup) MayExecute(epoch uint64) bool { return b.primary || epoch <= b.
 // performs no output (rule 4) but keeps those past the primary's watermark,
 // to re-emit them if it takes over (rule 5); once primary, it releases.
 func (b *Backup) Output(o Output) Actions {
+	if o.Kind != Console {
+		if b.primary {
+			return Actions{Release: []Output{o}}
+		}
+		return Actions{} // a backup performs no I/O; see DiskWrite
+	}
 	if b.primary {
 		if o.Seq <= b.watermark {
 			return Actions{}

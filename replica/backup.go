@@ -42,6 +42,7 @@ type backup struct {
 	board     *vm.Board
 	replay    *vm.Replay
 	live      *vm.Live
+	disk      *vm.HostDisk
 	lastClock uint64
 	compared  uint64
 }
@@ -95,6 +96,9 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.mu.Unlock()
 	if b.live != nil {
 		b.live.Close()
+	}
+	if b.disk != nil {
+		b.disk.Close()
 	}
 	var div *vm.DivergenceError
 	if errors.As(runErr, &div) {
@@ -233,15 +237,23 @@ func (b *backup) failOverLocked(reason string) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// emit sends released outputs to the sink; mu is held.
+// emit carries out released outputs; mu is held. Disk writes are released
+// only once this replica is live (see Out).
 func (b *backup) emit(outs []epoch.Output) {
 	if len(outs) == 0 {
 		return
 	}
-	if err := b.opt.Sink.Emit(outs); err != nil {
+	console := consoleOnly(outs)
+	if err := b.opt.Sink.Emit(console); err != nil {
 		b.log.Error("console sink", zap.Error(err))
 	}
-	b.report.OutputsEmitted += uint64(len(outs))
+	b.report.OutputsEmitted += uint64(len(console))
+	for _, o := range outs {
+		if o.Kind == epoch.DiskWrite {
+			b.live.DiskWrite(o.Ref.(vm.Output))
+			b.report.DiskWrites++
+		}
+	}
 }
 
 func (b *backup) run(ctx context.Context) (vm.Result, error) {
@@ -322,13 +334,22 @@ func (b *backup) Attach(board *vm.Board) { b.board = board }
 // goLive switches to this host's devices at the first instruction without
 // a logged answer.
 func (b *backup) goLive(at vm.Point) error {
-	live, err := vm.NewLive(vm.LiveConfig{OnOutput: b.output, Input: b.opt.Input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter})
+	// Only now, as the primary, does this replica touch the shared disk.
+	disk, err := b.opt.Machine.openDisk()
+	if err != nil {
+		return fmt.Errorf("taking over: %w", err)
+	}
+	b.disk = disk
+	live, err := vm.NewLive(vm.LiveConfig{OnOutput: b.output, Input: b.opt.Input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk})
 	if err != nil {
 		return err
 	}
-	live.Resume(b.board)
-	b.live = live
 	b.mu.Lock()
+	b.live = live
+	b.mu.Unlock()
+	live.Resume(b.board) // an operation in flight completes as uncertain
+	b.mu.Lock()
+	b.fo.Uncertain = live.Uncertain()
 	now := time.Now()
 	replay := ms(now.Sub(b.foStart))
 	b.fo.ReplayMS = replay
@@ -388,6 +409,10 @@ func (b *backup) CPUID(at vm.Point, seq uint64, leaf, sub uint32) ([4]uint32, er
 // Out implements vm.Environment: the board keeps its state either way;
 // console bytes go to the protocol, which holds them while this replica is
 // a backup and releases them once it is the primary.
+//
+// A disk operation before going live is never performed here: a backup
+// performs no I/O, and one still in flight when this replica goes live
+// completes as uncertain (rule 5).
 func (b *backup) Out(o vm.Output, effect vm.Effect, board *vm.Board) error {
 	if b.live != nil {
 		return b.live.Out(o, effect, board)
@@ -401,7 +426,7 @@ func (b *backup) Out(o vm.Output, effect vm.Effect, board *vm.Board) error {
 func (b *backup) output(o vm.Output) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.emit(b.proto.Output(epoch.Output{Seq: o.Seq, Epoch: o.At.Epoch, Answers: o.Answers, Port: o.Port, Value: o.Value}).Release)
+	b.emit(b.proto.Output(wireOutput(o)).Release)
 	return nil
 }
 

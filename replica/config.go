@@ -20,6 +20,26 @@ type Machine struct {
 	Image       *guestelf.Image
 	Config      vm.Config // Config.Args includes the guest's argv[0]
 	EpochBlocks uint64
+	// DiskPath names the shared disk image (Config.DiskSectors its size).
+	// Only the primary opens it; a backup opens it when it takes over.
+	DiskPath string
+	DiskSync vm.DiskSync
+}
+
+// openDisk opens the shared disk, if the machine has one.
+func (m Machine) openDisk() (*vm.HostDisk, error) {
+	if m.DiskPath == "" {
+		return nil, nil
+	}
+	d, err := vm.OpenDisk(m.DiskPath, m.DiskSync)
+	if err != nil {
+		return nil, err
+	}
+	if d.Sectors() != m.Config.DiskSectors {
+		d.Close()
+		return nil, fmt.Errorf("disk image %s has %d sectors now, %d at start", m.DiskPath, d.Sectors(), m.Config.DiskSectors)
+	}
+	return d, nil
 }
 
 // wireConfig is what the handshake compares.
@@ -37,6 +57,7 @@ func (m Machine) wireConfig() epoch.MachineConfig {
 		EpochBlocks:  m.EpochBlocks,
 		RAMHashEvery: m.Config.RAMHashEvery,
 		BoardVersion: vm.BoardVersion,
+		DiskSectors:  m.Config.DiskSectors,
 	}
 }
 
@@ -59,6 +80,9 @@ func compareConfigs(primary, backup epoch.MachineConfig) string {
 	if primary.RAMHashEvery != backup.RAMHashEvery {
 		why = append(why, fmt.Sprintf("RAM hash interval differs (primary %d, backup %d)", primary.RAMHashEvery, backup.RAMHashEvery))
 	}
+	if primary.DiskSectors != backup.DiskSectors {
+		why = append(why, fmt.Sprintf("disk size differs (primary %d, backup %d sectors)", primary.DiskSectors, backup.DiskSectors))
+	}
 	if primary.BoardVersion != backup.BoardVersion {
 		why = append(why, fmt.Sprintf("board version differs (primary %d, backup %d)", primary.BoardVersion, backup.BoardVersion))
 	}
@@ -76,7 +100,7 @@ func fromWireAnswer(a *epoch.Answer) vm.Answer {
 func toWireEnd(e vm.EpochEnd) epoch.EpochEnd {
 	w := epoch.EpochEnd{Epoch: e.Epoch, Clock: e.Clock, RIP: e.RIP, Reason: uint8(e.Reason), Answers: e.Answers, Hash: e.Hash, RAMHashed: e.RAMHashed}
 	for _, ev := range e.Events {
-		w.Events = append(w.Events, epoch.Event{IRQ: ev.IRQ, Data: ev.Data})
+		w.Events = append(w.Events, epoch.Event{IRQ: ev.IRQ, Arg: ev.Arg, Data: ev.Data})
 	}
 	return w
 }
@@ -84,7 +108,27 @@ func toWireEnd(e vm.EpochEnd) epoch.EpochEnd {
 func fromWireEnd(e *epoch.EpochEnd) vm.EpochEnd {
 	v := vm.EpochEnd{Epoch: e.Epoch, Clock: e.Clock, RIP: e.RIP, Reason: vm.StopReason(e.Reason), Answers: e.Answers, Hash: e.Hash, RAMHashed: e.RAMHashed}
 	for _, ev := range e.Events {
-		v.Events = append(v.Events, vm.Event{IRQ: ev.IRQ, Data: ev.Data})
+		v.Events = append(v.Events, vm.Event{IRQ: ev.IRQ, Arg: ev.Arg, Data: ev.Data})
 	}
 	return v
+}
+
+// wireOutput describes a machine output to the protocol.
+func wireOutput(o vm.Output) epoch.Output {
+	w := epoch.Output{Seq: o.Seq, Epoch: o.At.Epoch, Answers: o.Answers, Port: o.Port, Value: o.Value}
+	if o.Disk != nil {
+		w.Kind, w.Ref = epoch.DiskWrite, o
+	}
+	return w
+}
+
+// consoleOnly keeps the console outputs of a release.
+func consoleOnly(outs []epoch.Output) []epoch.Output {
+	var c []epoch.Output
+	for _, o := range outs {
+		if o.Kind == epoch.Console {
+			c = append(c, o)
+		}
+	}
+	return c
 }

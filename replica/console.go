@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -197,3 +198,77 @@ func (m *Merger) Close() error {
 	}
 	return nil
 }
+
+// FileSink writes console bytes to a file shared by the replicas (exactly
+// once at the sink: --console-out). Console sequence numbers count bytes
+// from 1, so a file of n bytes holds outputs 1..n: a new primary that opens
+// it after a failover drops every output the file already holds.
+type FileSink struct {
+	mu     sync.Mutex
+	path   string
+	fresh  bool
+	f      *os.File
+	last   uint64
+	opened bool
+}
+
+// NewFileSink writes to path. A fresh sink (the primary's, at the start of
+// a run) truncates the file when it first writes; otherwise (a backup's) it
+// appends after what the file holds then.
+func NewFileSink(path string, fresh bool) *FileSink { return &FileSink{path: path, fresh: fresh} }
+
+func (s *FileSink) open() error {
+	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND
+	if s.fresh {
+		flags |= os.O_TRUNC
+	}
+	f, err := os.OpenFile(s.path, flags, 0o644)
+	if err != nil {
+		return fmt.Errorf("console file: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("console file: %w", err)
+	}
+	s.f, s.last, s.opened = f, uint64(st.Size()), true
+	return nil
+}
+
+// Emit appends outputs the file does not hold yet.
+func (s *FileSink) Emit(outs []epoch.Output) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(outs) == 0 {
+		return nil
+	}
+	if !s.opened {
+		if err := s.open(); err != nil {
+			return err
+		}
+	}
+	var buf []byte
+	for _, o := range outs {
+		switch {
+		case o.Seq <= s.last:
+			continue
+		case o.Seq != s.last+1:
+			return fmt.Errorf("console file %s holds %d bytes; output %d would leave a gap", s.path, s.last, o.Seq)
+		}
+		buf = append(buf, byte(o.Value))
+		s.last++
+	}
+	if len(buf) == 0 {
+		return nil
+	}
+	if _, err := s.f.Write(buf); err != nil {
+		return fmt.Errorf("console file: %w", err)
+	}
+	return nil
+}
+
+// Progress does nothing for a file.
+func (s *FileSink) Progress(uint64) error { return nil }
+
+// Flush does nothing: Emit writes through to the file.
+func (s *FileSink) Flush() error { return nil }

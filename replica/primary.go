@@ -65,6 +65,7 @@ type primary struct {
 	cond   *sync.Cond
 	proto  *epoch.Primary
 	report Report
+	live   *vm.Live
 	epoch  uint64 // epoch being executed
 	ended  bool   // the run is over: a closing link is no loss
 	// backupEnd is the backup's goodbye: it replayed to the same end.
@@ -149,14 +150,21 @@ func (p *primary) connect(ctx context.Context) error {
 // process's buffer, or a crash would lose it.
 func (p *primary) apply(act epoch.Actions) {
 	if len(act.Release) > 0 {
-		err := p.opt.Sink.Emit(act.Release)
+		console := consoleOnly(act.Release)
+		err := p.opt.Sink.Emit(console)
 		if err == nil && len(act.Send) > 0 {
 			err = p.opt.Sink.Flush()
 		}
 		if err != nil {
 			p.log.Error("console sink", zap.Error(err))
 		}
-		p.report.OutputsEmitted += uint64(len(act.Release))
+		p.report.OutputsEmitted += uint64(len(console))
+		for _, o := range act.Release {
+			if o.Kind == epoch.DiskWrite {
+				p.live.DiskWrite(o.Ref.(vm.Output)) // rule 3: only now may it reach the disk
+				p.report.DiskWrites++
+			}
+		}
 	}
 	if len(act.Send) > 0 && p.link != nil && !p.proto.Alone() {
 		p.link.Send(act.Send...) // a failed send surfaces as a lost link
@@ -184,7 +192,7 @@ func (p *primary) RecordEpochEnd(e vm.EpochEnd) error {
 func (p *primary) output(o vm.Output) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.apply(p.proto.Output(epoch.Output{Seq: o.Seq, Epoch: o.At.Epoch, Answers: o.Answers, Port: o.Port, Value: o.Value}))
+	p.apply(p.proto.Output(wireOutput(o)))
 	return nil
 }
 
@@ -249,11 +257,21 @@ func (p *primary) loseBackup(reason string) {
 
 func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 	mc := p.opt.Machine
-	live, err := vm.NewLive(vm.LiveConfig{Recorder: p, OnOutput: p.output, Input: p.opt.Input, CPU: p.opt.CPU, TimerJitter: p.opt.TimerJitter})
+	disk, err := mc.openDisk()
+	if err != nil {
+		return vm.Result{}, vm.Digest{}, err
+	}
+	if disk != nil {
+		defer disk.Close()
+	}
+	live, err := vm.NewLive(vm.LiveConfig{Recorder: p, OnOutput: p.output, Input: p.opt.Input, CPU: p.opt.CPU, TimerJitter: p.opt.TimerJitter, Disk: disk})
 	if err != nil {
 		return vm.Result{}, vm.Digest{}, err
 	}
 	defer live.Close()
+	p.mu.Lock()
+	p.live = live
+	p.mu.Unlock()
 	m, err := vm.New(mc.Config, mc.Image, live, p.log)
 	if err != nil {
 		return vm.Result{}, vm.Digest{}, err

@@ -11,6 +11,7 @@ type Report struct {
 	TLBMisses      uint64 `json:"tlb_misses"`
 	HashesCompared uint64 `json:"hashes_compared,omitempty"`
 	LogBytes       uint64 `json:"log_bytes,omitempty"`
+	DiskWrites     uint64 `json:"disk_writes"`
 	BackupLost     string `json:"backup_lost,omitempty"`
 	// BackupFinalHash is the final hash the backup reported at the end of
 	// a run it replayed to the end (primary only).
@@ -41,4 +42,7 @@ type Failover struct {
 	LiveAtEpoch uint64  `json:"live_at_epoch,omitempty"`
 	LiveAtClock uint64  `json:"live_at_clock,omitempty"`
 	Reemitted   int     `json:"reemitted"`
+	// Uncertain counts disk operations in flight at the takeover, completed
+	// as uncertain for the guest to reissue.
+	Uncertain uint64 `json:"uncertain"`
 }

@@ -37,7 +37,7 @@ const BoardID = 0x54465648
 
 // BoardVersion names this port map and device behaviour; a backup must run
 // the same one.
-const BoardVersion = 1
+const BoardVersion = 2
 
 // RXCapacity bounds the console input FIFO. The host side delivers no more
 // than fits, so accepted input is never dropped.
@@ -60,10 +60,22 @@ type Board struct {
 	PICInService uint32
 	PoweredOff   bool
 	ExitCode     uint32
+
+	// Configuration the guest can observe; equal on both replicas.
+	RAMSize     uint64
+	DiskSectors uint64
+	// The block device: its registers, status, operation count and the
+	// operation in flight (nil when idle).
+	DiskSector, DiskBuffer, DiskCount, DiskStatus uint32
+	DiskOps                                       uint64
+	DiskOp                                        *DiskOp
 }
 
-// NewBoard returns the board at reset: every IRQ masked, timer stopped.
-func NewBoard() *Board { return &Board{PICMask: 0xFFFFFFFF} }
+// NewBoard returns the board at reset: every IRQ masked, timer stopped,
+// disk idle.
+func NewBoard(ramSize, diskSectors uint64) *Board {
+	return &Board{PICMask: 0xFFFFFFFF, RAMSize: ramSize, DiskSectors: diskSectors}
+}
 
 // Deterministic reports whether the board alone answers an IN at port; the
 // live environment passes such answers through, and replay checks the log
@@ -99,6 +111,10 @@ func (b *Board) inLocal(port uint32) uint64 {
 		return uint64(b.PICInService)
 	case PortBoardID:
 		return BoardID
+	case PortDiskStatus:
+		return uint64(b.DiskStatus)
+	case PortDiskSectors:
+		return b.DiskSectors
 	}
 	return 0xFFFFFFFF // nothing at this port: an open bus reads all ones
 }
@@ -126,6 +142,8 @@ const (
 	EffectConsole         // a console byte to emit
 	EffectTimer           // the timer was reprogrammed
 	EffectPowerOff        // the guest powered off
+	EffectDiskRead        // a disk read to perform
+	EffectDiskWrite       // a disk write to perform (an output)
 )
 
 // out applies an OUT to the board's state.
@@ -147,6 +165,14 @@ func (b *Board) out(port uint32, value uint32) Effect {
 		b.PoweredOff = true
 		b.ExitCode = value
 		return EffectPowerOff
+	case PortDiskSector:
+		b.DiskSector = value
+	case PortDiskBuffer:
+		b.DiskBuffer = value
+	case PortDiskCount:
+		b.DiskCount = value
+	case PortDiskCommand:
+		return b.diskCommand(value)
 	}
 	return EffectNone
 }
@@ -155,6 +181,9 @@ func (b *Board) out(port uint32, value uint32) Effect {
 func (b *Board) raise(ev Event) error {
 	if ev.IRQ >= NumIRQs {
 		return fmt.Errorf("event for IRQ %d: the board has %d lines", ev.IRQ, NumIRQs)
+	}
+	if ev.IRQ == IRQDisk {
+		return fmt.Errorf("disk completion outside the machine")
 	}
 	if ev.IRQ == IRQConsoleRX {
 		if len(b.RX)+len(ev.Data) > RXCapacity {
@@ -197,10 +226,30 @@ func (b *Board) encode(buf []byte) []byte {
 	for _, v := range []uint32{b.ClockLatch, b.TimerPeriod, b.PICMask, b.PICPending, b.PICInService, b.ExitCode} {
 		buf = binary.LittleEndian.AppendUint32(buf, v)
 	}
-	if b.PoweredOff {
-		return append(buf, 1)
+	buf = append(buf, boolByte(b.PoweredOff))
+	buf = binary.LittleEndian.AppendUint64(buf, b.RAMSize)
+	buf = binary.LittleEndian.AppendUint64(buf, b.DiskSectors)
+	for _, v := range []uint32{b.DiskSector, b.DiskBuffer, b.DiskCount, b.DiskStatus} {
+		buf = binary.LittleEndian.AppendUint32(buf, v)
 	}
-	return append(buf, 0)
+	buf = binary.LittleEndian.AppendUint64(buf, b.DiskOps)
+	if b.DiskOp == nil {
+		return append(buf, 0)
+	}
+	op := b.DiskOp
+	buf = append(buf, 1)
+	buf = binary.LittleEndian.AppendUint64(buf, op.ID)
+	for _, v := range []uint32{op.Command, op.Sector, op.Buffer, op.Count} {
+		buf = binary.LittleEndian.AppendUint32(buf, v)
+	}
+	return buf
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
 }
 
 // decodeBoard reads what encode wrote and returns the rest of buf.
@@ -217,6 +266,14 @@ func decodeBoard(buf []byte) (*Board, []byte, error) {
 	b.ClockLatch, b.TimerPeriod, b.PICMask = r.u32(), r.u32(), r.u32()
 	b.PICPending, b.PICInService, b.ExitCode = r.u32(), r.u32(), r.u32()
 	b.PoweredOff = r.u8() != 0
+	b.RAMSize, b.DiskSectors = r.u64(), r.u64()
+	b.DiskSector, b.DiskBuffer, b.DiskCount, b.DiskStatus = r.u32(), r.u32(), r.u32(), r.u32()
+	b.DiskOps = r.u64()
+	if r.u8() != 0 {
+		op := &DiskOp{ID: r.u64()}
+		op.Command, op.Sector, op.Buffer, op.Count = r.u32(), r.u32(), r.u32(), r.u32()
+		b.DiskOp = op
+	}
 	if r.err != nil {
 		return nil, nil, fmt.Errorf("board state: %w", r.err)
 	}

@@ -9,7 +9,7 @@ import (
 )
 
 func TestPICDeliversLowestUnmaskedNotInService(t *testing.T) {
-	b := NewBoard()
+	b := NewBoard(16<<20, 0)
 	if _, ok := b.deliverable(); ok {
 		t.Fatal("deliverable at reset")
 	}
@@ -44,7 +44,7 @@ func TestPICDeliversLowestUnmaskedNotInService(t *testing.T) {
 }
 
 func TestConsoleFIFOAndClockLatch(t *testing.T) {
-	b := NewBoard()
+	b := NewBoard(16<<20, 0)
 	if b.inLocal(PortConsoleRX) != rxEmpty {
 		t.Fatal("empty FIFO does not read empty")
 	}
@@ -116,7 +116,7 @@ func TestLiveDeliversInputAndTicks(t *testing.T) {
 	if len(evs) != 1 || evs[0].IRQ != IRQConsoleRX || string(evs[0].Data) != "ab" {
 		t.Fatalf("events %+v, want 2 bytes of input (the room left)", evs)
 	}
-	b := NewBoard()
+	b := NewBoard(16<<20, 0)
 	b.out(PortTimerPeriod, 100)
 	live.Out(Output{}, EffectTimer, b)
 	evs, err = live.EndEpoch(ctx, &EpochEnd{Epoch: 2}, Wake{Halted: true, Mask: 1 << IRQTimer, Room: 0})

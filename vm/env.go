@@ -76,6 +76,7 @@ type Answer struct {
 // an IRQ line, with data for console input.
 type Event struct {
 	IRQ  uint8
+	Arg  uint64 // disk completions: operation ID << 8 | status
 	Data []byte
 }
 
@@ -126,6 +127,10 @@ type Output struct {
 	Value   uint32
 	At      Point
 	Answers uint64 // environment answers given before this output
+	// Disk is set for a disk operation (Data holds a write's payload,
+	// taken from RAM when the guest issued the command).
+	Disk *DiskOp
+	Data []byte
 }
 
 // Wake describes, at a HLT, which IRQs could end the halt: a live
@@ -211,7 +216,7 @@ func cloneEvents(evs []Event) []Event {
 	}
 	out := make([]Event, len(evs))
 	for i, e := range evs {
-		out[i] = Event{IRQ: e.IRQ, Data: append([]byte(nil), e.Data...)}
+		out[i] = Event{IRQ: e.IRQ, Arg: e.Arg, Data: append([]byte(nil), e.Data...)}
 	}
 	return out
 }

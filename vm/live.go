@@ -37,6 +37,10 @@ type LiveConfig struct {
 	// boot, the last value the guest saw when a backup takes over, so
 	// that the guest's clock never runs backwards.
 	ClockStart uint64
+	// Disk is the shared disk image; nil when the board has none. With
+	// OnOutput set, disk writes go to OnOutput (the output rule decides
+	// when they happen) and the caller performs them with DiskWrite.
+	Disk *HostDisk
 }
 
 // Live is the environment of a primary or an unreplicated run: host devices
@@ -57,6 +61,10 @@ type Live struct {
 	timer   context.CancelFunc
 	timerOn bool
 	closed  bool
+	// The disk operation in flight and its completion once done.
+	diskBusy   bool
+	diskDone   []Event
+	uncertains uint64
 }
 
 // NewLive returns a live environment; its clock starts now.
@@ -193,15 +201,65 @@ func (l *Live) Out(o Output, effect Effect, b *Board) error {
 		}
 	case EffectTimer:
 		l.programTimer(b.TimerPeriod)
+	case EffectDiskRead:
+		l.startDisk(*o.Disk, nil)
+	case EffectDiskWrite:
+		l.mu.Lock()
+		l.diskBusy = true
+		l.mu.Unlock()
+		if l.cfg.OnOutput != nil {
+			return l.cfg.OnOutput(o)
+		}
+		l.startDisk(*o.Disk, o.Data)
 	}
 	return nil
 }
 
+// DiskWrite performs a disk write the output rule released.
+func (l *Live) DiskWrite(o Output) { l.startDisk(*o.Disk, o.Data) }
+
+// startDisk performs op on the host disk in the background; its
+// completion arrives as an event at a later epoch boundary.
+func (l *Live) startDisk(op DiskOp, data []byte) {
+	l.mu.Lock()
+	l.diskBusy = true
+	l.mu.Unlock()
+	go func() {
+		ev := CompletionEvent(op, DiskError, nil)
+		if l.cfg.Disk != nil {
+			ev = l.cfg.Disk.perform(op, data)
+		}
+		l.mu.Lock()
+		l.diskDone = append(l.diskDone, ev)
+		l.mu.Unlock()
+		l.signal()
+	}()
+}
+
+// Uncertain counts the uncertain completions this environment delivered.
+func (l *Live) Uncertain() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.uncertains
+}
+
 // Resume starts the host side of devices whose state the board already
 // holds: a backup that takes over restarts the guest's programmed timer.
+//
+// A disk operation the board shows in flight may or may not have been
+// performed by the old primary: it completes as UNCERTAIN, and the guest's
+// driver reissues it (the paper's uncertain interrupts).
 func (l *Live) Resume(b *Board) {
 	if b.TimerPeriod != 0 {
 		l.programTimer(b.TimerPeriod)
+	}
+	if b.DiskOp != nil {
+		l.mu.Lock()
+		l.diskBusy = true
+		l.diskDone = append(l.diskDone, CompletionEvent(*b.DiskOp, DiskUncertain, nil))
+		l.uncertains++
+		l.mu.Unlock()
+		l.signal()
 	}
 }
 
@@ -257,6 +315,11 @@ func (l *Live) take(evs []Event, room int) []Event {
 			evs = append(evs, Event{IRQ: IRQTimer})
 		}
 	}
+	if len(l.diskDone) > 0 {
+		evs = append(evs, l.diskDone...)
+		l.diskDone = nil
+		l.diskBusy = false
+	}
 	held := 0
 	for _, e := range evs {
 		held += len(e.Data)
@@ -311,7 +374,8 @@ func (l *Live) EndEpoch(ctx context.Context, end *EpochEnd, wake Wake) ([]Event,
 			l.mu.Unlock()
 			break
 		}
-		canTick := l.timerOn && wake.Mask&(1<<IRQTimer) != 0
+		canTick := l.timerOn && wake.Mask&(1<<IRQTimer) != 0 ||
+			l.diskBusy && wake.Mask&(1<<IRQDisk) != 0
 		canInput := (!l.inEOF || len(l.input) > 0) && wake.Mask&(1<<IRQConsoleRX) != 0 && wake.Room > 0
 		inErr, timerOn, inputOpen := l.inErr, l.timerOn, !l.inEOF
 		l.mu.Unlock()

@@ -47,6 +47,9 @@ type Config struct {
 	// only at power-off). Registers and devices are hashed every epoch.
 	RAMHashEvery uint64
 	Args         []string
+	// DiskSectors is the size of the shared disk (0: no disk). The
+	// image itself is the environment's business.
+	DiskSectors uint64
 }
 
 // DefaultRAMSize is the board's RAM unless configured otherwise.
@@ -120,7 +123,7 @@ func New(cfg Config, img *guestelf.Image, env Environment, log *zap.Logger) (*Ma
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{cfg: cfg, board: NewBoard(), env: env, tlb: table, log: log,
+	m := &Machine{cfg: cfg, board: NewBoard(cfg.RAMSize, cfg.DiskSectors), env: env, tlb: table, log: log,
 		calls: make(chan func()), done: make(chan struct{})}
 	started := make(chan error, 1)
 	go m.thread(started)
@@ -238,6 +241,10 @@ func (m *Machine) Board() Board {
 	m.call(func() error {
 		b = *m.board
 		b.RX = append([]byte(nil), m.board.RX...)
+		if op := m.board.DiskOp; op != nil {
+			cp := *op
+			b.DiskOp = &cp
+		}
 		return nil
 	})
 	return b
@@ -323,7 +330,13 @@ func (m *Machine) runEpoch(ctx context.Context, limit uint64) (Stop, error) {
 		return st, err
 	}
 	for _, ev := range events {
-		if err := m.board.raise(ev); err != nil {
+		var err error
+		if ev.IRQ == IRQDisk {
+			err = m.board.completeDisk(ev, m.ram)
+		} else {
+			err = m.board.raise(ev)
+		}
+		if err != nil {
 			return st, fmt.Errorf("epoch %d boundary: %w", m.epoch, err)
 		}
 	}
@@ -454,8 +467,16 @@ func (m *Machine) Out(port uint32, size int, value uint32) {
 	}
 	effect := m.board.out(port, value)
 	o := Output{Port: port, Value: value, At: m.point(), Answers: m.seq}
-	if effect == EffectConsole {
+	switch effect {
+	case EffectConsole:
 		o.Seq = m.board.ConsoleOut
+	case EffectDiskRead, EffectDiskWrite:
+		op := *m.board.DiskOp
+		o.Disk = &op
+		if effect == EffectDiskWrite {
+			// The payload is what RAM holds now (docs/board.md).
+			o.Data = append([]byte(nil), m.ram[op.Buffer:op.Buffer+op.Count*SectorSize]...)
+		}
 	}
 	if err := m.env.Out(o, effect, m.board); err != nil {
 		m.failHook(err)

@@ -39,6 +39,9 @@ func demoCommand() *cli.Command {
 			&cli.DurationFlag{Name: "failure-timeout", Value: 500 * time.Millisecond, Usage: "silence after which a replica declares its peer dead"},
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up on the demo after this long"},
 			&cli.StringFlag{Name: "report", Usage: "write the demo's summary as JSON to this file"},
+			&cli.StringFlag{Name: "disk", Usage: "shared disk image for both replicas (created when absent)"},
+			&cli.StringFlag{Name: "disk-size", Value: "4MiB", Usage: "size of a disk image that --disk creates"},
+			&cli.StringFlag{Name: "disk-sync", Value: "always", Usage: "always or never (see hvft run --help)"},
 		},
 		Action: demoAction,
 	}
@@ -117,6 +120,13 @@ func demoAction(c *cli.Context) error {
 	common := []string{"--log-level", c.String("log-level"), "--log-format", c.String("log-format")}
 	shared := []string{"--console-stream", "--epoch-blocks", strconv.FormatUint(c.Uint64("epoch-blocks"), 10),
 		"--heartbeat", c.Duration("heartbeat").String(), "--failure-timeout", c.Duration("failure-timeout").String()}
+	if disk := c.String("disk"); disk != "" {
+		// Created here, once, so the two replicas cannot race to create it.
+		if _, _, _, err := diskConfig(c); err != nil {
+			return err
+		}
+		shared = append(shared, "--disk", disk, "--disk-sync", c.String("disk-sync"))
+	}
 	guest := append([]string{name, "--"}, args...)
 	primaryReport, backupReport := filepath.Join(dir, "primary.json"), filepath.Join(dir, "backup.json")
 
@@ -298,6 +308,9 @@ func printSummary(w io.Writer, s demoSummary) {
 				fmt.Fprintf(w, "             live at epoch %d: kill to live %.0f ms\n", f.LiveAtEpoch, *s.KillToLiveMS)
 			}
 		}
+	}
+	if f := b.Failover; f != nil && f.Uncertain > 0 {
+		fmt.Fprintf(w, "             %d disk operation(s) in flight completed as UNCERTAIN; the guest reissued them\n", f.Uncertain)
 	}
 	fmt.Fprintf(w, "backup       %d epochs, %d state hashes compared with the primary's, all equal; became primary: %v\n", b.Epochs, b.HashesCompared, b.BecamePrimary)
 	if b.ExitCode != nil {

@@ -24,6 +24,9 @@ func machineFlags() []cli.Flag {
 		&cli.Uint64Flag{Name: "tlb-seed", Usage: "seed of the random policy (0: drawn from the host and logged)"},
 		&cli.Uint64Flag{Name: "epoch-blocks", Value: 100_000, Usage: "epoch length in translation blocks (the epoch clock's unit)"},
 		&cli.Uint64Flag{Name: "ram-hash-every", Value: 64, Usage: "include RAM in the state hash every N epochs (0: only at power-off)"},
+		&cli.StringFlag{Name: "disk", Usage: "disk image file for the block device (the shared disk: primary and backup name the same one); created when absent"},
+		&cli.StringFlag{Name: "disk-size", Value: "4MiB", Usage: "size of a disk image that --disk creates"},
+		&cli.StringFlag{Name: "disk-sync", Value: "always", Usage: "always (a write completes once fsync'd: durable) or never (left to the OS)"},
 	}
 }
 
@@ -80,4 +83,29 @@ func machineConfig(c *cli.Context) (vm.Config, error) {
 	}
 	cfg.RAMHashEvery = c.Uint64("ram-hash-every")
 	return cfg, nil
+}
+
+// diskConfig reads the disk flags: the image's path, its size in sectors
+// (creating it when absent) and the sync policy. No --disk, no disk.
+func diskConfig(c *cli.Context) (path string, sectors uint64, sync vm.DiskSync, err error) {
+	switch c.String("disk-sync") {
+	case "always":
+		sync = vm.SyncAlways
+	case "never":
+		sync = vm.SyncNever
+	default:
+		return "", 0, 0, fmt.Errorf("--disk-sync %q: want always or never", c.String("disk-sync"))
+	}
+	path = c.String("disk")
+	if path == "" {
+		return "", 0, sync, nil
+	}
+	size, err := parseSize(c.String("disk-size"))
+	if err != nil {
+		return "", 0, 0, fmt.Errorf("--disk-size: %w", err)
+	}
+	if sectors, err = vm.DiskSectorsOf(path, size); err != nil {
+		return "", 0, 0, err
+	}
+	return path, sectors, sync, nil
 }

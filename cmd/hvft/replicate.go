@@ -32,6 +32,7 @@ func linkFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "interval between heartbeats on the replication link"},
 		&cli.DurationFlag{Name: "failure-timeout", Value: 500 * time.Millisecond, Usage: "declare the peer dead after this much silence (a closed link counts at once)"},
 		&cli.BoolFlag{Name: "console-stream", Usage: "write the console as a sequenced stream (\"o SEQ HEX\" and \"e EPOCH\" lines) for a merging sink such as hvft demo"},
+		&cli.StringFlag{Name: "console-out", Usage: "write the console to this file instead, shared by primary and backup: each output lands once (a new primary appends after what the file holds)"},
 	}
 }
 
@@ -92,7 +93,12 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 	}
 	logBoot(log, label, mach)
 	var sink replica.Sink = replica.NewPlainSink(c.App.Writer)
-	if c.Bool("console-stream") {
+	switch {
+	case c.String("console-out") != "" && c.Bool("console-stream"):
+		return nil, fmt.Errorf("--console-out and --console-stream exclude each other")
+	case c.String("console-out") != "":
+		sink = replica.NewFileSink(c.String("console-out"), c.Command.Name == "primary")
+	case c.Bool("console-stream"):
 		sink = replica.NewStreamSink(c.App.Writer)
 	}
 	s := &replicaSetup{log: log, opts: replica.Options{

@@ -75,7 +75,14 @@ func runAction(c *cli.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	live, err := vm.NewLive(vm.LiveConfig{Console: c.App.Writer, Input: os.Stdin})
+	var disk *vm.HostDisk
+	if mach.DiskPath != "" {
+		if disk, err = vm.OpenDisk(mach.DiskPath, mach.DiskSync); err != nil {
+			return err
+		}
+		defer disk.Close()
+	}
+	live, err := vm.NewLive(vm.LiveConfig{Console: c.App.Writer, Input: os.Stdin, Disk: disk})
 	if err != nil {
 		return err
 	}
@@ -154,7 +161,11 @@ func loadMachine(c *cli.Context, cfg vm.Config) (replica.Machine, string, error)
 		return replica.Machine{}, "", fmt.Errorf("guest %s: %w", label, err)
 	}
 	cfg.Args = append([]string{name}, args...)
-	return replica.Machine{Image: img, Config: cfg, EpochBlocks: c.Uint64("epoch-blocks")}, label, nil
+	m := replica.Machine{Image: img, Config: cfg, EpochBlocks: c.Uint64("epoch-blocks")}
+	if m.DiskPath, m.Config.DiskSectors, m.DiskSync, err = diskConfig(c); err != nil {
+		return replica.Machine{}, "", err
+	}
+	return m, label, nil
 }
 
 func logBoot(log *zap.Logger, label string, m replica.Machine) {

@@ -44,13 +44,32 @@
 #define HVFT_PORT_PIC_INSERVICE     0x543  /* in 32: bit n = IRQ n delivered, not yet EOI'd */
 #define HVFT_PORT_POWER_OFF         0x550  /* out 32: power off, value = exit code (host uses & 0xFF) */
 #define HVFT_PORT_BOARD_ID          0x560  /* in 32: returns 0x54465648 */
+#define HVFT_PORT_DISK_SECTOR       0x600  /* out 32: first sector of the next command */
+#define HVFT_PORT_DISK_BUFFER       0x601  /* out 32: guest-physical buffer address */
+#define HVFT_PORT_DISK_COUNT        0x602  /* out 32: number of sectors, 1..128 */
+#define HVFT_PORT_DISK_COMMAND      0x603  /* out 32: HVFT_DISK_CMD_*: starts the operation */
+#define HVFT_PORT_DISK_STATUS       0x604  /* in 32: HVFT_DISK_ST_* in the low byte, | HVFT_DISK_REFUSED */
+#define HVFT_PORT_DISK_SECTORS      0x605  /* in 32: disk size in sectors, 0 = no disk */
 
 #define HVFT_CONSOLE_RX_EMPTY       0xFFFFFFFFu
+
+/* ---- block device (docs/board.md, "Block device") ------------------ */
+#define HVFT_SECTOR_SIZE            512
+#define HVFT_DISK_MAX_COUNT         128    /* sectors per command */
+#define HVFT_DISK_CMD_READ          1u     /* disk -> RAM */
+#define HVFT_DISK_CMD_WRITE         2u     /* RAM -> disk */
+#define HVFT_DISK_ST_IDLE           0u
+#define HVFT_DISK_ST_BUSY           1u
+#define HVFT_DISK_ST_OK             2u
+#define HVFT_DISK_ST_ERROR          3u
+#define HVFT_DISK_ST_UNCERTAIN      4u     /* failover while in flight: reissue */
+#define HVFT_DISK_ST_MASK           0xFFu
+#define HVFT_DISK_REFUSED           0x100u /* last command refused: an operation was in flight */
 
 /* ---- interrupts ---------------------------------------------------- */
 #define HVFT_IRQ_TIMER    0
 #define HVFT_IRQ_CONSOLE  1
-#define HVFT_IRQ_DISK     2   /* reserved */
+#define HVFT_IRQ_DISK     2   /* block device: operation completed */
 #define HVFT_NUM_IRQS     32  /* PIC registers are 32 bits wide */
 #define HVFT_IRQ_VECTOR_BASE 32
 #define HVFT_IRQ_VECTOR(n)   (HVFT_IRQ_VECTOR_BASE + (n))
@@ -184,6 +203,20 @@ void     hvft_irq_mask(int irq);
 void     hvft_eoi(int irq);
 __attribute__((noreturn)) void hvft_poweroff(int code);
 
+/* block device. The first call installs an IRQ 2 handler and unmasks IRQ 2;
+ * each operation waits for its completion with "cli; check; sti; hlt"
+ * (never by polling the port) and returns with RFLAGS.IF as on entry.
+ * read/write: 0 on success, -1 on error (bad arguments, no disk, device
+ * error). Counts above 128 are split into several commands; count 0 is an
+ * error. An UNCERTAIN completion (failover while in flight) is reissued
+ * (same sector, buffer, count, command) and counted; a command refused
+ * because an operation was in flight is reissued after that operation's
+ * completion. The buffer must lie below 4 GiB (identity-mapped RAM). */
+int      hvft_disk_sectors(void);         /* DISK_SECTORS; -1 if the port is absent (0xFFFFFFFF) */
+int      hvft_disk_read(uint32_t sector, void *buf, uint32_t count);
+int      hvft_disk_write(uint32_t sector, const void *buf, uint32_t count);
+unsigned hvft_disk_reissues(void);        /* UNCERTAIN completions reissued so far */
+
 /* interrupts and exceptions.
  * IRQ handlers run with IF=0; the dispatcher sends EOI after the handler
  * returns. IRQs without a handler are EOI'd and ignored.
@@ -213,6 +246,9 @@ uint64_t hvft_ram_size(void);
 /* helpers */
 unsigned long hvft_atou(const char *s);   /* decimal (or 0x hex); stops at first non-digit */
 int hvft_strcmp(const char *a, const char *b);
+/* CRC-32 (IEEE 802.3 / zlib: reflected poly 0xEDB88320, init and xorout
+ * 0xFFFFFFFF); hvft_crc32("123456789", 9) == 0xCBF43926 */
+uint32_t hvft_crc32(const void *p, size_t n);
 
 /* gcc may emit calls to these */
 void *memcpy(void *dst, const void *src, size_t n);

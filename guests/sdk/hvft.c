@@ -183,6 +183,166 @@ void hvft_poweroff(int code)
 }
 
 /* ------------------------------------------------------------------ */
+/* block device                                                        */
+/* ------------------------------------------------------------------ */
+
+/*
+ * One operation at a time; completion raises IRQ 2. The IRQ handler only
+ * counts completions; the issuing code waits with IF = 0 for the count to
+ * change ("cli; check; sti; hlt"), then reads DISK_STATUS once. Each
+ * operation costs two DISK_STATUS reads: one right after the command (to
+ * see whether it was refused: the refused bit may be gone by the time the
+ * in-flight operation completes) and one after its completion IRQ.
+ */
+static volatile uint32_t disk_completions;  /* IRQ 2 deliveries */
+static int disk_initialized;
+static unsigned disk_reissue_count;
+
+static void disk_irq(int irq)
+{
+	(void)irq;
+	disk_completions++;
+}
+
+static void disk_init(void)
+{
+	if (disk_initialized)
+		return;
+	disk_initialized = 1;
+	hvft_set_irq_handler(HVFT_IRQ_DISK, disk_irq);
+	hvft_irq_unmask(HVFT_IRQ_DISK);
+}
+
+/* With IF = 0 on entry: sleeps until at least one IRQ 2 has been delivered
+ * since the count was `seen`. Returns with IF = 0. */
+static void disk_wait_completion(uint32_t seen)
+{
+	for (;;) {
+		hvft_cli();
+		if (disk_completions != seen)
+			return;
+		hvft_wait_for_interrupt();   /* sti; hlt */
+	}
+}
+
+/* One command of 1..128 sectors. Called with IF = 0. */
+static int disk_command(uint32_t cmd, uint32_t sector, uint32_t buf, uint32_t count)
+{
+	for (;;) {
+		uint32_t seen, st;
+
+		hvft_cli();
+		seen = disk_completions;
+		hvft_outl(HVFT_PORT_DISK_SECTOR, sector);
+		hvft_outl(HVFT_PORT_DISK_BUFFER, buf);
+		hvft_outl(HVFT_PORT_DISK_COUNT, count);
+		hvft_outl(HVFT_PORT_DISK_COMMAND, cmd);
+		st = hvft_inl(HVFT_PORT_DISK_STATUS);
+		if (st & HVFT_DISK_REFUSED) {
+			/* someone else's operation is in flight: let it finish,
+			 * then issue ours again */
+			disk_wait_completion(seen);
+			continue;
+		}
+		/* accepted (an invalid command completes at once, with IRQ 2) */
+		for (;;) {
+			disk_wait_completion(seen);
+			seen = disk_completions;
+			st = hvft_inl(HVFT_PORT_DISK_STATUS) & HVFT_DISK_ST_MASK;
+			if (st != HVFT_DISK_ST_BUSY)
+				break;
+			/* still busy: a stray IRQ 2; keep waiting for ours */
+		}
+		if (st == HVFT_DISK_ST_OK)
+			return 0;
+		if (st == HVFT_DISK_ST_UNCERTAIN) {
+			/* failover while in flight: may or may not have happened;
+			 * same command again (writes are idempotent by sector) */
+			disk_reissue_count++;
+			continue;
+		}
+		return -1;   /* HVFT_DISK_ST_ERROR or unknown */
+	}
+}
+
+static int disk_transfer(uint32_t cmd, uint32_t sector, uintptr_t buf, uint32_t count)
+{
+	uint64_t flags;
+	int rc = 0;
+
+	if (count == 0 || buf > 0xFFFFFFFFu ||
+	    (uint64_t)buf + (uint64_t)count * HVFT_SECTOR_SIZE > 0x100000000ULL)
+		return -1;
+	flags = hvft_read_rflags();
+	hvft_cli();
+	disk_init();
+	while (count) {
+		uint32_t n = count > HVFT_DISK_MAX_COUNT ? HVFT_DISK_MAX_COUNT : count;
+		if (disk_command(cmd, sector, (uint32_t)buf, n) != 0) {
+			rc = -1;
+			break;
+		}
+		sector += n;
+		buf += (uintptr_t)n * HVFT_SECTOR_SIZE;
+		count -= n;
+	}
+	if (flags & 0x200)   /* IF was set on entry */
+		hvft_sti();
+	return rc;
+}
+
+int hvft_disk_sectors(void)
+{
+	uint32_t v = hvft_inl(HVFT_PORT_DISK_SECTORS);
+	if (v == 0xFFFFFFFFu)
+		return -1;   /* no such port: a board without the block device */
+	if (v > 0x7FFFFFFFu)
+		return 0x7FFFFFFF;
+	return (int)v;
+}
+
+int hvft_disk_read(uint32_t sector, void *buf, uint32_t count)
+{
+	return disk_transfer(HVFT_DISK_CMD_READ, sector, (uintptr_t)buf, count);
+}
+
+int hvft_disk_write(uint32_t sector, const void *buf, uint32_t count)
+{
+	return disk_transfer(HVFT_DISK_CMD_WRITE, sector, (uintptr_t)buf, count);
+}
+
+unsigned hvft_disk_reissues(void)
+{
+	return disk_reissue_count;
+}
+
+/* ------------------------------------------------------------------ */
+/* CRC-32                                                              */
+/* ------------------------------------------------------------------ */
+
+static uint32_t crc32_table[256];
+static int crc32_ready;
+
+uint32_t hvft_crc32(const void *p, size_t n)
+{
+	const unsigned char *b = p;
+	uint32_t c = 0xFFFFFFFFu;
+
+	if (!crc32_ready) {
+		for (uint32_t i = 0; i < 256; i++) {
+			uint32_t v = i;
+			for (int k = 0; k < 8; k++)
+				v = (v >> 1) ^ (0xEDB88320u & (0u - (v & 1u)));
+			crc32_table[i] = v;
+		}
+		crc32_ready = 1;
+	}
+	while (n--)
+		c = crc32_table[(c ^ *b++) & 0xFF] ^ (c >> 8);
+	return c ^ 0xFFFFFFFFu;
+}
+
+/* ------------------------------------------------------------------ */
 /* printf                                                              */
 /* ------------------------------------------------------------------ */
 
