@@ -38,6 +38,7 @@ var descriptions = map[string]string{
 	"spin":      "never halts, never powers off",
 	"badjump":   "jumps outside RAM",
 	"badop":     "executes ud2 with no usable IDT gate",
+	"diskkv":    "key-value log on the disk (needs --disk) [run|verify puts seed keys]",
 }
 
 // Guest is one built-in image.

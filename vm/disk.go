@@ -108,7 +108,7 @@ func (b *Board) completeDisk(ev Event, ram []byte) error {
 		return fmt.Errorf("completion of %v with unknown status %d", op, status)
 	}
 	b.DiskOp = nil
-	b.DiskStatus = status
+	b.DiskStatus = status | b.DiskStatus&DiskRefused // only a new command clears the refusal
 	b.PICPending |= 1 << IRQDisk
 	return nil
 }
