@@ -39,6 +39,7 @@ var descriptions = map[string]string{
 	"badjump":   "jumps outside RAM",
 	"badop":     "executes ud2 with no usable IDT gate",
 	"diskkv":    "key-value log on the disk (needs --disk) [run|verify puts seed keys]",
+	"diskbad":   "issues bad disk commands; each must fail cleanly (needs --disk)",
 }
 
 // Guest is one built-in image.
