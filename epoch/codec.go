@@ -132,6 +132,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		}
 		buf = le.AppendUint64(buf, m.Ack.Epoch)
 		buf = le.AppendUint64(buf, m.Ack.Answers)
+		buf = le.AppendUint64(buf, m.Ack.Executed)
 	case TypeHeartbeat:
 	case TypeRelease:
 		if m.Release == nil {
@@ -231,7 +232,7 @@ func DecodeFrame(body []byte) (Message, error) {
 		}
 		m.EpochEnd = e
 	case TypeAck:
-		m.Ack = &Ack{Epoch: d.u64(), Answers: d.u64()}
+		m.Ack = &Ack{Epoch: d.u64(), Answers: d.u64(), Executed: d.u64()}
 	case TypeHeartbeat:
 	case TypeRelease:
 		m.Release = &Release{Output: d.u64()}

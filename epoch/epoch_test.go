@@ -15,7 +15,7 @@ func sampleMessages() []Message {
 		{Type: TypeAnswer, Answer: &Answer{Seq: 7, Kind: 1, Port: 0x520, Size: 4, Value: 0xdeadbeef, Regs: [4]uint32{1, 2, 3, 4}}},
 		{Type: TypeEpochEnd, EpochEnd: &EpochEnd{Epoch: 3, Clock: 300000, RIP: 0x101000, Reason: 2, Answers: 7, Hash: [16]byte{9}, RAMHashed: true,
 			Events: []Event{{IRQ: 0}, {IRQ: 1, Data: []byte("typed")}, {IRQ: 2, Arg: 7<<8 | 2, Data: make([]byte, 512)}}}},
-		{Type: TypeAck, Ack: &Ack{Epoch: 3, Answers: 7}},
+		{Type: TypeAck, Ack: &Ack{Epoch: 3, Answers: 7, Executed: 2}},
 		{Type: TypeHeartbeat},
 		{Type: TypeRelease, Release: &Release{Output: 42}},
 		{Type: TypeDivergence, Divergence: &Divergence{Epoch: 4, Clock: 5, RIP: 6, Detail: "state hash differs"}},
@@ -143,11 +143,21 @@ func TestLagBounds(t *testing.T) {
 		t.Error("bounded(2): wrong lag limit")
 	}
 	strict.Ack(Ack{Epoch: 1})
-	bounded.Ack(Ack{Epoch: 1})
-	if !strict.MayStart(2) || strict.MayStart(3) || !bounded.MayStart(4) {
-		t.Error("acknowledgement did not advance the limit")
+	bounded.Ack(Ack{Epoch: 3})
+	if !strict.MayStart(2) || strict.MayStart(3) {
+		t.Error("strict: acknowledgement did not advance the limit")
 	}
-	bounded.Output(out(1, 4, 0))
+	if bounded.MayStart(4) {
+		t.Error("bounded: epochs received but not executed advanced the limit")
+	}
+	bounded.Ack(Ack{Epoch: 3, Executed: 1})
+	if !bounded.MayStart(4) || bounded.MayStart(5) {
+		t.Error("bounded: execution did not advance the limit by exactly one")
+	}
+	if _, err := bounded.Ack(Ack{Epoch: 3, Executed: 4}); err == nil {
+		t.Error("ack of an epoch executed but never held accepted")
+	}
+	bounded.Output(out(1, 5, 0)) // needs the end of epoch 4: held
 	act := bounded.BackupLost()
 	if len(act.Release) != 1 || !bounded.MayStart(100) {
 		t.Errorf("alone: released %v, may start %v", act.Release, bounded.MayStart(100))
@@ -177,6 +187,10 @@ func TestBackupOrderAndFailover(t *testing.T) {
 	}
 	if _, ok := b.Ack(); ok {
 		t.Error("repeated ack of the same records")
+	}
+	b.Executed(1)
+	if ack, ok := b.Ack(); !ok || ack.Ack.Executed != 1 {
+		t.Errorf("execution not acknowledged: %+v", ack.Ack)
 	}
 	if !b.MayExecute(1) || b.MayExecute(2) {
 		t.Error("one epoch behind violated")

@@ -105,10 +105,11 @@ type EpochEnd struct {
 }
 
 // Ack says the backup holds every answer up to Answers and every epoch end
-// up to Epoch.
+// up to Epoch, and has executed every epoch up to Executed.
 type Ack struct {
-	Epoch   uint64
-	Answers uint64
+	Epoch    uint64
+	Answers  uint64
+	Executed uint64
 }
 
 // Release says the primary has let every output up to Output leave.

@@ -11,8 +11,9 @@ type Mode int
 // Protocol modes.
 const (
 	// Bounded lets the primary run up to MaxLag epochs ahead of the
-	// backup's acknowledgements; it never waits on a round trip for an
-	// epoch that produced no output (rule 2, default).
+	// backup's execution, as acknowledged; it never waits on a round trip
+	// for an epoch that produced no output (rule 2, default). Bounding
+	// execution, not just receipt, bounds the replay a failover needs.
 	Bounded Mode = iota
 	// Strict is the paper's variant: epoch E+1 starts only once the
 	// backup acknowledged E's end.
@@ -124,14 +125,18 @@ func (p *Primary) EndEpoch(e EpochEnd) Actions {
 	return Actions{Send: []Message{{Type: TypeEpochEnd, EpochEnd: &e}}}
 }
 
-// MayStart reports whether epoch may begin: in Strict mode once epoch-1 is
-// acknowledged, in Bounded mode while at most MaxLag logged epochs are
-// unacknowledged (rule 2). A primary alone never waits (rule 6).
+// MayStart reports whether epoch may begin: in Strict mode once the
+// backup holds epoch-1's end, in Bounded mode while the backup has executed
+// all but at most MaxLag of the epochs before it (rule 2). A primary alone
+// never waits (rule 6).
 func (p *Primary) MayStart(epoch uint64) bool {
 	if p.alone || epoch == 0 {
 		return true
 	}
-	return epoch-1 <= p.acked.Epoch+p.maxLag
+	if p.mode == Strict {
+		return epoch-1 <= p.acked.Epoch
+	}
+	return epoch-1 <= p.acked.Executed+p.maxLag
 }
 
 // covered reports whether the backup holds every record before o.
@@ -170,10 +175,10 @@ func (p *Primary) release(outs []Output) Actions {
 // Ack takes the backup's acknowledgement and releases what it covers
 // (rule 3). An acknowledgement of records never sent is a protocol error.
 func (p *Primary) Ack(a Ack) (Actions, error) {
-	if a.Epoch > p.sentEpoch || a.Answers > p.sentAns {
-		return Actions{}, fmt.Errorf("backup acknowledged epoch %d answer %d, but only epoch %d answer %d were sent", a.Epoch, a.Answers, p.sentEpoch, p.sentAns)
+	if a.Epoch > p.sentEpoch || a.Answers > p.sentAns || a.Executed > a.Epoch {
+		return Actions{}, fmt.Errorf("backup acknowledged epoch %d answer %d executed %d, but only epoch %d answer %d were sent", a.Epoch, a.Answers, a.Executed, p.sentEpoch, p.sentAns)
 	}
-	if a.Epoch < p.acked.Epoch || a.Answers < p.acked.Answers {
+	if a.Epoch < p.acked.Epoch || a.Answers < p.acked.Answers || a.Executed < p.acked.Executed {
 		return Actions{}, nil // stale: acknowledgements only grow
 	}
 	p.acked = a
@@ -197,6 +202,7 @@ func (p *Primary) BackupLost() Actions {
 
 // Backup is the backup's side of the protocol.
 type Backup struct {
+	executed  uint64 // last epoch executed
 	ends      uint64 // last epoch end held
 	answers   uint64 // last answer held
 	acked     Ack    // last acknowledgement sent
@@ -260,12 +266,19 @@ func (b *Backup) Receive(m Message) (*Message, error) {
 // Ack returns the acknowledgement to send for what is held now, or false
 // when nothing new is held (acknowledgements are coalesced).
 func (b *Backup) Ack() (Message, bool) {
-	a := Ack{Epoch: b.ends, Answers: b.answers}
+	a := Ack{Epoch: b.ends, Answers: b.answers, Executed: b.executed}
 	if a == b.acked {
 		return Message{}, false
 	}
 	b.acked = a
 	return Message{Type: TypeAck, Ack: &a}, true
+}
+
+// Executed records that the backup finished executing epoch.
+func (b *Backup) Executed(epoch uint64) {
+	if epoch > b.executed {
+		b.executed = epoch
+	}
 }
 
 // MayExecute reports whether the backup may run epoch: only once it holds

@@ -288,8 +288,17 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 			}
 			b.mu.Lock()
 			b.execd = s.Epoch
+			b.proto.Executed(s.Epoch)
 			primary := b.proto.IsPrimary()
+			var ack epoch.Message
+			send := false
+			if !primary {
+				ack, send = b.proto.Ack() // lets a bounded primary go on
+			}
 			b.mu.Unlock()
+			if send {
+				b.link.Send(ack)
+			}
 			if primary {
 				b.opt.Sink.Flush()
 				return b.opt.Sink.Progress(s.Epoch)

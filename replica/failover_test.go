@@ -3,12 +3,17 @@ package replica
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"net"
+	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"hvft/vm"
 
 	"hvft/epoch"
 	"hvft/guests"
@@ -74,6 +79,74 @@ func (l *connListener) cut() {
 // backwards (TestPairReplicates shows a backup that never takes over emits
 // nothing).
 func TestFailoverAtRandomInstants(t *testing.T) {
+	failoverAtRandomInstants(t, "ticker", []string{"30", "1000"}, 30*50, func(t *testing.T, console, img string) error {
+		return guests.CheckTicker(console, 30)
+	})
+}
+
+// TestDiskFailoverAtRandomInstants does the same with diskkv on a shared
+// disk image: every acknowledged put is on the console once and in the
+// image, which a cold boot verifies.
+func TestDiskFailoverAtRandomInstants(t *testing.T) {
+	const puts = 40
+	failoverAtRandomInstants(t, "diskkv", []string{"run", "40", "9", "4"}, puts*28, func(t *testing.T, console, img string) error {
+		next := 1
+		for _, line := range strings.Split(console, "\n") {
+			if strings.HasPrefix(line, "put ") {
+				if !strings.HasPrefix(line, fmt.Sprintf("put %d ", next)) {
+					return fmt.Errorf("%q where put %d was due", line, next)
+				}
+				next++
+			}
+		}
+		if next != puts+1 {
+			return fmt.Errorf("%d puts acknowledged, want %d", next-1, puts)
+		}
+		if !strings.Contains(console, fmt.Sprintf("diskkv done records=%d", puts)) {
+			return fmt.Errorf("no final line")
+		}
+		verify := coldBoot(t, img)
+		for _, line := range strings.Split(console, "\n") {
+			if seq, kv, ok := strings.Cut(strings.TrimPrefix(line, "put "), " "); ok && strings.HasPrefix(line, "put ") {
+				if !strings.Contains(verify, "rec "+seq+" "+kv+"\n") {
+					return fmt.Errorf("acknowledged put %s %s missing from the image", seq, kv)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// coldBoot runs diskkv verify on an image and returns its console.
+func coldBoot(t *testing.T, img string) string {
+	t.Helper()
+	mach := machine(t, "diskkv", []string{"verify"}, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1})
+	disk, err := vm.OpenDisk(img, vm.SyncNever)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+	mach.Config.DiskSectors = disk.Sectors()
+	var out bytes.Buffer
+	cpu, _ := cpuModel()
+	live, err := vm.NewLive(vm.LiveConfig{Console: &out, CPU: cpu, Disk: disk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := vm.New(mach.Config, mach.Image, live, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	res, err := m.Run(context.Background(), vm.RunOptions{EpochLength: mach.EpochBlocks, MaxEpochs: 100000})
+	live.Close()
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("cold boot of %s: exit %d, %v\n%s", img, res.ExitCode, err, out.String())
+	}
+	return out.String()
+}
+
+func failoverAtRandomInstants(t *testing.T, guest string, args []string, maxOutputs int, check func(t *testing.T, console, img string) error) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 2))
@@ -81,14 +154,13 @@ func TestFailoverAtRandomInstants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const ticks = 30
 	runs := 12
 	if testing.Short() {
 		runs = 4
 	}
 	for i := 0; i < runs; i++ {
 		mode := epoch.Mode(i % 2)
-		killAt := uint64(1 + rng.IntN(ticks*50))
+		killAt := uint64(1 + rng.IntN(maxOutputs))
 		ln0, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -98,19 +170,30 @@ func TestFailoverAtRandomInstants(t *testing.T) {
 		pctx, killPrimary := context.WithCancel(ctx)
 		ps := &recordingSink{got: map[uint64]byte{}, killAt: killAt, kill: func() { ln.cut(); killPrimary() }}
 		bs := &recordingSink{got: map[uint64]byte{}}
-		args := []string{"30", "1000"}
+		img := filepath.Join(t.TempDir(), "disk.img")
+		sectors, err := vm.DiskSectorsOf(img, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mach := func(tlbCfg tlb.Config) Machine {
+			m := machine(t, guest, args, tlbCfg)
+			if guest == "diskkv" {
+				m.DiskPath, m.Config.DiskSectors = img, sectors
+			}
+			return m
+		}
 		var wg sync.WaitGroup
 		var brep *Report
 		var berr error
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			RunPrimary(pctx, PrimaryOptions{Options: Options{Machine: machine(t, "ticker", args, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}), Sink: ps, CPU: cpu},
+			RunPrimary(pctx, PrimaryOptions{Options: Options{Machine: mach(tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}), Sink: ps, CPU: cpu},
 				Listener: ln, BackupWait: time.Minute, Mode: mode, MaxLag: 4})
 		}()
 		go func() {
 			defer wg.Done()
-			brep, berr = RunBackup(ctx, BackupOptions{Options: Options{Machine: machine(t, "ticker", args, tlb.Config{PageSize: 16 << 10, Entries: 8, Seed: 2}), Sink: bs, CPU: cpu}, Primary: ln0.Addr().String()})
+			brep, berr = RunBackup(ctx, BackupOptions{Options: Options{Machine: mach(tlb.Config{PageSize: 16 << 10, Entries: 8, Seed: 2}), Sink: bs, CPU: cpu}, Primary: ln0.Addr().String()})
 		}()
 		wg.Wait()
 		timedOut := ctx.Err() != nil
@@ -144,7 +227,7 @@ func TestFailoverAtRandomInstants(t *testing.T) {
 			}
 			console.WriteByte(seqs[s])
 		}
-		if err := guests.CheckTicker(console.String(), ticks); err != nil {
+		if err := check(t, console.String(), img); err != nil {
 			t.Fatalf("run %d (%v, kill after output %d): %v", i, mode, killAt, err)
 		}
 		took := brep.Failover != nil
@@ -152,8 +235,8 @@ func TestFailoverAtRandomInstants(t *testing.T) {
 			t.Errorf("run %d: the primary died after output %d but the backup never took over", i, killAt)
 		}
 		if took {
-			t.Logf("run %d %v: killed after output %d; backup held %d epochs, had executed %d, re-emitted %d, live at epoch %d",
-				i, mode, killAt, brep.Failover.EpochsHeld, brep.Failover.EpochsExecuted, brep.Failover.Reemitted, brep.Failover.LiveAtEpoch)
+			t.Logf("run %d %v: killed after output %d; backup held %d epochs, had executed %d, re-emitted %d, uncertain %d, live at epoch %d",
+				i, mode, killAt, brep.Failover.EpochsHeld, brep.Failover.EpochsExecuted, brep.Failover.Reemitted, brep.Failover.Uncertain, brep.Failover.LiveAtEpoch)
 		}
 	}
 }
