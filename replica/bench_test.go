@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -54,7 +56,14 @@ func pairRun(b *testing.B, mach Machine, mode epoch.Mode) (time.Duration, uint64
 func soloRun(b *testing.B, mach Machine) time.Duration {
 	b.Helper()
 	cpu, _ := cpuModel()
-	live, err := vm.NewLive(vm.LiveConfig{CPU: cpu})
+	disk, err := mach.openDisk()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if disk != nil {
+		defer disk.Close()
+	}
+	live, err := vm.NewLive(vm.LiveConfig{CPU: cpu, Disk: disk})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -111,4 +120,38 @@ func benchMachine(b *testing.B, name string, args []string) Machine {
 	m := machine(b, name, args, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1})
 	m.EpochBlocks, m.Config.RAMHashEvery = 100_000, 64
 	return m
+}
+
+// BenchmarkDiskkv: diskkv's puts per second unreplicated against a
+// replicated pair (shared image, default protocol), with durable writes
+// (fsync per write) and without, reported with the ratio.
+func BenchmarkDiskkv(b *testing.B) {
+	const puts = 200
+	for _, sync := range []vm.DiskSync{vm.SyncAlways, vm.SyncNever} {
+		name := map[vm.DiskSync]string{vm.SyncAlways: "fsync", vm.SyncNever: "nosync"}[sync]
+		b.Run(name, func(b *testing.B) {
+			var solo, pair time.Duration
+			for i := 0; i < b.N; i++ {
+				for _, replicated := range []bool{false, true} {
+					img := filepath.Join(b.TempDir(), "disk.img")
+					sectors, err := vm.DiskSectorsOf(img, 1<<20)
+					if err != nil {
+						b.Fatal(err)
+					}
+					mach := benchMachine(b, "diskkv", []string{"run", strconv.Itoa(puts), "1", "8"})
+					mach.DiskPath, mach.DiskSync, mach.Config.DiskSectors = img, sync, sectors
+					if replicated {
+						d, _ := pairRun(b, mach, epoch.Bounded)
+						pair += d
+					} else {
+						solo += soloRun(b, mach)
+					}
+				}
+			}
+			n := float64(puts * b.N)
+			b.ReportMetric(n/solo.Seconds(), "run-puts/s")
+			b.ReportMetric(n/pair.Seconds(), "replicated-puts/s")
+			b.ReportMetric(pair.Seconds()/solo.Seconds(), "replicated/run")
+		})
+	}
 }
