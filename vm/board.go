@@ -138,12 +138,12 @@ type Effect int
 
 // Effects of an OUT.
 const (
-	EffectNone     Effect = iota
-	EffectConsole         // a console byte to emit
-	EffectTimer           // the timer was reprogrammed
-	EffectPowerOff        // the guest powered off
-	EffectDiskRead        // a disk read to perform
-	EffectDiskWrite       // a disk write to perform (an output)
+	EffectNone      Effect = iota
+	EffectConsole          // a console byte to emit
+	EffectTimer            // the timer was reprogrammed
+	EffectPowerOff         // the guest powered off
+	EffectDiskRead         // a disk read to perform
+	EffectDiskWrite        // a disk write to perform (an output)
 )
 
 // out applies an OUT to the board's state.
