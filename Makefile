@@ -3,7 +3,7 @@
 #   make run     build hvft and run the replicated demo (see README.md)
 #   make test    every test: formatting, vet, unit, process and golden tests,
 #                a short fuzz run
-#   make bench   the benchmarks behind the performance figures
+#   make bench   the go benchmarks, then hvft bench (plots into docs/)
 #   make guests  rebuild the guest images in guests/images
 
 GO      ?= go
@@ -34,8 +34,9 @@ fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./vm/guestelf
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./epoch
 
-bench: deps
+bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./vm/... ./replica/...
+	$(HVFT) bench --out docs
 
 guests:
 	$(MAKE) -C guests

@@ -223,7 +223,7 @@ func (b *backup) failOverLocked(reason string) {
 	b.foStart = time.Now()
 	held, _ := b.proto.Held()
 	act := b.proto.FailOver()
-	b.fo = &Failover{Reason: reason, DetectedAfterMS: ms(silence), DetectedUnixMS: b.foStart.UnixMilli(),
+	b.fo = &Failover{Reason: reason, DetectedAfterMS: ms(silence), DetectedUnixMS: b.foStart.UnixMilli(), DetectedUnixNS: b.foStart.UnixNano(),
 		EpochsHeld: held, EpochsExecuted: b.execd, Reemitted: len(act.Release)}
 	b.emit(act.Release)
 	executed := b.execd
@@ -362,7 +362,7 @@ func (b *backup) goLive(at vm.Point) error {
 	now := time.Now()
 	replay := ms(now.Sub(b.foStart))
 	b.fo.ReplayMS = replay
-	b.fo.LiveUnixMS = now.UnixMilli()
+	b.fo.LiveUnixMS, b.fo.LiveUnixNS = now.UnixMilli(), now.UnixNano()
 	b.fo.LiveAtEpoch, b.fo.LiveAtClock = at.Epoch, at.Clock
 	b.mu.Unlock()
 	b.log.Warn("live: this replica is now the primary", zap.Uint64("epoch", at.Epoch), zap.Uint64("clock", at.Clock),

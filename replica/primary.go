@@ -29,6 +29,9 @@ type Options struct {
 	// OnEpoch, if set, sees every epoch this replica executes (on the
 	// machine's thread).
 	OnEpoch func(vm.Stop)
+	// OnStart, if set, is called when the guest starts running (after the
+	// handshake), so that a benchmark can time the guest alone.
+	OnStart func()
 
 	// mutateAnswer, in tests, lets a backup answer from its own host.
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
@@ -272,6 +275,9 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 	p.mu.Lock()
 	p.live = live
 	p.mu.Unlock()
+	if p.opt.OnStart != nil {
+		p.opt.OnStart()
+	}
 	m, err := vm.New(mc.Config, mc.Image, live, p.log)
 	if err != nil {
 		return vm.Result{}, vm.Digest{}, err

@@ -42,6 +42,10 @@ type Failover struct {
 	LiveAtEpoch uint64  `json:"live_at_epoch,omitempty"`
 	LiveAtClock uint64  `json:"live_at_clock,omitempty"`
 	Reemitted   int     `json:"reemitted"`
+	// Nanosecond timestamps of detection and of going live, for
+	// measuring kill-to-live against a kill's own clock.
+	DetectedUnixNS int64 `json:"detected_unix_ns"`
+	LiveUnixNS     int64 `json:"live_unix_ns,omitempty"`
 	// Uncertain counts disk operations in flight at the takeover, completed
 	// as uncertain for the guest to reissue.
 	Uncertain uint64 `json:"uncertain"`

@@ -64,6 +64,7 @@ func newApp() *cli.App {
 			primaryCommand(),
 			backupCommand(),
 			demoCommand(),
+			benchCommand(),
 			guestsCommand(),
 		},
 		HideHelpCommand: true,

@@ -1,0 +1,388 @@
+// Package bench measures hvft the way people choose a fault-tolerance
+// system: a guest on bare Unicorn against hvft run and against replicated
+// pairs (both protocols), the paper's epoch-length sweep, and failover
+// timings over many kills. It renders the report as a table, JSON, CSV and
+// plots. Every figure is measured in the same run as its baseline.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"time"
+
+	"hvft/epoch"
+	"hvft/guests"
+	"hvft/replica"
+	"hvft/vm"
+	"hvft/vm/guestelf"
+	"hvft/vm/tlb"
+)
+
+// Options size a run.
+type Options struct {
+	Quick  bool
+	Reps   int    // repetitions per figure (median taken)
+	Kills  int    // failovers per kind
+	OutDir string // where plots and disk images go
+	// Progress, if set, hears what is being measured.
+	Progress func(format string, args ...any)
+}
+
+func (o *Options) defaults() {
+	if o.Reps <= 0 {
+		o.Reps = 5
+		if o.Quick {
+			o.Reps = 2
+		}
+	}
+	if o.Kills <= 0 {
+		o.Kills = 20
+		if o.Quick {
+			o.Kills = 4
+		}
+	}
+	if o.OutDir == "" {
+		o.OutDir = "hvft-bench"
+	}
+	if o.Progress == nil {
+		o.Progress = func(string, ...any) {}
+	}
+}
+
+// Stat is a figure over repetitions.
+type Stat struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+}
+
+func statOf(xs []float64) Stat {
+	if len(xs) == 0 {
+		return Stat{}
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return Stat{Median: s[len(s)/2], Min: s[0], Max: s[len(s)-1]}
+}
+
+// Row is one guest in one mode.
+type Row struct {
+	Guest string `json:"guest"`
+	Mode  string `json:"mode"` // bare, run, replicated, strict
+	// Seconds is the run time; Blocks the guest's translation blocks (the
+	// epoch clock's unit, the same in every mode).
+	Seconds      Stat    `json:"seconds"`
+	Blocks       uint64  `json:"blocks"`
+	BlocksPerSec float64 `json:"blocks_per_sec"`
+	RatioToBare  float64 `json:"ratio_to_bare,omitempty"` // 0: bare cannot run this guest
+	RatioToRun   float64 `json:"ratio_to_run,omitempty"`
+	Epochs       uint64  `json:"epochs,omitempty"`
+	EpochsPerSec float64 `json:"epochs_per_sec,omitempty"`
+	LogBytes     uint64  `json:"log_bytes,omitempty"`
+	LogPerEpoch  float64 `json:"log_bytes_per_epoch,omitempty"`
+	LogPerSec    float64 `json:"log_bytes_per_sec,omitempty"`
+	LagEpochs    float64 `json:"backup_lag_epochs,omitempty"` // median over epochs
+	LagMS        float64 `json:"backup_lag_ms,omitempty"`
+	TLBMisses    uint64  `json:"tlb_misses,omitempty"`
+}
+
+// SweepPoint is one point of the epoch-length sweep: run time divided by
+// the guest's baseline (bare Unicorn for compute; unreplicated hvft for
+// ticker, which bare Unicorn cannot run).
+type SweepPoint struct {
+	Guest       string  `json:"guest"`
+	Protocol    string  `json:"protocol"`
+	EpochBlocks uint64  `json:"epoch_blocks"`
+	Normalized  float64 `json:"normalized"`
+	Baseline    string  `json:"baseline"`
+}
+
+// Dist is a distribution in milliseconds.
+type Dist struct {
+	Min    float64 `json:"min"`
+	Median float64 `json:"median"`
+	P99    float64 `json:"p99"`
+	Max    float64 `json:"max"`
+}
+
+func distOf(xs []float64) Dist {
+	if len(xs) == 0 {
+		return Dist{}
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	p99 := s[(len(s)*99+99)/100-1]
+	return Dist{Min: s[0], Median: s[len(s)/2], P99: p99, Max: s[len(s)-1]}
+}
+
+// FailoverStats summarises the failovers of one kind.
+type FailoverStats struct {
+	Kind       string `json:"kind"` // "closed link" (a SIGKILL) or "silent" (a stopped primary)
+	Kills      int    `json:"kills"`
+	Detect     Dist   `json:"detect_ms"`
+	Replay     Dist   `json:"replay_ms"`
+	KillToLive Dist   `json:"kill_to_live_ms"`
+}
+
+// Report is everything one run measured.
+type Report struct {
+	Date     string          `json:"date"`
+	Host     string          `json:"host"`
+	Quick    bool            `json:"quick"`
+	Reps     int             `json:"reps"`
+	Rows     []Row           `json:"rows"`
+	Sweep    []SweepPoint    `json:"sweep"`
+	Failover []FailoverStats `json:"failover"`
+	Plots    []string        `json:"plots"`
+}
+
+// workload is a guest and its arguments, full and quick.
+type workload struct {
+	guest       string
+	args, quick []string
+	disk        bool
+	bare        bool // bare Unicorn can run it (it waits for no device)
+}
+
+var workloads = []workload{
+	{guest: "compute", args: []string{"4", "1"}, quick: []string{"1", "1"}, bare: true},
+	{guest: "ticker", args: []string{"100", "1000"}, quick: []string{"30", "1000"}},
+	{guest: "tlbstress", args: []string{"8", "2"}, quick: []string{"4", "1"}, bare: true},
+	{guest: "diskkv", args: []string{"run", "100", "1", "8"}, quick: []string{"run", "30", "1", "8"}, disk: true},
+}
+
+// defaultEpoch is hvft's default epoch length.
+const defaultEpoch = 100_000
+
+// Run measures everything.
+func Run(ctx context.Context, opt Options) (*Report, error) {
+	opt.defaults()
+	if err := os.MkdirAll(opt.OutDir, 0o755); err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	r := &Report{Date: time.Now().UTC().Format(time.RFC3339), Host: fmt.Sprintf("%s, %d cores, %s/%s", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH),
+		Quick: opt.Quick, Reps: opt.Reps}
+	cpu, err := vm.ProbeCPUModel()
+	if err != nil {
+		return nil, err
+	}
+	env := &runner{opt: opt, cpu: cpu}
+	for _, w := range workloads {
+		rows, err := env.matrix(ctx, w)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", w.guest, err)
+		}
+		r.Rows = append(r.Rows, rows...)
+	}
+	if r.Sweep, err = env.sweep(ctx); err != nil {
+		return nil, fmt.Errorf("epoch sweep: %w", err)
+	}
+	if r.Failover, err = env.failovers(ctx); err != nil {
+		return nil, fmt.Errorf("failover: %w", err)
+	}
+	if r.Plots, err = plotSweep(r.Sweep, opt.OutDir); err != nil {
+		return nil, fmt.Errorf("plotting: %w", err)
+	}
+	return r, nil
+}
+
+type runner struct {
+	opt Options
+	cpu *vm.CPUModel
+}
+
+func (e *runner) machine(w workload, epochBlocks uint64) (replica.Machine, error) {
+	data, ok := guests.Builtin(w.guest)
+	if !ok {
+		return replica.Machine{}, fmt.Errorf("no built-in guest %s", w.guest)
+	}
+	img, err := guestelf.Parse(data, vm.DefaultRAMSize, vm.ImageMinAddr)
+	if err != nil {
+		return replica.Machine{}, err
+	}
+	args := w.args
+	if e.opt.Quick {
+		args = w.quick
+	}
+	m := replica.Machine{Image: img, EpochBlocks: epochBlocks, Config: vm.Config{RAMSize: vm.DefaultRAMSize,
+		TLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, RAMHashEvery: 64, Args: append([]string{w.guest}, args...)}}
+	if w.disk {
+		m.DiskPath = filepath.Join(e.opt.OutDir, fmt.Sprintf("disk-%d.img", time.Now().UnixNano()))
+		if m.Config.DiskSectors, err = vm.DiskSectorsOf(m.DiskPath, 1<<20); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+func cleanup(m replica.Machine) {
+	if m.DiskPath != "" {
+		os.Remove(m.DiskPath)
+	}
+}
+
+// solo runs the machine unreplicated and returns its time and stats.
+func (e *runner) solo(ctx context.Context, m replica.Machine) (time.Duration, vm.Stats, error) {
+	var disk *vm.HostDisk
+	if m.DiskPath != "" {
+		var err error
+		if disk, err = vm.OpenDisk(m.DiskPath, m.DiskSync); err != nil {
+			return 0, vm.Stats{}, err
+		}
+		defer disk.Close()
+	}
+	live, err := vm.NewLive(vm.LiveConfig{CPU: e.cpu, Disk: disk})
+	if err != nil {
+		return 0, vm.Stats{}, err
+	}
+	defer live.Close()
+	mach, err := vm.New(m.Config, m.Image, live, nil)
+	if err != nil {
+		return 0, vm.Stats{}, err
+	}
+	defer mach.Close()
+	start := time.Now()
+	if _, err := mach.Run(ctx, vm.RunOptions{EpochLength: m.EpochBlocks}); err != nil {
+		return 0, vm.Stats{}, err
+	}
+	return time.Since(start), mach.Stats(), nil
+}
+
+// matrix measures one workload in every mode.
+func (e *runner) matrix(ctx context.Context, w workload) ([]Row, error) {
+	var bare, run, bounded, strict []float64
+	var runStats vm.Stats
+	var pb, ps pairResult
+	for rep := 0; rep < e.opt.Reps; rep++ {
+		e.opt.Progress("%s: repetition %d of %d", w.guest, rep+1, e.opt.Reps)
+		m, err := e.machine(w, defaultEpoch)
+		if err != nil {
+			return nil, err
+		}
+		if w.bare {
+			b, err := vm.RunBare(m.Image, m.Config.RAMSize, m.Config.Args, 0)
+			if err != nil {
+				return nil, err
+			}
+			bare = append(bare, b.Elapsed.Seconds())
+		}
+		d, st, err := e.solo(ctx, m)
+		cleanup(m)
+		if err != nil {
+			return nil, err
+		}
+		run, runStats = append(run, d.Seconds()), st
+		for _, mode := range []epoch.Mode{epoch.Bounded, epoch.Strict} {
+			m, err := e.machine(w, defaultEpoch)
+			if err != nil {
+				return nil, err
+			}
+			p, err := e.pair(ctx, m, mode, nil)
+			cleanup(m)
+			if err != nil {
+				return nil, err
+			}
+			if mode == epoch.Bounded {
+				bounded, pb = append(bounded, p.seconds), p
+			} else {
+				strict, ps = append(strict, p.seconds), p
+			}
+		}
+	}
+	row := func(mode string, secs []float64) Row {
+		st := statOf(secs)
+		r := Row{Guest: w.guest, Mode: mode, Seconds: st, Blocks: runStats.Blocks, BlocksPerSec: float64(runStats.Blocks) / st.Median}
+		if len(bare) > 0 {
+			r.RatioToBare = st.Median / statOf(bare).Median
+		}
+		if mode != "bare" {
+			r.RatioToRun = st.Median / statOf(run).Median
+			r.Epochs, r.EpochsPerSec, r.TLBMisses = runStats.Epochs, float64(runStats.Epochs)/st.Median, runStats.TLBMisses
+		}
+		return r
+	}
+	var rows []Row
+	if len(bare) > 0 {
+		rows = append(rows, row("bare", bare))
+	}
+	rows = append(rows, row("run", run))
+	for _, c := range []struct {
+		mode string
+		secs []float64
+		p    pairResult
+	}{{"replicated", bounded, pb}, {"strict", strict, ps}} {
+		r := row(c.mode, c.secs)
+		r.Epochs, r.TLBMisses = c.p.epochs, c.p.misses
+		r.EpochsPerSec = float64(c.p.epochs) / r.Seconds.Median
+		r.LogBytes = c.p.logBytes
+		if c.p.epochs > 0 {
+			r.LogPerEpoch = float64(c.p.logBytes) / float64(c.p.epochs)
+		}
+		r.LogPerSec = float64(c.p.logBytes) / c.p.seconds
+		r.LagEpochs, r.LagMS = c.p.lagEpochs, c.p.lagMS
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+// sweep measures normalized run time against epoch length.
+func (e *runner) sweep(ctx context.Context) ([]SweepPoint, error) {
+	lengths := []uint64{1_000, 4_000, 16_000, 64_000, 256_000, 1_000_000}
+	if e.opt.Quick {
+		lengths = []uint64{4_000, 64_000, 1_000_000}
+	}
+	var pts []SweepPoint
+	for _, w := range []workload{workloads[0], workloads[1]} {
+		base, label := 0.0, "bare Unicorn"
+		m, err := e.machine(w, defaultEpoch)
+		if err != nil {
+			return nil, err
+		}
+		if w.bare {
+			var xs []float64
+			for i := 0; i < e.opt.Reps; i++ {
+				b, err := vm.RunBare(m.Image, m.Config.RAMSize, m.Config.Args, 0)
+				if err != nil {
+					return nil, err
+				}
+				xs = append(xs, b.Elapsed.Seconds())
+			}
+			base = statOf(xs).Median
+		} else {
+			label = "unreplicated hvft"
+			var xs []float64
+			for i := 0; i < e.opt.Reps; i++ {
+				d, _, err := e.solo(ctx, m)
+				if err != nil {
+					return nil, err
+				}
+				xs = append(xs, d.Seconds())
+			}
+			base = statOf(xs).Median
+		}
+		for _, n := range lengths {
+			for _, mode := range []epoch.Mode{epoch.Bounded, epoch.Strict} {
+				e.opt.Progress("sweep: %s, %d-block epochs, %v", w.guest, n, mode)
+				var xs []float64
+				for i := 0; i < e.opt.Reps; i++ {
+					m, err := e.machine(w, n)
+					if err != nil {
+						return nil, err
+					}
+					p, err := e.pair(ctx, m, mode, nil)
+					if err != nil {
+						return nil, err
+					}
+					xs = append(xs, p.seconds)
+				}
+				pts = append(pts, SweepPoint{Guest: w.guest, Protocol: mode.String(), EpochBlocks: n, Normalized: statOf(xs).Median / base, Baseline: label})
+			}
+		}
+	}
+	return pts, nil
+}

@@ -1,0 +1,123 @@
+package bench
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"image/color"
+	"io"
+	"path/filepath"
+	"strconv"
+	"text/tabwriter"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// JSON writes the report as JSON.
+func (r *Report) JSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+func ratio(x float64) string {
+	if x == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", x)
+}
+
+// Table writes the report for people.
+func (r *Report) Table(w io.Writer) error {
+	fmt.Fprintf(w, "hvft bench, %s, %s; medians of %d repetitions (min-max)\n\n", r.Date, r.Host, r.Reps)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "guest\tmode\tseconds\tblocks/s\tx bare\tx run\tepochs/s\tlog B/epoch\tlog KB/s\tlag epochs\tlag ms\tTLB misses\t")
+	for _, row := range r.Rows {
+		fmt.Fprintf(tw, "%s\t%s\t%.3f (%.3f-%.3f)\t%.3g\t%s\t%s\t%.0f\t%.0f\t%.1f\t%.0f\t%.2f\t%d\t\n",
+			row.Guest, row.Mode, row.Seconds.Median, row.Seconds.Min, row.Seconds.Max, row.BlocksPerSec,
+			ratio(row.RatioToBare), ratio(row.RatioToRun), row.EpochsPerSec, row.LogPerEpoch, row.LogPerSec/1000,
+			row.LagEpochs, row.LagMS, row.TLBMisses)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nepoch-length sweep (run time / baseline):\n")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "guest\tprotocol\tepoch blocks\tnormalized\tbaseline\t")
+	for _, p := range r.Sweep {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.2f\t%s\t\n", p.Guest, p.Protocol, p.EpochBlocks, p.Normalized, p.Baseline)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nfailover of a replicated ticker, ms (min / median / p99 / max):\n")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "death\tkills\tdetection\treplay\tkill to live\t")
+	for _, f := range r.Failover {
+		d := func(x Dist) string { return fmt.Sprintf("%.1f / %.1f / %.1f / %.1f", x.Min, x.Median, x.P99, x.Max) }
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t\n", f.Kind, f.Kills, d(f.Detect), d(f.Replay), d(f.KillToLive))
+	}
+	tw.Flush()
+	if len(r.Plots) > 0 {
+		fmt.Fprintf(w, "\nplots: %v\n", r.Plots)
+	}
+	return nil
+}
+
+// CSV writes the matrix rows as CSV.
+func (r *Report) CSV(w io.Writer) error {
+	cw := csv.NewWriter(w)
+	cw.Write([]string{"guest", "mode", "seconds_median", "seconds_min", "seconds_max", "blocks", "blocks_per_sec",
+		"ratio_to_bare", "ratio_to_run", "epochs", "epochs_per_sec", "log_bytes_per_epoch", "log_bytes_per_sec",
+		"backup_lag_epochs", "backup_lag_ms", "tlb_misses"})
+	f := func(x float64) string { return strconv.FormatFloat(x, 'g', 6, 64) }
+	for _, row := range r.Rows {
+		cw.Write([]string{row.Guest, row.Mode, f(row.Seconds.Median), f(row.Seconds.Min), f(row.Seconds.Max),
+			strconv.FormatUint(row.Blocks, 10), f(row.BlocksPerSec), f(row.RatioToBare), f(row.RatioToRun),
+			strconv.FormatUint(row.Epochs, 10), f(row.EpochsPerSec), f(row.LogPerEpoch), f(row.LogPerSec),
+			f(row.LagEpochs), f(row.LagMS), strconv.FormatUint(row.TLBMisses, 10)})
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// plotSweep draws the paper's figure, re-measured: normalized run time
+// against epoch length, one line per guest and protocol, as SVG and PNG.
+func plotSweep(pts []SweepPoint, dir string) ([]string, error) {
+	p := plot.New()
+	p.Title.Text = "hvft: replicated run time against epoch length"
+	p.X.Label.Text = "epoch length (translation blocks, log scale)"
+	p.Y.Label.Text = "run time / baseline (compute: bare Unicorn; ticker: unreplicated)"
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Add(plotter.NewGrid())
+	colors := []color.Color{color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 255}, color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 255},
+		color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 255}, color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 255}}
+	series := map[string]plotter.XYs{}
+	var order []string
+	for _, pt := range pts {
+		key := pt.Guest + " " + pt.Protocol
+		if _, ok := series[key]; !ok {
+			order = append(order, key)
+		}
+		series[key] = append(series[key], plotter.XY{X: float64(pt.EpochBlocks), Y: pt.Normalized})
+	}
+	for i, key := range order {
+		line, points, err := plotter.NewLinePoints(series[key])
+		if err != nil {
+			return nil, err
+		}
+		line.Color = colors[i%len(colors)]
+		points.Color = colors[i%len(colors)]
+		p.Add(line, points)
+		p.Legend.Add(key, line, points)
+	}
+	p.Legend.Top = true
+	var files []string
+	for _, ext := range []string{"svg", "png"} {
+		path := filepath.Join(dir, "epoch-sweep."+ext)
+		if err := p.Save(8*vg.Inch, 5*vg.Inch, path); err != nil {
+			return nil, err
+		}
+		files = append(files, path)
+	}
+	return files, nil
+}
