@@ -111,7 +111,7 @@ func plotSweep(pts []SweepPoint, dir string) ([]string, error) {
 		p.Legend.Add(key, line, points)
 	}
 	p.Legend.Left = true // the lines run above 0.5; the lower left is free
-	p.Y.Min = 0 // ratios read honestly only from zero
+	p.Y.Min = 0          // ratios read honestly only from zero
 	var files []string
 	for _, ext := range []string{"svg", "png"} {
 		path := filepath.Join(dir, "epoch-sweep."+ext)
