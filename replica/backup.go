@@ -334,6 +334,13 @@ func (b *backup) Next(ctx context.Context) (vm.Record, error) {
 	}
 	r := b.queue[0]
 	b.queue = b.queue[1:]
+	if rec := b.opt.Record; rec != nil {
+		// The backup's log holds every record its run consumed.
+		if r.Answer != nil {
+			return r, rec.RecordAnswer(*r.Answer)
+		}
+		return r, rec.RecordEpochEnd(*r.End)
+	}
 	return r, nil
 }
 
@@ -349,7 +356,7 @@ func (b *backup) goLive(at vm.Point) error {
 		return fmt.Errorf("taking over: %w", err)
 	}
 	b.disk = disk
-	live, err := vm.NewLive(vm.LiveConfig{OnOutput: b.output, Input: b.opt.Input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk})
+	live, err := vm.NewLive(vm.LiveConfig{OnOutput: b.output, Input: b.opt.Input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk, Recorder: b.opt.Record})
 	if err != nil {
 		return err
 	}

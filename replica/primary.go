@@ -32,6 +32,9 @@ type Options struct {
 	// OnStart, if set, is called when the guest starts running (after the
 	// handshake), so that a benchmark can time the guest alone.
 	OnStart func()
+	// Record, if set, receives every record this replica's run consists
+	// of (a log file: --record).
+	Record vm.Recorder
 
 	// mutateAnswer, in tests, lets a backup answer from its own host.
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
@@ -179,6 +182,9 @@ func (p *primary) RecordAnswer(a vm.Answer) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.apply(p.proto.Answer(toWireAnswer(a)))
+	if p.opt.Record != nil {
+		return p.opt.Record.RecordAnswer(a)
+	}
 	return nil
 }
 
@@ -188,6 +194,9 @@ func (p *primary) RecordEpochEnd(e vm.EpochEnd) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.apply(p.proto.EndEpoch(toWireEnd(e)))
+	if p.opt.Record != nil {
+		return p.opt.Record.RecordEpochEnd(e)
+	}
 	return nil
 }
 

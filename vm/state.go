@@ -25,6 +25,49 @@ var scalarRegs = []uc.Reg{
 	uc.FPCW, uc.FPSW, uc.FPTAG, uc.MXCSR,
 }
 
+// scalarRegNames names scalarRegs, in order.
+var scalarRegNames = []string{
+	"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+	"r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+	"rip", "rflags",
+	"cs", "ds", "es", "fs", "gs", "ss", "fs_base", "gs_base",
+	"cr0", "cr2", "cr3", "cr4",
+	"fpcw", "fpsw", "fptag", "mxcsr",
+}
+
+// Register is a named register value, for dumps.
+type Register struct {
+	Name  string `json:"name"`
+	Value uint64 `json:"value"`
+}
+
+// Registers returns the general, control, segment and FPU/SSE control
+// registers by name.
+func (m *Machine) Registers() ([]Register, error) {
+	var out []Register
+	err := m.call(func() error {
+		vals := make([]uint64, len(scalarRegs))
+		if err := m.eng.RegReadBatch(scalarRegs, vals); err != nil {
+			return err
+		}
+		for i, v := range vals {
+			out = append(out, Register{Name: scalarRegNames[i], Value: v})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ReadMemory copies n bytes of guest RAM at addr.
+func (m *Machine) ReadMemory(addr, n uint64) ([]byte, error) {
+	if addr > m.cfg.RAMSize || n > m.cfg.RAMSize-addr {
+		return nil, fmt.Errorf("memory range %#x+%#x lies outside RAM (%#x bytes)", addr, n, m.cfg.RAMSize)
+	}
+	out := make([]byte, n)
+	err := m.call(func() error { copy(out, m.ram[addr:addr+n]); return nil })
+	return out, err
+}
+
 // cpuState appends the CPU's state: scalar registers, descriptor tables,
 // EFER, x87 and SSE registers.
 func (m *Machine) cpuState(buf []byte) ([]byte, error) {

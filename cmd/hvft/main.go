@@ -65,6 +65,7 @@ func newApp() *cli.App {
 			backupCommand(),
 			demoCommand(),
 			benchCommand(),
+			replayCommand(),
 			guestsCommand(),
 		},
 		HideHelpCommand: true,

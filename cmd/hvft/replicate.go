@@ -44,7 +44,7 @@ func primaryCommand() *cli.Command {
 		Description: "Waits for a backup on --listen, then runs the guest, streaming every environment answer\n" +
 			"and epoch end to it. Console output leaves only once the backup holds every log record\n" +
 			"before it. If the backup dies, the primary goes on alone.",
-		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...),
+		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...), recordFlag(),
 			&cli.StringFlag{Name: "listen", Required: true, Usage: "address the backup connects to (host:port, or fd:N for an inherited listener)"},
 			&cli.DurationFlag{Name: "backup-wait", Value: 30 * time.Second, Usage: "how long to wait for the backup before failing (0: run alone at once)"},
 			&cli.StringFlag{Name: "protocol", Value: "bounded", Usage: "bounded (run up to --max-lag epochs ahead of the backup) or strict (wait for each epoch's acknowledgement)"},
@@ -62,7 +62,7 @@ func backupCommand() *cli.Command {
 		Description: "Connects to the primary at --primary with the same guest and machine configuration,\n" +
 			"replays its log one epoch behind, compares state hashes at every epoch end and emits\n" +
 			"nothing. When the primary dies it finishes what it holds and goes on as the primary.",
-		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...),
+		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...), recordFlag(),
 			&cli.StringFlag{Name: "primary", Required: true, Usage: "the primary's address (host:port)"},
 			&cli.DurationFlag{Name: "connect-timeout", Value: 30 * time.Second, Usage: "how long to keep trying to reach the primary"},
 		),
@@ -108,6 +108,15 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 	s.ctx, s.cancel = c.Context, func() {}
 	if d := c.Duration("timeout"); d > 0 {
 		s.ctx, s.cancel = context.WithTimeout(c.Context, d)
+	}
+	if path := c.String("record"); path != "" {
+		w, err := replica.CreateLog(path, replica.HeaderFor(mach, c.Command.Name), false)
+		if err != nil {
+			return nil, err
+		}
+		s.opts.Record = w
+		prev := s.cancel
+		s.cancel = func() { prev(); w.Close() }
 	}
 	return s, nil
 }

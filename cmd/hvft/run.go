@@ -45,7 +45,7 @@ func runCommand() *cli.Command {
 		Description: "GUEST is a built-in guest name (see `hvft guests`) or the path of a static x86-64 ELF;\n" +
 			"the default is " + guests.Default + ". Arguments after -- reach the guest as argv[1..].\n" +
 			"The exit status is the guest's power-off code.",
-		Flags:  append(machineFlags(), runFlags()...),
+		Flags:  append(append(machineFlags(), runFlags()...), recordFlag()),
 		Action: runAction,
 	}
 }
@@ -82,7 +82,16 @@ func runAction(c *cli.Context) error {
 		}
 		defer disk.Close()
 	}
-	live, err := vm.NewLive(vm.LiveConfig{Console: c.App.Writer, Input: os.Stdin, Disk: disk})
+	var rec vm.Recorder
+	if path := c.String("record"); path != "" {
+		w, err := replica.CreateLog(path, replica.HeaderFor(mach, "run"), false)
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		rec = w
+	}
+	live, err := vm.NewLive(vm.LiveConfig{Console: c.App.Writer, Input: os.Stdin, Disk: disk, Recorder: rec})
 	if err != nil {
 		return err
 	}
