@@ -82,6 +82,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		buf = le.AppendUint64(buf, c.RAMHashEvery)
 		buf = le.AppendUint32(buf, c.BoardVersion)
 		buf = le.AppendUint64(buf, c.DiskSectors)
+		buf = appendBool(buf, m.Hello.Join)
 	case TypeWelcome:
 		if m.Welcome == nil {
 			return buf, missing
@@ -154,6 +155,24 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		}
 		buf = le.AppendUint32(buf, m.Goodbye.ExitCode)
 		buf = append(buf, m.Goodbye.Hash[:]...)
+	case TypeJoinRAM:
+		if m.JoinRAM == nil {
+			return buf, missing
+		}
+		buf = le.AppendUint64(buf, m.JoinRAM.Offset)
+		buf = le.AppendUint32(buf, uint32(len(m.JoinRAM.Data)))
+		buf = append(buf, m.JoinRAM.Data...)
+	case TypeJoinState:
+		j := m.JoinState
+		if j == nil {
+			return buf, missing
+		}
+		buf = le.AppendUint64(buf, j.Epoch)
+		buf = le.AppendUint64(buf, j.Answers)
+		buf = append(buf, j.Hash[:]...)
+		buf = le.AppendUint64(buf, j.Clock)
+		buf = le.AppendUint32(buf, uint32(len(j.State)))
+		buf = append(buf, j.State...)
 	default:
 		return buf, fmt.Errorf("cannot encode message type %d", m.Type)
 	}
@@ -204,7 +223,7 @@ func DecodeFrame(body []byte) (Message, error) {
 		c.RAMSize, c.EpochBlocks, c.RAMHashEvery = d.u64(), d.u64(), d.u64()
 		c.BoardVersion = d.u32()
 		c.DiskSectors = d.u64()
-		m.Hello = &Hello{Config: c}
+		m.Hello = &Hello{Config: c, Join: d.bool()}
 	case TypeWelcome:
 		m.Welcome = &Welcome{Accepted: d.bool(), Reason: d.string()}
 	case TypeAnswer:
@@ -242,6 +261,16 @@ func DecodeFrame(body []byte) (Message, error) {
 		g := &Goodbye{ExitCode: d.u32()}
 		copy(g.Hash[:], d.bytes(16))
 		m.Goodbye = g
+	case TypeJoinRAM:
+		j := &JoinRAM{Offset: d.u64()}
+		j.Data = append([]byte(nil), d.bytes(int(d.u32()))...)
+		m.JoinRAM = j
+	case TypeJoinState:
+		j := &JoinState{Epoch: d.u64(), Answers: d.u64()}
+		copy(j.Hash[:], d.bytes(16))
+		j.Clock = d.u64()
+		j.State = append([]byte(nil), d.bytes(int(d.u32()))...)
+		m.JoinState = j
 	default:
 		return Message{}, frameErr("unknown message type %d", m.Type)
 	}

@@ -10,7 +10,7 @@ import (
 
 func sampleMessages() []Message {
 	return []Message{
-		{Type: TypeHello, Hello: &Hello{Config: MachineConfig{ImageDigest: [32]byte{1, 2}, ArgsDigest: [32]byte{3}, RAMSize: 16 << 20, EpochBlocks: 100000, RAMHashEvery: 64, BoardVersion: 1, DiskSectors: 8192}}},
+		{Type: TypeHello, Hello: &Hello{Config: MachineConfig{ImageDigest: [32]byte{1, 2}, ArgsDigest: [32]byte{3}, RAMSize: 16 << 20, EpochBlocks: 100000, RAMHashEvery: 64, BoardVersion: 1, DiskSectors: 8192}, Join: true}},
 		{Type: TypeWelcome, Welcome: &Welcome{Accepted: false, Reason: "image digest differs"}},
 		{Type: TypeAnswer, Answer: &Answer{Seq: 7, Kind: 1, Port: 0x520, Size: 4, Value: 0xdeadbeef, Regs: [4]uint32{1, 2, 3, 4}}},
 		{Type: TypeEpochEnd, EpochEnd: &EpochEnd{Epoch: 3, Clock: 300000, RIP: 0x101000, Reason: 2, Answers: 7, Hash: [16]byte{9}, RAMHashed: true,
@@ -20,6 +20,8 @@ func sampleMessages() []Message {
 		{Type: TypeRelease, Release: &Release{Output: 42}},
 		{Type: TypeDivergence, Divergence: &Divergence{Epoch: 4, Clock: 5, RIP: 6, Detail: "state hash differs"}},
 		{Type: TypeGoodbye, Goodbye: &Goodbye{ExitCode: 3, Hash: [16]byte{7, 7}}},
+		{Type: TypeJoinRAM, JoinRAM: &JoinRAM{Offset: 1 << 20, Data: []byte("page")}},
+		{Type: TypeJoinState, JoinState: &JoinState{Epoch: 9, Answers: 40, Hash: [16]byte{1}, State: []byte("cpu and devices")}},
 	}
 }
 

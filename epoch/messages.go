@@ -15,21 +15,23 @@ type Type uint8
 
 // Message types.
 const (
-	TypeHello      Type = 1 // backup -> primary: who I am and what I run
-	TypeWelcome    Type = 2 // primary -> backup: accepted, or refused with a reason
-	TypeAnswer     Type = 3 // primary -> backup: one environment answer
-	TypeEpochEnd   Type = 4 // primary -> backup: the end of an epoch
-	TypeAck        Type = 5 // backup -> primary: records held so far
-	TypeHeartbeat  Type = 6 // both ways
-	TypeRelease    Type = 7 // primary -> backup: output-release watermark
-	TypeDivergence Type = 8 // backup -> primary: the replicas differ
-	TypeGoodbye    Type = 9 // primary -> backup: the run ended on purpose
+	TypeHello      Type = 1  // backup -> primary: who I am and what I run
+	TypeWelcome    Type = 2  // primary -> backup: accepted, or refused with a reason
+	TypeAnswer     Type = 3  // primary -> backup: one environment answer
+	TypeEpochEnd   Type = 4  // primary -> backup: the end of an epoch
+	TypeAck        Type = 5  // backup -> primary: records held so far
+	TypeHeartbeat  Type = 6  // both ways
+	TypeRelease    Type = 7  // primary -> backup: output-release watermark
+	TypeDivergence Type = 8  // backup -> primary: the replicas differ
+	TypeGoodbye    Type = 9  // both ways: the run ended on purpose
+	TypeJoinRAM    Type = 10 // primary -> joining backup: a piece of guest RAM
+	TypeJoinState  Type = 11 // primary -> joining backup: the machine at the join boundary
 )
 
 func (t Type) String() string {
 	names := map[Type]string{TypeHello: "hello", TypeWelcome: "welcome", TypeAnswer: "answer",
 		TypeEpochEnd: "epoch-end", TypeAck: "ack", TypeHeartbeat: "heartbeat", TypeRelease: "release",
-		TypeDivergence: "divergence", TypeGoodbye: "goodbye"}
+		TypeDivergence: "divergence", TypeGoodbye: "goodbye", TypeJoinRAM: "join-ram", TypeJoinState: "join-state"}
 	if n, ok := names[t]; ok {
 		return n
 	}
@@ -48,6 +50,8 @@ type Message struct {
 	Release    *Release
 	Divergence *Divergence
 	Goodbye    *Goodbye
+	JoinRAM    *JoinRAM
+	JoinState  *JoinState
 }
 
 // MachineConfig is what both replicas must share for one instruction stream
@@ -62,9 +66,29 @@ type MachineConfig struct {
 	DiskSectors  uint64
 }
 
-// Hello opens a link: the backup's configuration.
+// Hello opens a link: the backup's configuration, and whether it joins a
+// primary that is already running (by state transfer).
 type Hello struct {
 	Config MachineConfig
+	Join   bool
+}
+
+// JoinRAM carries guest RAM at Offset to a joining backup: first a
+// pre-copy of all of it while the guest runs, then the pages that changed.
+type JoinRAM struct {
+	Offset uint64
+	Data   []byte
+}
+
+// JoinState ends a state transfer: the machine's state (without RAM) at
+// the end of Epoch, after Answers answers, and its state hash with RAM,
+// which the joined backup must reproduce.
+type JoinState struct {
+	Epoch   uint64
+	Answers uint64
+	Hash    [16]byte
+	Clock   uint64 // the guest clock's value now, in ns: a takeover continues from it
+	State   []byte
 }
 
 // Welcome answers a Hello; Reason is empty when accepted.

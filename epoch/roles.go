@@ -191,6 +191,16 @@ func (p *Primary) Ack(a Ack) (Actions, error) {
 	return p.release(outs), nil
 }
 
+// Join pairs a primary that runs alone with a backup that received its
+// state at the end of epoch, after answers answers: the log streams to it
+// from there (rule 6).
+func (p *Primary) Join(epoch, answers uint64) {
+	p.alone = false
+	p.sentEpoch, p.sentAns = epoch, answers
+	p.acked = Ack{Epoch: epoch, Answers: answers, Executed: epoch}
+	p.announced = p.released
+}
+
 // BackupLost makes the primary go on alone: it releases what it held and
 // never waits again (rule 6).
 func (p *Primary) BackupLost() Actions {
@@ -215,6 +225,13 @@ type Backup struct {
 
 // NewBackup returns a backup that holds nothing yet.
 func NewBackup() *Backup { return &Backup{} }
+
+// NewJoinedBackup returns a backup that starts from a state transfer at the
+// end of epoch, after answers answers, with the primary's release
+// watermark.
+func NewJoinedBackup(epoch, answers uint64) *Backup {
+	return &Backup{ends: epoch, answers: answers, executed: epoch, acked: Ack{Epoch: epoch, Answers: answers, Executed: epoch}}
+}
 
 // Held returns the last epoch end and answer held.
 func (b *Backup) Held() (epoch, answers uint64) { return b.ends, b.answers }

@@ -40,6 +40,7 @@ var descriptions = map[string]string{
 	"badop":     "executes ud2 with no usable IDT gate",
 	"diskkv":    "key-value log on the disk (needs --disk) [run|verify puts seed keys]",
 	"diskbad":   "issues bad disk commands; each must fail cleanly (needs --disk)",
+	"ramwriter": "writes RAM without pause (state transfer under load) [MiB passes]",
 }
 
 // Guest is one built-in image.

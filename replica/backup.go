@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"time"
 
@@ -19,6 +20,13 @@ type BackupOptions struct {
 	Options
 	Primary        string        // the primary's address
 	ConnectTimeout time.Duration // how long to keep trying to reach it
+	// Join joins a primary that is already running, by state transfer.
+	Join bool
+	// Listener, if set, takes joining backups once this replica has
+	// taken over; Mode and MaxLag are then its protocol.
+	Listener net.Listener
+	Mode     epoch.Mode
+	MaxLag   uint64
 }
 
 // backup is the backup role's shared state. mu guards everything below it;
@@ -33,6 +41,13 @@ type backup struct {
 	queue   []vm.Record
 	linkEnd bool // the link is gone (closed, corrupt, or goodbye)
 	stopped bool // the run ended (or diverged): never take over now
+	// The state transfer a joining backup starts from.
+	joined  *epoch.JoinState
+	joinRAM []byte
+	// as is this replica's primary side once it has gone live: it records,
+	// applies the output rule and serves joining backups.
+	as  *primary
+	ctx context.Context
 	report  Report
 	fo      *Failover
 	foStart time.Time
@@ -60,13 +75,25 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.cond = sync.NewCond(&b.mu)
 	b.report.Role = "backup"
 	dctx, cancel := context.WithTimeout(ctx, opt.ConnectTimeout)
-	link, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig(), b.log)
+	link, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig(), opt.Join, b.log)
 	cancel()
 	if err != nil {
 		return nil, err
 	}
 	b.link = link
-	b.log.Info("connected to the primary", zap.String("primary", opt.Primary))
+	b.log.Info("connected to the primary", zap.String("primary", opt.Primary), zap.Bool("join", opt.Join))
+	if opt.Join {
+		start := time.Now()
+		ram, js, err := receiveState(link, opt.Machine.Config.RAMSize)
+		if err != nil {
+			link.Close()
+			return nil, err
+		}
+		b.proto = epoch.NewJoinedBackup(js.Epoch, js.Answers)
+		b.joined, b.joinRAM, b.lastClock, b.execd = js, ram, js.Clock, js.Epoch
+		b.report.Joins = []Join{{AtEpoch: js.Epoch, PrecopyMS: ms(time.Since(start)), Bytes: uint64(len(ram))}}
+		b.log.Info("received the primary's state", zap.Uint64("at_epoch", js.Epoch), zap.Duration("took", time.Since(start)))
+	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go b.receive()
@@ -90,7 +117,28 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		}
 	}
 
+	b.ctx = ctx
 	res, runErr := b.run(ctx)
+	if p := b.as; p != nil {
+		if runErr == nil {
+			runErr = p.drain(ctx, res.ExitCode, b.finalHash())
+		}
+		p.mu.Lock()
+		p.ended = true
+		if p.link != nil {
+			p.link.Close()
+		}
+		b.mu.Lock()
+		b.report.OutputsEmitted += p.report.OutputsEmitted
+		b.report.DiskWrites += p.report.DiskWrites
+		b.report.Joins = append(b.report.Joins, p.report.Joins...)
+		b.report.BackupLost = p.report.BackupLost
+		if p.report.Divergence != "" {
+			b.report.Divergence = p.report.Divergence
+		}
+		b.mu.Unlock()
+		p.mu.Unlock()
+	}
 	b.mu.Lock()
 	b.stopped = true
 	b.mu.Unlock()
@@ -264,10 +312,30 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 		return vm.Result{}, err
 	}
 	defer m.Close()
+	if js := b.joined; js != nil {
+		if err := m.Restore(vm.SnapshotStream(mc.Config.RAMSize, js.State, b.joinRAM)); err != nil {
+			return vm.Result{}, fmt.Errorf("restoring the primary's state: %w", err)
+		}
+		b.joinRAM = nil
+		got, err := m.Hash(true)
+		if err != nil {
+			return vm.Result{}, err
+		}
+		if got != vm.Digest(js.Hash) {
+			return vm.Result{}, &vm.DivergenceError{At: vm.Point{Epoch: js.Epoch}, Seq: js.Answers,
+				Detail: fmt.Sprintf("joined state hash %v, the primary's %v", got, vm.Digest(js.Hash))}
+		}
+		b.mu.Lock()
+		b.report.Joins[0].Verified = true
+		b.mu.Unlock()
+	}
 	res, err := m.Run(ctx, vm.RunOptions{
 		EpochLength: mc.EpochBlocks,
 		MaxEpochs:   b.opt.MaxEpochs,
-		BeforeEpoch: func(ctx context.Context, e uint64) error {
+		BeforeEpoch: func(ctx context.Context, e uint64, at *vm.Boundary) error {
+			if b.as != nil { // set on this thread, in goLive
+				return b.as.beforeEpoch(ctx, e, at)
+			}
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			// Rule 4: run epoch E only once its end record is held.
@@ -317,6 +385,14 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 	return res, err
 }
 
+// finalHash is the final state hash the run reported.
+func (b *backup) finalHash() vm.Digest {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d, _ := vm.ParseDigest(b.report.FinalHash)
+	return d
+}
+
 // Next implements vm.RecordSource over the received log: it waits for the
 // next record, and reports io.EOF once the backup has failed over and holds
 // nothing more (rule 5: then it goes live).
@@ -356,13 +432,19 @@ func (b *backup) goLive(at vm.Point) error {
 		return fmt.Errorf("taking over: %w", err)
 	}
 	b.disk = disk
-	live, err := vm.NewLive(vm.LiveConfig{OnOutput: b.output, Input: b.opt.Input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk, Recorder: b.opt.Record})
+	p := newPrimary(PrimaryOptions{Options: b.opt.Options, Listener: b.opt.Listener, Mode: b.opt.Mode, MaxLag: b.opt.MaxLag})
+	p.proto.BackupLost() // alone until a backup joins
+	live, err := vm.NewLive(vm.LiveConfig{OnOutput: p.output, Recorder: p, Input: b.opt.Input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk})
 	if err != nil {
 		return err
 	}
+	p.live = live
 	b.mu.Lock()
-	b.live = live
+	b.live, b.as = live, p
 	b.mu.Unlock()
+	if b.opt.Listener != nil {
+		go p.acceptJoins(b.ctx)
+	}
 	live.Resume(b.board) // an operation in flight completes as uncertain
 	b.mu.Lock()
 	b.fo.Uncertain = live.Uncertain()

@@ -226,14 +226,14 @@ func (l *Link) welcome(want epoch.MachineConfig) (string, error) {
 
 // dialPrimary connects to the primary, retrying until ctx ends, and
 // presents cfg. A refusal is final.
-func dialPrimary(ctx context.Context, addr string, cfg epoch.MachineConfig, log *zap.Logger) (*Link, error) {
+func dialPrimary(ctx context.Context, addr string, cfg epoch.MachineConfig, join bool, log *zap.Logger) (*Link, error) {
 	var d net.Dialer
 	warned := false
 	for {
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			l := newLink(conn)
-			if err := l.hello(cfg); err != nil {
+			if err := l.hello(cfg, join); err != nil {
 				l.Close()
 				return nil, err
 			}
@@ -254,10 +254,10 @@ func dialPrimary(ctx context.Context, addr string, cfg epoch.MachineConfig, log 
 	}
 }
 
-func (l *Link) hello(cfg epoch.MachineConfig) error {
+func (l *Link) hello(cfg epoch.MachineConfig, join bool) error {
 	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
 	defer l.conn.SetDeadline(time.Time{})
-	if err := l.Send(epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: cfg}}); err != nil {
+	if err := l.Send(epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: cfg, Join: join}}); err != nil {
 		return fmt.Errorf("handshake: %w", err)
 	}
 	m, err := l.Recv()

@@ -76,6 +76,10 @@ type primary struct {
 	ended  bool   // the run is over: a closing link is no loss
 	// backupEnd is the backup's goodbye: it replayed to the same end.
 	backupEnd *epoch.Goodbye
+	// joins hands accepted joiners to the machine thread; transfer is the
+	// state transfer in progress (machine thread only).
+	joins    chan *Link
+	transfer *transfer
 }
 
 // RunPrimary waits for a backup (or not), then runs the guest as primary:
@@ -84,20 +88,17 @@ type primary struct {
 func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	opt.defaults()
 	start := time.Now()
-	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag)}
-	p.cond = sync.NewCond(&p.mu)
-	p.report.Role = "primary"
+	p := newPrimary(opt)
 	if err := p.connect(ctx); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if p.link != nil {
-		go p.receive()
-		go heartbeat(ctx, p.link, opt.Heartbeat, opt.FailureTimeout, func(reason string) bool {
-			p.loseBackup("backup silent: " + reason)
-			return true
-		})
+		p.watch(ctx, p.link)
+	}
+	if opt.Listener != nil {
+		go p.acceptJoins(ctx)
 	}
 	stopWake := context.AfterFunc(ctx, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
 	defer stopWake()
@@ -126,6 +127,30 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	}
 	rep := p.report
 	return &rep, runErr
+}
+
+func newPrimary(opt PrimaryOptions) *primary {
+	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag), joins: make(chan *Link, 1)}
+	p.cond = sync.NewCond(&p.mu)
+	p.report.Role = "primary"
+	return p
+}
+
+// beforeEpoch is the primary's epoch gate, on the machine thread: it
+// serves a joining backup, then waits while the backup lags too far
+// behind (rule 2).
+func (p *primary) beforeEpoch(ctx context.Context, e uint64, at *vm.Boundary) error {
+	p.pollJoin(ctx, e, at)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.epoch = e
+	for !p.proto.MayStart(e) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p.cond.Wait()
+	}
+	return nil
 }
 
 func (p *primary) connect(ctx context.Context) error {
@@ -208,26 +233,39 @@ func (p *primary) output(o vm.Output) error {
 	return nil
 }
 
-func (p *primary) receive() {
+// watch starts the receiver and the heartbeat of a backup's link.
+func (p *primary) watch(ctx context.Context, l *Link) {
+	go p.receive(l)
+	go heartbeat(ctx, l, p.opt.Heartbeat, p.opt.FailureTimeout, func(reason string) bool {
+		p.loseBackup(l, "backup silent: "+reason)
+		return true
+	})
+}
+
+func (p *primary) receive(l *Link) {
 	for {
-		m, err := p.link.Recv()
+		m, err := l.Recv()
 		if err != nil {
 			if errors.Is(err, epoch.ErrFrame) {
 				p.log.Error("corrupt frame from the backup", zap.Error(err))
 			}
-			p.loseBackup(fmt.Sprintf("link closed: %v", err))
+			p.loseBackup(l, fmt.Sprintf("link closed: %v", err))
 			return
 		}
 		switch m.Type {
 		case epoch.TypeAck:
 			p.mu.Lock()
+			if p.link != l {
+				p.mu.Unlock()
+				return
+			}
 			act, err := p.proto.Ack(*m.Ack)
 			p.apply(act)
 			p.cond.Broadcast()
 			p.mu.Unlock()
 			if err != nil {
 				p.log.Error("protocol violation by the backup", zap.Error(err))
-				p.loseBackup(err.Error())
+				p.loseBackup(l, err.Error())
 				return
 			}
 		case epoch.TypeDivergence:
@@ -237,7 +275,7 @@ func (p *primary) receive() {
 			p.mu.Lock()
 			p.report.Divergence = fmt.Sprintf("epoch %d clock %d RIP %#x: %s", d.Epoch, d.Clock, d.RIP, d.Detail)
 			p.mu.Unlock()
-			p.loseBackup("backup diverged")
+			p.loseBackup(l, "backup diverged")
 			return
 		case epoch.TypeGoodbye:
 			p.mu.Lock()
@@ -247,18 +285,18 @@ func (p *primary) receive() {
 			return
 		case epoch.TypeHeartbeat:
 		default:
-			p.loseBackup(fmt.Sprintf("unexpected %v message from the backup", m.Type))
+			p.loseBackup(l, fmt.Sprintf("unexpected %v message from the backup", m.Type))
 			return
 		}
 	}
 }
 
 // loseBackup makes the primary go on alone (rule 6).
-func (p *primary) loseBackup(reason string) {
+func (p *primary) loseBackup(l *Link, reason string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.proto.Alone() || p.ended || p.backupEnd != nil {
-		return
+	if p.link != l || p.proto.Alone() || p.ended || p.backupEnd != nil {
+		return // a link already replaced, or a run already over
 	}
 	p.apply(p.proto.BackupLost())
 	p.report.BackupLost = reason
@@ -295,18 +333,7 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 	res, err := m.Run(ctx, vm.RunOptions{
 		EpochLength: mc.EpochBlocks,
 		MaxEpochs:   p.opt.MaxEpochs,
-		BeforeEpoch: func(ctx context.Context, e uint64) error {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			p.epoch = e
-			for !p.proto.MayStart(e) {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				p.cond.Wait()
-			}
-			return nil
-		},
+		BeforeEpoch: p.beforeEpoch,
 		OnEpoch: func(s vm.Stop) error {
 			if p.opt.OnEpoch != nil {
 				p.opt.OnEpoch(s)

@@ -17,9 +17,12 @@ type Report struct {
 	// a run it replayed to the end (primary only).
 	BackupFinalHash string    `json:"backup_final_hash,omitempty"`
 	Failover        *Failover `json:"failover,omitempty"`
-	Divergence      string    `json:"divergence,omitempty"`
-	Error           string    `json:"error,omitempty"`
-	DurationMS      int64     `json:"duration_ms"`
+	// Joins are the state transfers this replica served (as primary) or
+	// received (as a joining backup).
+	Joins      []Join `json:"joins,omitempty"`
+	Divergence string `json:"divergence,omitempty"`
+	Error      string `json:"error,omitempty"`
+	DurationMS int64  `json:"duration_ms"`
 }
 
 // Failover is the timeline of a backup's takeover.
@@ -49,4 +52,15 @@ type Failover struct {
 	// Uncertain counts disk operations in flight at the takeover, completed
 	// as uncertain for the guest to reissue.
 	Uncertain uint64 `json:"uncertain"`
+}
+
+// Join is one state transfer to a joining backup.
+type Join struct {
+	AtEpoch uint64 `json:"at_epoch"` // the boundary the backup resumed from
+	// PauseMS is how long the guest stood still for the stop-and-copy.
+	PauseMS    float64 `json:"pause_ms"`
+	PrecopyMS  float64 `json:"precopy_ms"`
+	Bytes      uint64  `json:"bytes"`       // RAM bytes sent in all
+	DirtyBytes uint64  `json:"dirty_bytes"` // of which re-sent at the stop
+	Verified   bool    `json:"verified"`    // the backup reproduced the state hash
 }

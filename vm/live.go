@@ -170,7 +170,7 @@ func (l *Live) In(at Point, seq uint64, port uint32, size int, local uint64) (ui
 	v := local
 	switch port {
 	case PortClockLo:
-		v = l.cfg.ClockStart + uint64(time.Since(l.start).Nanoseconds())
+		v = l.Now()
 	case PortRandom:
 		var b [4]byte
 		if _, err := io.ReadFull(l.random, b[:]); err != nil {
@@ -180,6 +180,9 @@ func (l *Live) In(at Point, seq uint64, port uint32, size int, local uint64) (ui
 	}
 	return v, l.record(Answer{Seq: seq, Kind: KindIn, Port: port, Size: uint8(size), Value: v})
 }
+
+// Now is the guest clock's value now, in nanoseconds.
+func (l *Live) Now() uint64 { return l.cfg.ClockStart + uint64(time.Since(l.start).Nanoseconds()) }
 
 // CPUID answers from the CPU model.
 func (l *Live) CPUID(at Point, seq uint64, leaf, sub uint32) ([4]uint32, error) {

@@ -17,7 +17,7 @@ type RunOptions struct {
 	// BeforeEpoch, if set, is called before each epoch (numbered from 1)
 	// and may wait: a primary uses it to bound its lead over the backup, a
 	// backup to wait for the epoch's end record. An error ends the run.
-	BeforeEpoch func(ctx context.Context, epoch uint64) error
+	BeforeEpoch func(ctx context.Context, epoch uint64, at *Boundary) error
 	// OnEpoch, if set, sees every epoch end; an error from it ends the run.
 	// Both callbacks run on the machine's thread and must not call the
 	// Machine.
@@ -54,7 +54,7 @@ func (m *Machine) run(ctx context.Context, opt RunOptions) (Result, error) {
 			return res, fmt.Errorf("run stopped after %d epochs: %w", n, err)
 		}
 		if opt.BeforeEpoch != nil {
-			if err := opt.BeforeEpoch(ctx, m.epoch+1); err != nil {
+			if err := opt.BeforeEpoch(ctx, m.epoch+1, &Boundary{m: m}); err != nil {
 				return res, err
 			}
 		}
@@ -80,3 +80,27 @@ func (m *Machine) run(ctx context.Context, opt RunOptions) (Result, error) {
 	}
 	return res, fmt.Errorf("%w (%d epochs of %d blocks)", ErrMaxEpochs, opt.MaxEpochs, opt.EpochLength)
 }
+
+// Boundary gives a BeforeEpoch callback access to the machine at an epoch
+// boundary, on the machine's thread. It is valid only during the call.
+type Boundary struct{ m *Machine }
+
+// RAM is guest memory. Its contents change while the guest runs: a reader
+// on another goroutine (a pre-copy) sees pages in flux and must re-check
+// them at a later boundary.
+func (b *Boundary) RAM() []byte { return b.m.ram }
+
+// Answers is the number of environment answers given so far.
+func (b *Boundary) Answers() uint64 { return b.m.seq }
+
+// State is the machine's state without RAM: the body of a snapshot.
+func (b *Boundary) State() ([]byte, error) {
+	body, err := b.m.cpuState(nil)
+	if err != nil {
+		return nil, err
+	}
+	return b.m.machineState(body), nil
+}
+
+// Hash is the state hash with RAM.
+func (b *Boundary) Hash() (Digest, error) { return b.m.hash(true) }

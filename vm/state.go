@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -160,6 +161,16 @@ const (
 	snapshotMagic   = "HVFTSNAP"
 	snapshotVersion = 1
 )
+
+// SnapshotStream assembles a snapshot from a state body (Boundary.State)
+// and a RAM image, for Restore.
+func SnapshotStream(ramSize uint64, body, ram []byte) io.Reader {
+	hdr := append([]byte(snapshotMagic), 0, 0, 0, 0)
+	binary.LittleEndian.PutUint32(hdr[8:], snapshotVersion)
+	hdr = binary.LittleEndian.AppendUint64(hdr, ramSize)
+	hdr = binary.LittleEndian.AppendUint32(hdr, uint32(len(body)))
+	return io.MultiReader(bytes.NewReader(hdr), bytes.NewReader(body), bytes.NewReader(ram))
+}
 
 // Snapshot writes the whole machine (CPU, devices, clock, epoch, answer
 // count, RAM; not the TLB, which is a cache) to w.

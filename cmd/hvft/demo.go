@@ -42,6 +42,8 @@ func demoCommand() *cli.Command {
 			&cli.StringFlag{Name: "disk", Usage: "shared disk image for both replicas (created when absent)"},
 			&cli.StringFlag{Name: "disk-size", Value: "4MiB", Usage: "size of a disk image that --disk creates"},
 			&cli.StringFlag{Name: "disk-sync", Value: "always", Usage: "always or never (see hvft run --help)"},
+			&cli.BoolFlag{Name: "rejoin", Usage: "after each failover, start a new backup that joins the new primary by state transfer"},
+			&cli.IntFlag{Name: "kills", Value: 1, Usage: "how many successive primaries to kill (more than one needs --rejoin); --kill-after counts from each one's takeover"},
 		},
 		Action: demoAction,
 	}
@@ -69,23 +71,63 @@ func parseKillAfter(s string) (killPlan, error) {
 
 // demoSummary is what the demo found.
 type demoSummary struct {
-	Guest          string          `json:"guest"`
-	Killed         bool            `json:"killed"`
-	KilledAtEpoch  uint64          `json:"killed_at_epoch"`
-	KillUnixMS     int64           `json:"kill_unix_ms,omitempty"`
-	KillToLiveMS   *float64        `json:"kill_to_live_ms,omitempty"`
-	ConsoleBytes   uint64          `json:"console_bytes"`
-	Duplicates     uint64          `json:"duplicates_dropped"`
-	Gaps           uint64          `json:"gaps"`
-	Backup         *replica.Report `json:"backup"`
-	Primary        *replica.Report `json:"primary,omitempty"`
-	PrimaryOutputs uint64          `json:"-"`
+	Guest         string   `json:"guest"`
+	Killed        bool     `json:"killed"`
+	KilledAtEpoch uint64   `json:"killed_at_epoch"`
+	KillUnixMS    int64    `json:"kill_unix_ms,omitempty"`
+	KillToLiveMS  *float64 `json:"kill_to_live_ms,omitempty"`
+	ConsoleBytes  uint64   `json:"console_bytes"`
+	Duplicates    uint64   `json:"duplicates_dropped"`
+	Gaps          uint64   `json:"gaps"`
+	// Backup is the report of the replica that finished the run.
+	Backup   *replica.Report `json:"backup"`
+	Kills    []demoKill      `json:"kills"`
+	Replicas []demoReplica   `json:"replicas"`
+}
+
+// demoKill is one SIGKILL of a primary and the takeover that followed.
+type demoKill struct {
+	Victim       string            `json:"victim"`
+	AtEpoch      uint64            `json:"at_epoch"`
+	UnixNS       int64             `json:"unix_ns"`
+	Survivor     string            `json:"survivor"`
+	KillToLiveMS *float64          `json:"kill_to_live_ms,omitempty"`
+	Failover     *replica.Failover `json:"failover,omitempty"`
+	survivor     *demoChild
+}
+
+// demoReplica is the report of one replica that lived to write it.
+type demoReplica struct {
+	Label  string          `json:"label"`
+	Report *replica.Report `json:"report"`
+}
+
+// demoChild is one hvft process the demo runs.
+type demoChild struct {
+	label    string
+	cmd      *exec.Cmd
+	report   string
+	addr     string        // where it accepts a joining backup
+	done     chan struct{} // it exited
+	err      error
+	primary  chan struct{} // closed at its first epoch as primary
+	once     sync.Once
+	epoch    atomic.Uint64 // its latest epoch as primary
+	becameAt atomic.Uint64 // the epoch at which it became primary
+	since    atomic.Int64  // unix ns when it became primary
 }
 
 func demoAction(c *cli.Context) error {
 	plan, err := parseKillAfter(c.String("kill-after"))
 	if err != nil {
 		return err
+	}
+	kills := c.Int("kills")
+	if kills < 1 || kills > 100 {
+		return fmt.Errorf("--kills %d: want 1 to 100", kills)
+	}
+	if kills > 1 && !c.Bool("rejoin") {
+		return fmt.Errorf("--kills %d needs --rejoin: without a new backup after each failover there is nobody to take over", kills)
 	}
 	name, args, err := guestArgs(c)
 	if err != nil {
@@ -106,55 +148,40 @@ func demoAction(c *cli.Context) error {
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
 	defer cancel()
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return fmt.Errorf("opening a port for the primary: %w", err)
-	}
-	lnFile, err := ln.(*net.TCPListener).File()
-	ln.Close()
-	if err != nil {
-		return err
-	}
-	defer lnFile.Close()
-
 	common := []string{"--log-level", c.String("log-level"), "--log-format", c.String("log-format")}
 	shared := []string{"--console-stream", "--epoch-blocks", strconv.FormatUint(c.Uint64("epoch-blocks"), 10),
 		"--heartbeat", c.Duration("heartbeat").String(), "--failure-timeout", c.Duration("failure-timeout").String()}
 	if disk := c.String("disk"); disk != "" {
-		// Created here, once, so the two replicas cannot race to create it.
+		// Created here, once, so the replicas cannot race to create it.
 		if _, _, _, err := diskConfig(c); err != nil {
 			return err
 		}
 		shared = append(shared, "--disk", disk, "--disk-sync", c.String("disk-sync"))
 	}
 	guest := append([]string{name, "--"}, args...)
-	primaryReport, backupReport := filepath.Join(dir, "primary.json"), filepath.Join(dir, "backup.json")
-
-	pArgs := append(append(append(append([]string{}, common...), "primary", "--listen", "fd:3", "--backup-wait", "30s",
-		"--protocol", c.String("protocol"), "--report", primaryReport), shared...), guest...)
-	bArgs := append(append(append(append([]string{}, common...), "backup", "--primary", ln.Addr().String(),
-		"--report", backupReport), shared...), guest...)
-
 	merger := replica.NewMerger(c.App.Writer)
 	say := func(format string, a ...any) { fmt.Fprintf(c.App.ErrWriter, "[demo] "+format+"\n", a...) }
-
-	var primaryEpoch atomic.Uint64
-	killNow := make(chan struct{}, 1)
-	onPrimaryEpoch := func(e uint64) {
-		primaryEpoch.Store(e)
-		if plan.epochs > 0 && e >= plan.epochs {
-			select {
-			case killNow <- struct{}{}:
-			default:
-			}
-		}
-	}
 	var readers sync.WaitGroup
-	start := func(label string, argv []string, onEpoch func(uint64), extra *os.File) (*exec.Cmd, error) {
-		cmd := exec.CommandContext(ctx, self, argv...)
-		if extra != nil {
-			cmd.ExtraFiles = []*os.File{extra}
+	var children []*demoChild
+
+	start := func(label string, role []string) (*demoChild, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("opening a port for the %s: %w", label, err)
 		}
+		lnFile, err := ln.(*net.TCPListener).File()
+		addr := ln.Addr().String()
+		ln.Close()
+		if err != nil {
+			return nil, err
+		}
+		defer lnFile.Close()
+		ch := &demoChild{label: label, addr: addr, report: filepath.Join(dir, fmt.Sprintf("r%d.json", len(children))),
+			done: make(chan struct{}), primary: make(chan struct{})}
+		argv := append(append(append(append([]string{}, common...), role...), "--listen", "fd:3", "--report", ch.report), shared...)
+		argv = append(argv, guest...)
+		ch.cmd = exec.CommandContext(ctx, self, argv...)
+		ch.cmd.ExtraFiles = []*os.File{lnFile}
 		// Pipes of our own rather than StdoutPipe: Wait closes those, and
 		// a child's last lines must be read after it exits.
 		stdout, stdoutW, err := os.Pipe()
@@ -165,8 +192,8 @@ func demoAction(c *cli.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		cmd.Stdout, cmd.Stderr = stdoutW, stderrW
-		err = cmd.Start()
+		ch.cmd.Stdout, ch.cmd.Stderr = stdoutW, stderrW
+		err = ch.cmd.Start()
 		stdoutW.Close()
 		stderrW.Close()
 		if err != nil {
@@ -174,11 +201,20 @@ func demoAction(c *cli.Context) error {
 			stderr.Close()
 			return nil, fmt.Errorf("starting the %s: %w", label, err)
 		}
+		children = append(children, ch)
 		readers.Add(2)
 		go func() {
 			defer readers.Done()
 			defer stdout.Close()
-			if err := merger.Read(stdout, onEpoch); err != nil {
+			err := merger.Read(stdout, func(e uint64) {
+				ch.once.Do(func() {
+					ch.becameAt.Store(e - 1)
+					ch.since.Store(time.Now().UnixNano())
+					close(ch.primary)
+				})
+				ch.epoch.Store(e)
+			})
+			if err != nil {
 				say("%s console: %v", label, err)
 			}
 			io.Copy(io.Discard, stdout)
@@ -188,62 +224,96 @@ func demoAction(c *cli.Context) error {
 			defer stderr.Close()
 			prefix(c.App.ErrWriter, label, stderr)
 		}()
-		return cmd, nil
+		go func() { ch.err = ch.cmd.Wait(); close(ch.done) }()
+		return ch, nil
 	}
-	primary, err := start("primary", pArgs, onPrimaryEpoch, lnFile)
-	if err != nil {
-		return err
-	}
-	backup, err := start("backup", bArgs, nil, nil)
-	if err != nil {
-		primary.Process.Kill()
-		return err
-	}
-	say("primary pid %d, backup pid %d; guest %s; kill after %s", primary.Process.Pid, backup.Process.Pid, name, c.String("kill-after"))
+	defer func() {
+		for _, ch := range children {
+			ch.cmd.Process.Kill()
+			<-ch.done
+		}
+	}()
 
-	primaryDone := make(chan error, 1)
-	go func() { primaryDone <- primary.Wait() }()
-	var timer <-chan time.Time
-	if plan.after > 0 {
-		timer = time.After(plan.after)
+	cur, err := start("primary", []string{"primary", "--backup-wait", "30s", "--protocol", c.String("protocol")})
+	if err != nil {
+		return err
 	}
+	next, err := start("backup", []string{"backup", "--primary", cur.addr, "--protocol", c.String("protocol")})
+	if err != nil {
+		return err
+	}
+	say("primary pid %d, backup pid %d; guest %s; kill after %s, %d time(s)%s", cur.cmd.Process.Pid, next.cmd.Process.Pid, name,
+		c.String("kill-after"), kills, map[bool]string{true: ", a new backup joining after each failover", false: ""}[c.Bool("rejoin")])
+
 	sum := demoSummary{Guest: name}
-	select {
-	case <-killNow:
-	case <-timer:
-	case err := <-primaryDone:
-		say("the primary finished before the kill (%v)", exitDesc(err))
-		primaryDone <- err
-	case <-ctx.Done():
-	}
-	select {
-	case err := <-primaryDone:
-		primaryDone <- err
-	default:
-		if !plan.never {
-			primary.Process.Kill()
-			sum.Killed = true
-			sum.KillUnixMS = time.Now().UnixMilli()
-			sum.KilledAtEpoch = primaryEpoch.Load()
-			say("SIGKILL primary (pid %d) after epoch %d", primary.Process.Pid, sum.KilledAtEpoch)
+	for k := 1; k <= kills && !plan.never; k++ {
+		if !waitForKill(ctx, cur, plan) {
+			say("the %s finished before kill %d (%v)", cur.label, k, exitDesc(cur.err))
+			break
+		}
+		cur.cmd.Process.Kill()
+		kt := time.Now()
+		sum.Kills = append(sum.Kills, demoKill{Victim: cur.label, AtEpoch: cur.epoch.Load(), UnixNS: kt.UnixNano(), Survivor: next.label, survivor: next})
+		say("SIGKILL %s (pid %d) after epoch %d", cur.label, cur.cmd.Process.Pid, cur.epoch.Load())
+		<-cur.done
+		select {
+		case <-next.primary:
+			say("%s took over at epoch %d", next.label, next.becameAt.Load())
+		case <-next.done:
+		case <-ctx.Done():
+		}
+		cur, next = next, nil
+		if c.Bool("rejoin") {
+			select {
+			case <-cur.done:
+			default:
+				label := fmt.Sprintf("backup-%d", k+1)
+				if next, err = start(label, []string{"backup", "--join", "--primary", cur.addr, "--protocol", c.String("protocol")}); err != nil {
+					return err
+				}
+				say("%s (pid %d) joins %s", label, next.cmd.Process.Pid, cur.label)
+			}
+		}
+		if next == nil {
+			break
 		}
 	}
-	<-primaryDone
-	backupErr := backup.Wait()
+	for _, ch := range children {
+		select {
+		case <-ch.done:
+		case <-ctx.Done():
+		}
+	}
 	readers.Wait()
 	if ctx.Err() != nil {
 		return fmt.Errorf("demo did not finish within %v", c.Duration("timeout"))
 	}
 	gapErr := merger.Close()
 	sum.ConsoleBytes, sum.Duplicates, sum.Gaps = merger.Written(), merger.Duplicates, merger.Gaps
-	sum.Backup = readReport(backupReport)
-	sum.Primary = readReport(primaryReport)
-	if sum.Backup == nil {
-		return fmt.Errorf("the backup wrote no report (%v)", exitDesc(backupErr))
+	sum.Killed = len(sum.Kills) > 0
+	for i := range sum.Kills {
+		kl := &sum.Kills[i]
+		if r := readReport(kl.survivor.report); r != nil && r.Failover != nil && r.Failover.LiveUnixNS > 0 {
+			v := float64(r.Failover.LiveUnixNS-kl.UnixNS) / 1e6
+			kl.KillToLiveMS = &v
+			kl.Failover = r.Failover
+		}
 	}
-	if f := sum.Backup.Failover; f != nil && f.LiveUnixMS > 0 && sum.Killed {
-		v := float64(f.LiveUnixMS - sum.KillUnixMS)
-		sum.KillToLiveMS = &v
+	if sum.Killed {
+		sum.KilledAtEpoch, sum.KillUnixMS, sum.KillToLiveMS = sum.Kills[0].AtEpoch, sum.Kills[0].UnixNS/1e6, sum.Kills[0].KillToLiveMS
+	}
+	for _, ch := range children {
+		if r := readReport(ch.report); r != nil {
+			sum.Replicas = append(sum.Replicas, demoReplica{Label: ch.label, Report: r})
+		}
+	}
+	last := children[len(children)-1]
+	if next != nil {
+		last = cur // the final backup ends with the primary; the primary's report is the run's
+	}
+	sum.Backup = readReport(last.report)
+	if sum.Backup == nil {
+		return fmt.Errorf("the %s wrote no report (%v)", last.label, exitDesc(last.err))
 	}
 	printSummary(c.App.ErrWriter, sum)
 	if path := c.String("report"); path != "" {
@@ -255,11 +325,40 @@ func demoAction(c *cli.Context) error {
 	case gapErr != nil:
 		return gapErr
 	case sum.Backup.Error != "":
-		return fmt.Errorf("backup: %s", sum.Backup.Error)
+		return fmt.Errorf("%s: %s", last.label, sum.Backup.Error)
 	case sum.Backup.ExitCode == nil:
-		return fmt.Errorf("backup ended without an exit code (%v)", exitDesc(backupErr))
+		return fmt.Errorf("%s ended without an exit code (%v)", last.label, exitDesc(last.err))
 	}
 	return exitCode(*sum.Backup.ExitCode & 0xFF)
+}
+
+// waitForKill waits until the plan says to kill ch (its epochs as primary,
+// or its time as primary); false when ch finished first.
+func waitForKill(ctx context.Context, ch *demoChild, plan killPlan) bool {
+	select {
+	case <-ch.primary:
+	case <-ch.done:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ch.done:
+			return false
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+		if plan.epochs > 0 && ch.epoch.Load() >= ch.becameAt.Load()+plan.epochs {
+			return true
+		}
+		if plan.after > 0 && time.Since(time.Unix(0, ch.since.Load())) >= plan.after {
+			return true
+		}
+	}
 }
 
 func exitDesc(err error) string {
@@ -296,27 +395,41 @@ func prefix(w io.Writer, label string, r io.Reader) {
 func printSummary(w io.Writer, s demoSummary) {
 	fmt.Fprintf(w, "\n== hvft demo summary (%s) ==\n", s.Guest)
 	fmt.Fprintf(w, "console      %d bytes, every sequence number exactly once (%d repeats dropped, %d gaps)\n", s.ConsoleBytes, s.Duplicates, s.Gaps)
-	b := s.Backup
 	if !s.Killed {
 		fmt.Fprintf(w, "failover     none: the primary was not killed\n")
-	} else {
-		fmt.Fprintf(w, "kill         SIGKILL of the primary after its epoch %d\n", s.KilledAtEpoch)
-		if f := b.Failover; f != nil {
+	}
+	for _, k := range s.Kills {
+		fmt.Fprintf(w, "kill         SIGKILL of the %s after its epoch %d; the %s took over\n", k.Victim, k.AtEpoch, k.Survivor)
+		if f := k.Failover; f != nil {
 			fmt.Fprintf(w, "failover     detected after %.1f ms of silence (%s)\n", f.DetectedAfterMS, f.Reason)
 			fmt.Fprintf(w, "             held epochs through %d, had executed %d; replay %.1f ms; %d outputs re-emitted\n", f.EpochsHeld, f.EpochsExecuted, f.ReplayMS, f.Reemitted)
-			if s.KillToLiveMS != nil {
-				fmt.Fprintf(w, "             live at epoch %d: kill to live %.0f ms\n", f.LiveAtEpoch, *s.KillToLiveMS)
+			if k.KillToLiveMS != nil {
+				fmt.Fprintf(w, "             live at epoch %d: kill to live %.1f ms\n", f.LiveAtEpoch, *k.KillToLiveMS)
+			}
+			if f.Uncertain > 0 {
+				fmt.Fprintf(w, "             %d disk operation(s) in flight completed as UNCERTAIN; the guest reissued them\n", f.Uncertain)
 			}
 		}
 	}
-	if f := b.Failover; f != nil && f.Uncertain > 0 {
-		fmt.Fprintf(w, "             %d disk operation(s) in flight completed as UNCERTAIN; the guest reissued them\n", f.Uncertain)
+	for _, r := range s.Replicas {
+		rep := r.Report
+		for _, j := range rep.Joins {
+			if rep.Role == "backup" && j.Verified {
+				fmt.Fprintf(w, "join         %s joined at epoch %d: %d bytes of RAM received, state hash verified\n", r.Label, j.AtEpoch, j.Bytes)
+			} else if j.PauseMS > 0 {
+				fmt.Fprintf(w, "             served by %s: pre-copy %.0f ms, pause %.1f ms, %d bytes (%d re-sent at the stop)\n", r.Label, j.PrecopyMS, j.PauseMS, j.Bytes, j.DirtyBytes)
+			}
+		}
+		if rep.Role == "backup" {
+			fmt.Fprintf(w, "replica      %s: %d epochs, %d state hashes compared with its primary's, all equal; became primary: %v\n", r.Label, rep.Epochs, rep.HashesCompared, rep.BecamePrimary)
+		}
 	}
-	fmt.Fprintf(w, "backup       %d epochs, %d state hashes compared with the primary's, all equal; became primary: %v\n", b.Epochs, b.HashesCompared, b.BecamePrimary)
-	if b.ExitCode != nil {
-		fmt.Fprintf(w, "guest        exit code %d, final hash %s\n", *b.ExitCode, b.FinalHash)
-	}
-	if b.Error != "" {
-		fmt.Fprintf(w, "backup error %s\n", b.Error)
+	if b := s.Backup; b != nil {
+		if b.ExitCode != nil {
+			fmt.Fprintf(w, "guest        exit code %d, final hash %s\n", *b.ExitCode, b.FinalHash)
+		}
+		if b.Error != "" {
+			fmt.Fprintf(w, "error        %s\n", b.Error)
+		}
 	}
 }

@@ -46,7 +46,7 @@ func primaryCommand() *cli.Command {
 			"before it. If the backup dies, the primary goes on alone.",
 		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...), recordFlag(),
 			&cli.StringFlag{Name: "listen", Required: true, Usage: "address the backup connects to (host:port, or fd:N for an inherited listener)"},
-			&cli.DurationFlag{Name: "backup-wait", Value: 30 * time.Second, Usage: "how long to wait for the backup before failing (0: run alone at once)"},
+			&cli.DurationFlag{Name: "backup-wait", Value: 30 * time.Second, Usage: "how long to wait for the backup before failing (0: run alone at once); a primary running alone accepts a backup started with --join"},
 			&cli.StringFlag{Name: "protocol", Value: "bounded", Usage: "bounded (run up to --max-lag epochs ahead of the backup) or strict (wait for each epoch's acknowledgement)"},
 			&cli.Uint64Flag{Name: "max-lag", Value: 4, Usage: "epochs the primary may run ahead of the backup's acknowledgements (bounded protocol)"},
 		),
@@ -65,6 +65,10 @@ func backupCommand() *cli.Command {
 		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...), recordFlag(),
 			&cli.StringFlag{Name: "primary", Required: true, Usage: "the primary's address (host:port)"},
 			&cli.DurationFlag{Name: "connect-timeout", Value: 30 * time.Second, Usage: "how long to keep trying to reach the primary"},
+			&cli.BoolFlag{Name: "join", Usage: "join a primary that is already running (alone): receive its state, then its log"},
+			&cli.StringFlag{Name: "listen", Usage: "once this replica has taken over, accept a new backup (--join) here (host:port or fd:N)"},
+			&cli.StringFlag{Name: "protocol", Value: "bounded", Usage: "the protocol it uses with such a backup: bounded or strict"},
+			&cli.Uint64Flag{Name: "max-lag", Value: 4, Usage: "epochs a joined backup may lag (bounded protocol)"},
 		),
 		Action: backupAction,
 	}
@@ -169,8 +173,21 @@ func backupAction(c *cli.Context) error {
 	}
 	defer s.cancel()
 	defer s.log.Sync()
-	rep, err := replica.RunBackup(s.ctx, replica.BackupOptions{Options: s.opts, Primary: c.String("primary"),
-		ConnectTimeout: c.Duration("connect-timeout")})
+	mode, err := epoch.ParseMode(c.String("protocol"))
+	if err != nil {
+		return fmt.Errorf("--protocol: %w", err)
+	}
+	opt := replica.BackupOptions{Options: s.opts, Primary: c.String("primary"),
+		ConnectTimeout: c.Duration("connect-timeout"), Join: c.Bool("join"), Mode: mode, MaxLag: c.Uint64("max-lag")}
+	if addr := c.String("listen"); addr != "" {
+		ln, err := listen(addr)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		opt.Listener = ln
+	}
+	rep, err := replica.RunBackup(s.ctx, opt)
 	return finish(c, s.log, rep, err)
 }
 

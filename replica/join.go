@@ -1,0 +1,222 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/zeebo/xxh3"
+	"go.uber.org/zap"
+
+	"hvft/epoch"
+	"hvft/vm"
+)
+
+// State transfer to a joining backup (docs/protocol.md, "Joining"): a
+// pre-copy of all RAM while the guest keeps running, then, at an epoch
+// boundary, a short stop-and-copy of the pages that changed and of the
+// machine's state; then the log streams from that boundary. Changed pages
+// are found by hashing each 4 KiB page of what the pre-copy sent and
+// comparing at the stop: no write tracking in the guest's path at all.
+
+const (
+	joinPage  = 4096
+	joinChunk = 256 << 10
+	// joinWindow bounds the pre-copy's bytes queued on the link.
+	joinWindow = 4 << 20
+)
+
+type transfer struct {
+	link    *Link
+	hashes  []uint64 // of each page as the pre-copy sent it
+	done    chan error
+	started time.Time
+	report  Join
+}
+
+// acceptJoins takes joining backups on the primary's listener while it
+// runs, one at a time, and only while it has no backup.
+func (p *primary) acceptJoins(ctx context.Context) {
+	ln := p.opt.Listener
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	want := p.opt.Machine.wireConfig()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go p.admit(conn, want)
+	}
+}
+
+func (p *primary) admit(conn net.Conn, want epoch.MachineConfig) {
+	l := newLink(conn)
+	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	m, err := l.Recv()
+	l.conn.SetDeadline(time.Time{})
+	if err != nil || m.Type != epoch.TypeHello {
+		p.log.Warn("turned away a peer that failed the handshake", zap.String("peer", conn.RemoteAddr().String()), zap.Error(err))
+		l.Close()
+		return
+	}
+	reason := compareConfigs(want, m.Hello.Config)
+	p.mu.Lock()
+	busy := !p.proto.Alone() || p.transfer != nil || len(p.joins) > 0 || p.ended
+	p.mu.Unlock()
+	switch {
+	case reason != "":
+	case !m.Hello.Join:
+		reason = "the primary is already running: start the backup with --join"
+	case busy:
+		reason = "the primary already has a backup (or one joining)"
+	}
+	l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason}})
+	if reason != "" {
+		p.log.Warn("refused a joining backup", zap.String("peer", conn.RemoteAddr().String()), zap.String("reason", reason))
+		l.CloseAfter(time.Second)
+		return
+	}
+	select {
+	case p.joins <- l:
+		p.log.Info("a backup is joining", zap.String("backup", conn.RemoteAddr().String()))
+	default:
+		l.Close()
+	}
+}
+
+// pollJoin runs on the machine thread at every epoch boundary: it starts
+// the pre-copy of a new joiner, and once the pre-copy is done, performs the
+// stop-and-copy and pairs the primary with the joiner from this boundary.
+func (p *primary) pollJoin(ctx context.Context, e uint64, at *vm.Boundary) {
+	if p.transfer == nil {
+		select {
+		case l := <-p.joins:
+			t := &transfer{link: l, done: make(chan error, 1), started: time.Now()}
+			ram := at.RAM()
+			t.hashes = make([]uint64, len(ram)/joinPage)
+			p.transfer = t
+			go t.precopy(ram)
+		default:
+		}
+		return
+	}
+	t := p.transfer
+	select {
+	case err := <-t.done:
+		p.transfer = nil
+		if err != nil {
+			p.log.Warn("state transfer failed; still alone", zap.Error(err))
+			t.link.Close()
+			return
+		}
+		if err := p.stopAndCopy(ctx, e, at, t); err != nil {
+			p.log.Warn("state transfer failed; still alone", zap.Error(err))
+			t.link.Close()
+		}
+	default:
+	}
+}
+
+// precopy sends all of RAM while the guest runs, remembering the hash of
+// each page as sent.
+func (t *transfer) precopy(ram []byte) {
+	var queued uint64
+	for off := 0; off < len(ram); off += joinChunk {
+		end := min(off+joinChunk, len(ram))
+		chunk := append([]byte(nil), ram[off:end]...) // a consistent copy of pages in flux
+		for pg := 0; pg < len(chunk); pg += joinPage {
+			t.hashes[(off+pg)/joinPage] = xxh3.Hash(chunk[pg : pg+joinPage])
+		}
+		if err := t.link.Send(epoch.Message{Type: epoch.TypeJoinRAM, JoinRAM: &epoch.JoinRAM{Offset: uint64(off), Data: chunk}}); err != nil {
+			t.done <- err
+			return
+		}
+		t.report.Bytes += uint64(len(chunk))
+		if queued += uint64(len(chunk)); queued >= joinWindow {
+			if err := t.link.Drain(time.Minute); err != nil {
+				t.done <- err
+				return
+			}
+			queued = 0
+		}
+	}
+	t.done <- t.link.Drain(time.Minute)
+}
+
+// stopAndCopy sends the pages that changed since the pre-copy, the
+// machine's state and its hash, then pairs the primary with the joiner:
+// the log streams to it from epoch e on.
+func (p *primary) stopAndCopy(ctx context.Context, e uint64, at *vm.Boundary, t *transfer) error {
+	pause := time.Now()
+	ram := at.RAM()
+	var msgs []epoch.Message
+	for pg := 0; pg < len(t.hashes); {
+		if xxh3.Hash(ram[pg*joinPage:(pg+1)*joinPage]) == t.hashes[pg] {
+			pg++
+			continue
+		}
+		start := pg // a run of changed pages, sent together
+		for pg < len(t.hashes) && (pg-start)*joinPage < joinChunk && xxh3.Hash(ram[pg*joinPage:(pg+1)*joinPage]) != t.hashes[pg] {
+			pg++
+		}
+		data := append([]byte(nil), ram[start*joinPage:pg*joinPage]...)
+		msgs = append(msgs, epoch.Message{Type: epoch.TypeJoinRAM, JoinRAM: &epoch.JoinRAM{Offset: uint64(start * joinPage), Data: data}})
+		t.report.DirtyBytes += uint64(len(data))
+	}
+	state, err := at.State()
+	if err != nil {
+		return err
+	}
+	hash, err := at.Hash()
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	clock := p.live.Now()
+	p.mu.Unlock()
+	msgs = append(msgs, epoch.Message{Type: epoch.TypeJoinState, JoinState: &epoch.JoinState{
+		Epoch: e - 1, Answers: at.Answers(), Hash: hash, Clock: clock, State: state}})
+	if err := t.link.Send(msgs...); err != nil {
+		return err
+	}
+	t.report.Bytes += t.report.DirtyBytes
+	t.report.AtEpoch = e - 1
+	t.report.PauseMS = ms(time.Since(pause))
+	t.report.PrecopyMS = ms(pause.Sub(t.started))
+	p.mu.Lock()
+	p.proto.Join(e-1, at.Answers())
+	p.link = t.link
+	p.backupEnd = nil
+	p.report.Joins = append(p.report.Joins, t.report)
+	p.mu.Unlock()
+	p.watch(ctx, t.link)
+	p.log.Info("backup joined", zap.Uint64("at_epoch", e-1), zap.Float64("pause_ms", t.report.PauseMS),
+		zap.Float64("precopy_ms", t.report.PrecopyMS), zap.Uint64("bytes", t.report.Bytes), zap.Uint64("dirty_bytes", t.report.DirtyBytes))
+	return nil
+}
+
+// receiveState takes a state transfer on a joining backup's link.
+func receiveState(l *Link, ramSize uint64) ([]byte, *epoch.JoinState, error) {
+	ram := make([]byte, ramSize)
+	for {
+		m, err := l.Recv()
+		if err != nil {
+			return nil, nil, fmt.Errorf("receiving the primary's state: %w", err)
+		}
+		switch m.Type {
+		case epoch.TypeJoinRAM:
+			j := m.JoinRAM
+			if j.Offset > ramSize || uint64(len(j.Data)) > ramSize-j.Offset {
+				return nil, nil, fmt.Errorf("state transfer: RAM piece at %#x+%d lies outside %d bytes of RAM", j.Offset, len(j.Data), ramSize)
+			}
+			copy(ram[j.Offset:], j.Data)
+		case epoch.TypeJoinState:
+			return ram, m.JoinState, nil
+		case epoch.TypeHeartbeat:
+		default:
+			return nil, nil, fmt.Errorf("state transfer: unexpected %v message", m.Type)
+		}
+	}
+}
