@@ -46,8 +46,8 @@ type backup struct {
 	joinRAM []byte
 	// as is this replica's primary side once it has gone live: it records,
 	// applies the output rule and serves joining backups.
-	as  *primary
-	ctx context.Context
+	as      *primary
+	ctx     context.Context
 	report  Report
 	fo      *Failover
 	foStart time.Time
@@ -312,6 +312,11 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 		return vm.Result{}, err
 	}
 	defer m.Close()
+	defer func() { // before the machine's RAM goes away
+		if b.as != nil {
+			b.as.abortTransfer()
+		}
+	}()
 	if js := b.joined; js != nil {
 		if err := m.Restore(vm.SnapshotStream(mc.Config.RAMSize, js.State, b.joinRAM)); err != nil {
 			return vm.Result{}, fmt.Errorf("restoring the primary's state: %w", err)

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -154,4 +155,66 @@ func BenchmarkDiskkv(b *testing.B) {
 			b.ReportMetric(pair.Seconds()/solo.Seconds(), "replicated/run")
 		})
 	}
+}
+
+// BenchmarkJoin: a backup joins a running primary by state transfer, for
+// 16 MiB and 256 MiB of RAM, with the guest idle (ticker, halted between
+// ticks) and writing RAM without pause (ramwriter). Reports the guest's
+// pause for the stop-and-copy, the pre-copy's duration and the bytes sent.
+// Target: pause under 100 ms for 256 MiB while writing, on loopback.
+func BenchmarkJoin(b *testing.B) {
+	for _, ram := range []uint64{16 << 20, 256 << 20} {
+		for _, g := range []struct {
+			name string
+			args []string
+		}{{"ticker", []string{"600", "5000"}}, {"ramwriter", []string{"4", "60"}}} {
+			b.Run(fmt.Sprintf("%dMiB/%s", ram>>20, g.name), func(b *testing.B) {
+				var pause, precopy float64
+				var bytes, dirty uint64
+				for i := 0; i < b.N; i++ {
+					j := joinOnce(b, ram, g.name, g.args)
+					pause += j.PauseMS
+					precopy += j.PrecopyMS
+					bytes += j.Bytes
+					dirty += j.DirtyBytes
+				}
+				n := float64(b.N)
+				b.ReportMetric(pause/n, "pause-ms")
+				b.ReportMetric(precopy/n, "precopy-ms")
+				b.ReportMetric(float64(bytes)/n/(1<<20), "MiB-sent")
+				b.ReportMetric(float64(dirty)/n/(1<<20), "MiB-resent")
+			})
+		}
+	}
+}
+
+func joinOnce(b *testing.B, ram uint64, guest string, args []string) Join {
+	b.Helper()
+	cpu, _ := cpuModel()
+	m := benchMachine(b, guest, args)
+	m.Config.RAMSize = ram
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), pairTimeout)
+	defer cancel()
+	started := make(chan struct{})
+	var prep *Report
+	var perr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		prep, perr = RunPrimary(ctx, PrimaryOptions{Options: Options{Machine: m, Sink: NewPlainSink(io.Discard), CPU: cpu,
+			OnStart: func() { close(started) }}, Listener: ln, Mode: epoch.Bounded, MaxLag: 4})
+	}()
+	<-started
+	brep, berr := RunBackup(ctx, BackupOptions{Options: Options{Machine: m, Sink: NewPlainSink(io.Discard), CPU: cpu}, Primary: ln.Addr().String(), Join: true})
+	wg.Wait()
+	if perr != nil || berr != nil || len(prep.Joins) != 1 || !brep.Joins[0].Verified || prep.FinalHash != brep.FinalHash {
+		b.Fatalf("join: primary %v backup %v; joins %+v / %+v", perr, berr, prep.Joins, brep.Joins)
+	}
+	return prep.Joins[0]
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/zeebo/xxh3"
@@ -28,11 +29,26 @@ const (
 )
 
 type transfer struct {
-	link    *Link
-	hashes  []uint64 // of each page as the pre-copy sent it
-	done    chan error
-	started time.Time
-	report  Join
+	link     *Link
+	hashes   []uint64 // of each page as the pre-copy sent it
+	done     chan error
+	finished chan struct{} // the pre-copy stopped reading RAM
+	abort    atomic.Bool
+	started  time.Time
+	report   Join
+}
+
+// abortTransfer stops a pre-copy in progress and waits until it no longer
+// reads guest RAM: the machine's memory goes away when the run ends.
+func (p *primary) abortTransfer() {
+	t := p.transfer
+	if t == nil {
+		return
+	}
+	t.abort.Store(true)
+	t.link.Close()
+	<-t.finished
+	p.transfer = nil
 }
 
 // acceptJoins takes joining backups on the primary's listener while it
@@ -93,7 +109,7 @@ func (p *primary) pollJoin(ctx context.Context, e uint64, at *vm.Boundary) {
 	if p.transfer == nil {
 		select {
 		case l := <-p.joins:
-			t := &transfer{link: l, done: make(chan error, 1), started: time.Now()}
+			t := &transfer{link: l, done: make(chan error, 1), finished: make(chan struct{}), started: time.Now()}
 			ram := at.RAM()
 			t.hashes = make([]uint64, len(ram)/joinPage)
 			p.transfer = t
@@ -122,8 +138,13 @@ func (p *primary) pollJoin(ctx context.Context, e uint64, at *vm.Boundary) {
 // precopy sends all of RAM while the guest runs, remembering the hash of
 // each page as sent.
 func (t *transfer) precopy(ram []byte) {
+	defer close(t.finished)
 	var queued uint64
 	for off := 0; off < len(ram); off += joinChunk {
+		if t.abort.Load() {
+			t.done <- fmt.Errorf("the run ended during the pre-copy")
+			return
+		}
 		end := min(off+joinChunk, len(ram))
 		chunk := append([]byte(nil), ram[off:end]...) // a consistent copy of pages in flux
 		for pg := 0; pg < len(chunk); pg += joinPage {

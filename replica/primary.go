@@ -330,6 +330,7 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 		return vm.Result{}, vm.Digest{}, err
 	}
 	defer m.Close()
+	defer p.abortTransfer() // before the machine's RAM goes away
 	res, err := m.Run(ctx, vm.RunOptions{
 		EpochLength: mc.EpochBlocks,
 		MaxEpochs:   p.opt.MaxEpochs,
