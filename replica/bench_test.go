@@ -117,7 +117,7 @@ func BenchmarkTickerEpochRate(b *testing.B) {
 
 // benchMachine is the default machine: 32 x 64 KiB TLB, 100,000-block
 // epochs, RAM hashed every 64 epochs (hvft's defaults).
-func benchMachine(b *testing.B, name string, args []string) Machine {
+func benchMachine(b testing.TB, name string, args []string) Machine {
 	m := machine(b, name, args, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1})
 	m.EpochBlocks, m.Config.RAMHashEvery = 100_000, 64
 	return m
@@ -188,7 +188,7 @@ func BenchmarkJoin(b *testing.B) {
 	}
 }
 
-func joinOnce(b *testing.B, ram uint64, guest string, args []string) Join {
+func joinOnce(b testing.TB, ram uint64, guest string, args []string) Join {
 	b.Helper()
 	cpu, _ := cpuModel()
 	m := benchMachine(b, guest, args)

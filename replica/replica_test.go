@@ -194,3 +194,15 @@ func TestRdtscDiverges(t *testing.T) {
 		t.Errorf("primary: %v; backup took over %v, emitted %d", p.err, b.rep.BecamePrimary, b.rep.OutputsEmitted)
 	}
 }
+
+// TestJoinInProcess: a backup joins a primary that runs ramwriter alone;
+// the joined state is verified by hash, the pages written during the
+// pre-copy are re-sent, and both end on the same final hash (joinOnce
+// checks those). Run under -race too: the pre-copy reads RAM beside the
+// running guest.
+func TestJoinInProcess(t *testing.T) {
+	j := joinOnce(t, 16<<20, "ramwriter", []string{"2", "30"})
+	if j.DirtyBytes == 0 || j.Bytes < 16<<20 || j.PauseMS <= 0 {
+		t.Errorf("join %+v: the guest wrote during the pre-copy, so pages must be re-sent", j)
+	}
+}
