@@ -75,7 +75,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.cond = sync.NewCond(&b.mu)
 	b.report.Role = "backup"
 	dctx, cancel := context.WithTimeout(ctx, opt.ConnectTimeout)
-	link, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig(), opt.Join, b.log)
+	link, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig(), opt.Join, opt.Auth, b.log)
 	cancel()
 	if err != nil {
 		return nil, err

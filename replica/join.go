@@ -63,11 +63,17 @@ func (p *primary) acceptJoins(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		go p.admit(conn, want)
+		go p.admit(ctx, conn, want)
 	}
 }
 
-func (p *primary) admit(conn net.Conn, want epoch.MachineConfig) {
+func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineConfig) {
+	peer := conn.RemoteAddr().String()
+	conn, err := p.opt.Auth.secure(ctx, conn, true)
+	if err != nil {
+		p.log.Warn("refused a peer that did not authenticate", zap.String("peer", peer), zap.Error(err))
+		return
+	}
 	l := newLink(conn)
 	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
 	m, err := l.Recv()

@@ -181,7 +181,7 @@ func (e *RefusedError) Error() string { return "the primary refused this backup:
 // acceptBackup waits on ln for a backup whose configuration matches want.
 // A backup that does not match is told why and turned away, and the wait
 // goes on; so is a peer that does not speak the protocol.
-func acceptBackup(ctx context.Context, ln net.Listener, want epoch.MachineConfig, log *zap.Logger) (*Link, error) {
+func acceptBackup(ctx context.Context, ln net.Listener, want epoch.MachineConfig, auth *Auth, log *zap.Logger) (*Link, error) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	for {
@@ -191,6 +191,11 @@ func acceptBackup(ctx context.Context, ln net.Listener, want epoch.MachineConfig
 				return nil, ctx.Err()
 			}
 			return nil, fmt.Errorf("accepting a backup: %w", err)
+		}
+		peer := conn.RemoteAddr().String()
+		if conn, err = auth.secure(ctx, conn, true); err != nil {
+			log.Warn("refused a peer that did not authenticate", zap.String("peer", peer), zap.Error(err))
+			continue
 		}
 		l := newLink(conn)
 		reason, err := l.welcome(want)
@@ -226,12 +231,15 @@ func (l *Link) welcome(want epoch.MachineConfig) (string, error) {
 
 // dialPrimary connects to the primary, retrying until ctx ends, and
 // presents cfg. A refusal is final.
-func dialPrimary(ctx context.Context, addr string, cfg epoch.MachineConfig, join bool, log *zap.Logger) (*Link, error) {
+func dialPrimary(ctx context.Context, addr string, cfg epoch.MachineConfig, join bool, auth *Auth, log *zap.Logger) (*Link, error) {
 	var d net.Dialer
 	warned := false
 	for {
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
+			if conn, err = auth.secure(ctx, conn, false); err != nil {
+				return nil, err
+			}
 			l := newLink(conn)
 			if err := l.hello(cfg, join); err != nil {
 				l.Close()
@@ -262,7 +270,7 @@ func (l *Link) hello(cfg epoch.MachineConfig, join bool) error {
 	}
 	m, err := l.Recv()
 	if err != nil {
-		return fmt.Errorf("handshake: reading the primary's answer: %w", err)
+		return fmt.Errorf("handshake: the primary did not answer (if it uses --key-file, this backup needs the same key): %w", err)
 	}
 	if m.Type != epoch.TypeWelcome {
 		return fmt.Errorf("handshake: the primary answered %v", m.Type)

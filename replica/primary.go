@@ -35,6 +35,8 @@ type Options struct {
 	// Record, if set, receives every record this replica's run consists
 	// of (a log file: --record).
 	Record vm.Recorder
+	// Auth, if set, authenticates and encrypts the replication link.
+	Auth *Auth
 
 	// mutateAnswer, in tests, lets a backup answer from its own host.
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
@@ -163,7 +165,7 @@ func (p *primary) connect(ctx context.Context) error {
 		zap.Duration("up_to", p.opt.BackupWait))
 	wctx, cancel := context.WithTimeout(ctx, p.opt.BackupWait)
 	defer cancel()
-	link, err := acceptBackup(wctx, p.opt.Listener, p.opt.Machine.wireConfig(), p.log)
+	link, err := acceptBackup(wctx, p.opt.Listener, p.opt.Machine.wireConfig(), p.opt.Auth, p.log)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			return fmt.Errorf("no backup connected to %s within %v (start `hvft backup --primary ADDR` with the same guest, or use --backup-wait 0 to run alone)", p.opt.Listener.Addr(), p.opt.BackupWait)

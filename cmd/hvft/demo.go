@@ -149,7 +149,13 @@ func demoAction(c *cli.Context) error {
 	defer cancel()
 
 	common := []string{"--log-level", c.String("log-level"), "--log-format", c.String("log-format")}
-	shared := []string{"--console-stream", "--epoch-blocks", strconv.FormatUint(c.Uint64("epoch-blocks"), 10),
+	// The demo's replicas authenticate and encrypt their link with a key of
+	// their own, as replicas on two machines would.
+	keyFile := filepath.Join(dir, "link.key")
+	if err := replica.GenerateKey(keyFile); err != nil {
+		return err
+	}
+	shared := []string{"--console-stream", "--key-file", keyFile, "--epoch-blocks", strconv.FormatUint(c.Uint64("epoch-blocks"), 10),
 		"--heartbeat", c.Duration("heartbeat").String(), "--failure-timeout", c.Duration("failure-timeout").String()}
 	if disk := c.String("disk"); disk != "" {
 		// Created here, once, so the replicas cannot race to create it.

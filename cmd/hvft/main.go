@@ -66,6 +66,7 @@ func newApp() *cli.App {
 			demoCommand(),
 			benchCommand(),
 			replayCommand(),
+			keygenCommand(),
 			guestsCommand(),
 		},
 		HideHelpCommand: true,

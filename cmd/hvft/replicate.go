@@ -32,6 +32,8 @@ func linkFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "interval between heartbeats on the replication link"},
 		&cli.DurationFlag{Name: "failure-timeout", Value: 500 * time.Millisecond, Usage: "declare the peer dead after this much silence (a closed link counts at once)"},
 		&cli.BoolFlag{Name: "console-stream", Usage: "write the console as a sequenced stream (\"o SEQ HEX\" and \"e EPOCH\" lines) for a merging sink such as hvft demo"},
+		&cli.StringFlag{Name: "key-file", Usage: "pre-shared link key (hvft keygen): authenticate and encrypt the replication link with TLS 1.3; both replicas need the same one"},
+		&cli.BoolFlag{Name: "insecure", Usage: "allow the replication link in the clear off loopback (it carries guest RAM, input and disk data)"},
 		&cli.StringFlag{Name: "console-out", Usage: "write the console to this file instead, shared by primary and backup: each output lands once (a new primary appends after what the file holds)"},
 	}
 }
@@ -105,7 +107,19 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 	case c.Bool("console-stream"):
 		sink = replica.NewStreamSink(c.App.Writer)
 	}
-	s := &replicaSetup{log: log, opts: replica.Options{
+	var auth *replica.Auth
+	if path := c.String("key-file"); path != "" {
+		key, err := replica.LoadKey(path)
+		if err != nil {
+			return nil, err
+		}
+		if auth, err = replica.NewAuth(key); err != nil {
+			return nil, err
+		}
+	} else if peer := linkAddr(c); !c.Bool("insecure") && !strings.HasPrefix(peer, "fd:") && !replica.IsLoopback(peer) {
+		return nil, fmt.Errorf("the replication link %s is not on loopback: give --key-file (hvft keygen writes one) to authenticate and encrypt it, or --insecure to run it in the clear", peer)
+	}
+	s := &replicaSetup{log: log, opts: replica.Options{Auth: auth,
 		Machine: mach, Heartbeat: c.Duration("heartbeat"), FailureTimeout: c.Duration("failure-timeout"),
 		Sink: sink, Input: os.Stdin, MaxEpochs: c.Uint64("max-epochs"), Log: log,
 	}}
@@ -215,4 +229,26 @@ func listen(addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
 	return ln, nil
+}
+
+// linkAddr is the replication link's address on the command line.
+func linkAddr(c *cli.Context) string {
+	if c.Command.Name == "primary" {
+		return c.String("listen")
+	}
+	return c.String("primary")
+}
+
+func keygenCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "keygen",
+		Usage:     "write a new random key for the replication link (--key-file)",
+		ArgsUsage: "FILE",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("keygen takes the file to write")
+			}
+			return replica.GenerateKey(c.Args().First())
+		},
+	}
 }

@@ -365,3 +365,27 @@ func TestSilentPrimaryIsDeclaredDead(t *testing.T) {
 	}
 	t.Logf("silent primary: detected after %.0f ms; backup finished %v after the stop", rep.Failover.DetectedAfterMS, tookOver.Round(time.Millisecond))
 }
+
+// TestLinkOffLoopbackNeedsAKey: off loopback the link must be
+// authenticated unless --insecure says otherwise; keygen writes a key.
+func TestLinkOffLoopbackNeedsAKey(t *testing.T) {
+	r := hvft(t, "", "--log-level", "error", "primary", "--listen", "0.0.0.0:0", "hello")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "--key-file") {
+		t.Errorf("primary off loopback without a key: exit %d %s", r.code, r.stderr)
+	}
+	r = hvft(t, "", "--log-level", "error", "backup", "--primary", "192.0.2.1:7", "hello")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "not on loopback") {
+		t.Errorf("backup off loopback without a key: exit %d %s", r.code, r.stderr)
+	}
+	key := filepath.Join(t.TempDir(), "link.key")
+	if r := hvft(t, "", "keygen", key); r.code != 0 {
+		t.Fatalf("keygen: %d %s", r.code, r.stderr)
+	}
+	if r := hvft(t, "", "keygen", key); r.code != exitFailure {
+		t.Errorf("keygen overwrote %s", key)
+	}
+	r = hvft(t, "", "--log-level", "error", "primary", "--listen", "0.0.0.0:0", "--key-file", key, "--backup-wait", "0", "hello")
+	if r.code != 0 || !strings.Contains(r.stdout, "hello from hvft") {
+		t.Errorf("primary with a key: exit %d %s", r.code, r.stderr)
+	}
+}
