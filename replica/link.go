@@ -223,6 +223,9 @@ func (l *Link) welcome(want epoch.MachineConfig) (string, error) {
 		return "", fmt.Errorf("first message is %v, not hello", m.Type)
 	}
 	reason := compareConfigs(want, m.Hello.Config)
+	if reason == "" && m.Hello.Join {
+		reason = "the primary has not started the guest yet: start the backup without --join"
+	}
 	if err := l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason}}); err != nil {
 		return "", err
 	}

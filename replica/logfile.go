@@ -169,7 +169,12 @@ func ReadLog(path string) (*LoadedLog, error) {
 		return nil, fmt.Errorf("reading the log: %w", err)
 	}
 	defer f.Close()
-	r := bufio.NewReader(f)
+	return ReadLogFrom(f, path)
+}
+
+// ReadLogFrom reads a log from r; name labels errors.
+func ReadLogFrom(src io.Reader, path string) (*LoadedLog, error) {
+	r := bufio.NewReader(src)
 	magic := make([]byte, len(logMagic)+4)
 	if _, err := io.ReadFull(r, magic); err != nil || string(magic[:len(logMagic)]) != logMagic {
 		return nil, fmt.Errorf("%s is not an hvft log", path)

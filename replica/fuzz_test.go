@@ -1,0 +1,91 @@
+package replica
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"hvft/epoch"
+	"hvft/vm/tlb"
+)
+
+// FuzzReadLog: no log file makes the reader panic, and what it returns
+// always ends on a whole epoch.
+func FuzzReadLog(f *testing.F) {
+	path, _, _ := recordRunF(f)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(data)
+	f.Add(data[:len(data)/2])
+	f.Add([]byte(logMagic + "\x02\x00\x00\x00{}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		l, err := ReadLogFrom(bytes.NewReader(data), "fuzz")
+		if err != nil {
+			return
+		}
+		if n := len(l.Log.Records); n > 0 && l.Log.Records[n-1].End == nil {
+			t.Fatal("log does not end on an epoch end")
+		}
+	})
+}
+
+// recordRunF records a short ticker run for seeding.
+func recordRunF(f *testing.F) (string, int, string) {
+	dir := f.TempDir()
+	m := machineF(f)
+	path := dir + "/seed.log"
+	w, err := CreateLog(path, HeaderFor(m, "run"), false)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ends := []uint64{1, 2}
+	for _, e := range ends {
+		w.RecordAnswer(fromWireAnswer(&epoch.Answer{Seq: e, Kind: 1, Port: 0x520, Size: 4, Value: e * 7}))
+		w.RecordEpochEnd(fromWireEnd(&epoch.EpochEnd{Epoch: e, Clock: e * 100, RIP: 0x100000, Reason: 1, Answers: e}))
+	}
+	w.Close()
+	return path, len(ends), ""
+}
+
+func machineF(f *testing.F) Machine { return machine(f, "ticker", nil, tlb.Config{}) }
+
+// FuzzHandshake: whatever a peer sends first, the primary's side of the
+// handshake answers with an error or a reason, never a panic, and never
+// accepts anything but a matching hello.
+func FuzzHandshake(f *testing.F) {
+	m := machineF(f)
+	want := m.wireConfig()
+	good, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: want}})
+	other := want
+	other.RAMSize *= 2
+	bad, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: other}})
+	f.Add(good)
+	f.Add(bad)
+	f.Add([]byte("GET / HTTP/1.0\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		go func() {
+			b.SetDeadline(time.Now().Add(2 * time.Second))
+			b.Write(data)
+			buf := make([]byte, 1024)
+			for {
+				if _, err := b.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+		l := newLink(a)
+		defer l.Close()
+		l.conn.SetDeadline(time.Now().Add(time.Second))
+		reason, err := l.welcome(want)
+		if err == nil && reason == "" && !bytes.HasPrefix(data, good) {
+			t.Fatalf("accepted a peer that did not send the matching hello: %q", data)
+		}
+	})
+}
