@@ -46,12 +46,16 @@ type backup struct {
 	joinRAM []byte
 	// as is this replica's primary side once it has gone live: it records,
 	// applies the output rule and serves joining backups.
-	as      *primary
-	ctx     context.Context
-	report  Report
-	fo      *Failover
-	foStart time.Time
-	execd   uint64 // last epoch executed
+	as  *primary
+	ctx context.Context
+	// gen is the lease generation won at the takeover; stepDown says why
+	// this replica may not take over (the primary is alive).
+	gen      uint64
+	stepDown error
+	report   Report
+	fo       *Failover
+	foStart  time.Time
+	execd    uint64 // last epoch executed
 
 	// Touched only on the machine thread.
 	board     *vm.Board
@@ -96,6 +100,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
+	b.ctx = ctx
 	go b.receive()
 	go heartbeat(ctx, link, opt.Heartbeat, opt.FailureTimeout, func(reason string) bool {
 		// After a goodbye the primary says nothing more while this
@@ -117,8 +122,12 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		}
 	}
 
-	b.ctx = ctx
 	res, runErr := b.run(ctx)
+	b.mu.Lock()
+	if b.stepDown != nil {
+		runErr = b.stepDown
+	}
+	b.mu.Unlock()
 	if p := b.as; p != nil {
 		if runErr == nil {
 			runErr = p.drain(ctx, res.ExitCode, b.finalHash())
@@ -238,26 +247,66 @@ func (b *backup) receive() {
 func (b *backup) endLink(err error) {
 	b.mu.Lock()
 	done, _ := b.proto.PrimaryDone()
-	b.linkEnd = true
 	if done {
+		b.linkEnd = true
 		b.cond.Broadcast()
 		b.mu.Unlock()
 		b.log.Info("the primary finished the run; replaying to its end")
 		return
 	}
+	b.mu.Unlock()
 	if errors.Is(err, epoch.ErrFrame) {
 		b.log.Error("corrupt frame from the primary: closing the link", zap.Error(err))
 	}
-	b.failOverLocked(fmt.Sprintf("link closed: %v", err))
+	b.failOver(fmt.Sprintf("link closed: %v", err))
 }
 
 // failOver makes this replica the primary (rule 5): it stops waiting for
 // epoch ends, re-emits its outputs past the last release watermark, and
 // will go live at the first environment instruction without a logged
-// answer.
+// answer. With an arbiter it first takes the lease: if the primary keeps
+// renewing it, the primary is alive and only the link failed, and this
+// replica steps down instead of becoming a second primary.
 func (b *backup) failOver(reason string) {
+	if err := b.takeLease(); err != nil {
+		b.mu.Lock()
+		if b.stepDown == nil && !b.proto.IsPrimary() {
+			b.stepDown = err
+			b.linkEnd = true
+			b.log.Error("not taking over: "+err.Error(), zap.String("reason", reason))
+		}
+		b.cond.Broadcast()
+		b.mu.Unlock()
+		b.link.Close()
+		return
+	}
 	b.mu.Lock()
+	b.linkEnd = true
 	b.failOverLocked(reason)
+}
+
+// takeLease wins the arbiter's lease for a takeover, once.
+func (b *backup) takeLease() error {
+	if b.opt.Lease == nil {
+		return nil
+	}
+	b.mu.Lock()
+	have, primary, done := b.gen, b.proto.IsPrimary(), b.stopped
+	b.mu.Unlock()
+	if have != 0 || primary || done {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 10*b.opt.LeaseTTL+10*time.Second)
+	defer cancel()
+	gen, err := b.opt.Lease.Acquire(ctx, b.opt.Holder, true)
+	if err != nil {
+		return fmt.Errorf("the primary's lease: %w", err)
+	}
+	b.mu.Lock()
+	b.gen = gen
+	b.mu.Unlock()
+	b.log.Info("won the lease", zap.Uint64("generation", gen))
+	return nil
 }
 
 // failOverLocked is failOver with mu held; it unlocks.
@@ -347,6 +396,9 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 			for !b.proto.MayExecute(e) {
 				if err := ctx.Err(); err != nil {
 					return err
+				}
+				if b.stepDown != nil {
+					return b.stepDown
 				}
 				if b.linkEnd && !b.proto.IsPrimary() {
 					return fmt.Errorf("the primary finished, but the log ends before epoch %d", e)
@@ -439,6 +491,9 @@ func (b *backup) goLive(at vm.Point) error {
 	b.disk = disk
 	p := newPrimary(PrimaryOptions{Options: b.opt.Options, Listener: b.opt.Listener, Mode: b.opt.Mode, MaxLag: b.opt.MaxLag})
 	p.proto.BackupLost() // alone until a backup joins
+	if b.opt.Lease != nil {
+		p.holdLease(b.ctx, b.gen)
+	}
 	live, err := vm.NewLive(vm.LiveConfig{OnOutput: p.output, Recorder: p, Input: b.opt.Input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk})
 	if err != nil {
 		return err

@@ -37,6 +37,12 @@ type Options struct {
 	Record vm.Recorder
 	// Auth, if set, authenticates and encrypts the replication link.
 	Auth *Auth
+	// Lease, if set, is the arbiter that keeps two replicas that cannot
+	// talk from both acting as primary (no split brain); LeaseTTL is how
+	// long a lease lives without renewal. Holder names this replica.
+	Lease    Arbiter
+	LeaseTTL time.Duration
+	Holder   string
 
 	// mutateAnswer, in tests, lets a backup answer from its own host.
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
@@ -82,6 +88,10 @@ type primary struct {
 	// state transfer in progress (machine thread only).
 	joins    chan *Link
 	transfer *transfer
+	// The lease generation this primary holds, and why it was fenced.
+	gen    uint64
+	fenced error
+	stop   context.CancelFunc
 }
 
 // RunPrimary waits for a backup (or not), then runs the guest as primary:
@@ -91,11 +101,21 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	opt.defaults()
 	start := time.Now()
 	p := newPrimary(opt)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p.stop = cancel
+	if opt.Lease != nil {
+		gen, err := opt.Lease.Acquire(ctx, opt.Holder, false)
+		if err != nil {
+			return nil, fmt.Errorf("taking the primary's lease: %w", err)
+		}
+		p.log.Info("holding the lease", zap.Uint64("generation", gen))
+		p.holdLease(ctx, gen)
+		defer opt.Lease.Release(gen)
+	}
 	if err := p.connect(ctx); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	if p.link != nil {
 		p.watch(ctx, p.link)
 	}
@@ -109,6 +129,11 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	if runErr == nil {
 		runErr = p.drain(ctx, res.ExitCode, final)
 	}
+	p.mu.Lock()
+	if p.fenced != nil {
+		runErr = p.fenced
+	}
+	p.mu.Unlock()
 	p.mu.Lock()
 	p.ended = true
 	p.mu.Unlock()
@@ -182,6 +207,16 @@ func (p *primary) connect(ctx context.Context) error {
 // never tell the backup that an output left while it still sits in this
 // process's buffer, or a crash would lose it.
 func (p *primary) apply(act epoch.Actions) {
+	if len(act.Release) > 0 && p.opt.Lease != nil {
+		if p.fenced == nil {
+			if err := p.opt.Lease.Verify(p.gen); err != nil {
+				p.fence(err)
+			}
+		}
+		if p.fenced != nil {
+			act.Release = nil // a fenced primary releases nothing more
+		}
+	}
 	if len(act.Release) > 0 {
 		console := consoleOnly(act.Release)
 		err := p.opt.Sink.Emit(console)
@@ -233,6 +268,44 @@ func (p *primary) output(o vm.Output) error {
 	defer p.mu.Unlock()
 	p.apply(p.proto.Output(wireOutput(o)))
 	return nil
+}
+
+// fence stops a primary that lost its lease; mu is held.
+func (p *primary) fence(err error) {
+	if p.fenced != nil {
+		return
+	}
+	p.fenced = err
+	p.log.Error("FENCED: another replica holds the lease; releasing nothing more and stopping", zap.Error(err))
+	if p.stop != nil {
+		p.stop()
+	}
+	p.cond.Broadcast()
+}
+
+// holdLease takes the lease and keeps it alive until ctx ends, fencing
+// this primary if a renewal finds it lost.
+func (p *primary) holdLease(ctx context.Context, gen uint64) {
+	p.mu.Lock()
+	p.gen = gen
+	p.mu.Unlock()
+	go func() {
+		t := time.NewTicker(p.opt.LeaseTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := p.opt.Lease.Check(gen); err != nil {
+				p.mu.Lock()
+				p.fence(err)
+				p.mu.Unlock()
+				return
+			}
+		}
+	}()
 }
 
 // watch starts the receiver and the heartbeat of a backup's link.
@@ -363,7 +436,7 @@ func (p *primary) drain(ctx context.Context, exitCode uint32, final vm.Digest) e
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for !p.proto.Alone() && p.proto.Held() > 0 {
+	for !p.proto.Alone() && p.proto.Held() > 0 && p.fenced == nil {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("waiting for the backup to acknowledge the last outputs: %w", err)
 		}
@@ -372,8 +445,8 @@ func (p *primary) drain(ctx context.Context, exitCode uint32, final vm.Digest) e
 	if err := p.opt.Sink.Flush(); err != nil {
 		return fmt.Errorf("writing the console: %w", err)
 	}
-	if p.proto.Alone() {
-		return nil
+	if p.proto.Alone() || p.fenced != nil {
+		return p.fenced
 	}
 	p.link.Send(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: &epoch.Goodbye{ExitCode: exitCode, Hash: final}})
 	for !p.proto.Alone() && p.backupEnd == nil {

@@ -33,6 +33,8 @@ func linkFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "failure-timeout", Value: 500 * time.Millisecond, Usage: "declare the peer dead after this much silence (a closed link counts at once)"},
 		&cli.BoolFlag{Name: "console-stream", Usage: "write the console as a sequenced stream (\"o SEQ HEX\" and \"e EPOCH\" lines) for a merging sink such as hvft demo"},
 		&cli.StringFlag{Name: "key-file", Usage: "pre-shared link key (hvft keygen): authenticate and encrypt the replication link with TLS 1.3; both replicas need the same one"},
+		&cli.StringFlag{Name: "lease", Usage: "lease file both replicas can reach (e.g. beside the disk image): the arbiter that keeps a partitioned pair from having two primaries"},
+		&cli.DurationFlag{Name: "lease-ttl", Value: 500 * time.Millisecond, Usage: "how long a lease lives without renewal; a takeover after a crash waits for it"},
 		&cli.BoolFlag{Name: "insecure", Usage: "allow the replication link in the clear off loopback (it carries guest RAM, input and disk data)"},
 		&cli.StringFlag{Name: "console-out", Usage: "write the console to this file instead, shared by primary and backup: each output lands once (a new primary appends after what the file holds)"},
 	}
@@ -119,7 +121,16 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 	} else if peer := linkAddr(c); !c.Bool("insecure") && !strings.HasPrefix(peer, "fd:") && !replica.IsLoopback(peer) {
 		return nil, fmt.Errorf("the replication link %s is not on loopback: give --key-file (hvft keygen writes one) to authenticate and encrypt it, or --insecure to run it in the clear", peer)
 	}
-	s := &replicaSetup{log: log, opts: replica.Options{Auth: auth,
+	var lease replica.Arbiter
+	if path := c.String("lease"); path != "" {
+		if c.Duration("lease-ttl") <= 0 {
+			return nil, fmt.Errorf("--lease-ttl must be positive")
+		}
+		lease = &replica.FileLease{Path: path, TTL: c.Duration("lease-ttl")}
+	}
+	host, _ := os.Hostname()
+	s := &replicaSetup{log: log, opts: replica.Options{Auth: auth, Lease: lease, LeaseTTL: c.Duration("lease-ttl"),
+		Holder: fmt.Sprintf("%s:%d:%s", host, os.Getpid(), c.Command.Name),
 		Machine: mach, Heartbeat: c.Duration("heartbeat"), FailureTimeout: c.Duration("failure-timeout"),
 		Sink: sink, Input: os.Stdin, MaxEpochs: c.Uint64("max-epochs"), Log: log,
 	}}

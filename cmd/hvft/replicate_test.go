@@ -389,3 +389,53 @@ func TestLinkOffLoopbackNeedsAKey(t *testing.T) {
 		t.Errorf("primary with a key: exit %d %s", r.code, r.stderr)
 	}
 }
+
+// TestNoSplitBrainAfterAPause: with a lease, a primary that stops
+// (SIGSTOP) loses the lease to the backup, which takes over; when the old
+// primary resumes it finds itself fenced and releases nothing more. The
+// shared console file holds every ticker line exactly once.
+func TestNoSplitBrainAfterAPause(t *testing.T) {
+	dir := t.TempDir()
+	out, lease := filepath.Join(dir, "console.txt"), filepath.Join(dir, "run.lease")
+	addr := freeAddr(t)
+	guest := []string{"ticker", "--", "60", "3000"}
+	link := []string{"--console-out", out, "--lease", lease, "--lease-ttl", "300ms", "--failure-timeout", "300ms"}
+	primary := startHvft(t, append(append([]string{"--log-level", "warn", "primary", "--listen", addr}, link...), guest...)...)
+	backup := startHvft(t, append(append([]string{"--log-level", "warn", "backup", "--primary", addr}, link...), guest...)...)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		data, _ := os.ReadFile(out)
+		if strings.Count(string(data), "\n") >= 10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress\n%s", primary.stderr.String())
+		}
+		select {
+		case <-primary.done:
+			t.Fatalf("primary ended early\n%s", primary.stderr.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	primary.cmd.Process.Signal(syscall.SIGSTOP)
+	// Resume the old primary once the backup has taken over, while the
+	// new primary is still running: it must find itself fenced.
+	for !strings.Contains(backup.stderr.String(), "live: this replica is now the primary") {
+		select {
+		case <-backup.done:
+			t.Fatalf("backup ended without taking over\n%s", backup.stderr.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	primary.cmd.Process.Signal(syscall.SIGCONT)
+	if code := primary.wait(t); code != exitFailure || !strings.Contains(primary.stderr.String(), "FENCED") {
+		t.Errorf("old primary: exit %d, want %d and FENCED\n%s", code, exitFailure, primary.stderr.String())
+	}
+	if code := backup.wait(t); code != 0 {
+		t.Fatalf("backup exit %d\n%s", code, backup.stderr.String())
+	}
+	data, _ := os.ReadFile(out)
+	if err := guests.CheckTicker(string(data), 60); err != nil {
+		t.Fatalf("console file: %v\n%s", err, data)
+	}
+}
