@@ -130,7 +130,7 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 	}
 	host, _ := os.Hostname()
 	s := &replicaSetup{log: log, opts: replica.Options{Auth: auth, Lease: lease, LeaseTTL: c.Duration("lease-ttl"),
-		Holder: fmt.Sprintf("%s:%d:%s", host, os.Getpid(), c.Command.Name),
+		Holder:  fmt.Sprintf("%s:%d:%s", host, os.Getpid(), c.Command.Name),
 		Machine: mach, Heartbeat: c.Duration("heartbeat"), FailureTimeout: c.Duration("failure-timeout"),
 		Sink: sink, Input: os.Stdin, MaxEpochs: c.Uint64("max-epochs"), Log: log,
 	}}
