@@ -4,13 +4,14 @@
 #   make test    every test: formatting, vet, unit, process and golden tests,
 #                a short fuzz run
 #   make bench   the go benchmarks, then hvft bench (plots into docs/)
+#   make chaos   the long chaos run (500 trials; CHAOS_TRIALS=N for another count)
 #   make guests  rebuild the guest images in guests/images
 
 GO      ?= go
 HVFT    := ./hvft
 FUZZTIME ?= 10s
 
-.PHONY: all deps build run test fuzz bench guests clean
+.PHONY: all deps build run test fuzz bench chaos guests clean
 
 all: build
 
@@ -39,6 +40,11 @@ fuzz: deps
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./vm/... ./replica/...
 	$(HVFT) bench --out docs
+
+# The long chaos run: 500 trials of faults against replicated pairs.
+CHAOS_TRIALS ?= 500
+chaos: deps
+	HVFT_CHAOS_TRIALS=$(CHAOS_TRIALS) $(GO) test -count=1 -timeout 120m -run '^TestChaos$$' -v ./cmd/hvft | grep -E '^(=== RUN|--- FAIL|ok|FAIL)|chaos:'
 
 guests:
 	$(MAKE) -C guests

@@ -52,6 +52,7 @@ type backup struct {
 	// this replica may not take over (the primary is alive).
 	gen      uint64
 	stepDown error
+	leaseMu  sync.Mutex
 	report   Report
 	fo       *Failover
 	foStart  time.Time
@@ -290,6 +291,10 @@ func (b *backup) takeLease() error {
 	if b.opt.Lease == nil {
 		return nil
 	}
+	// Both the link's end and the silence detector may call this: one
+	// acquisition, or the second would fence the first.
+	b.leaseMu.Lock()
+	defer b.leaseMu.Unlock()
 	b.mu.Lock()
 	have, primary, done := b.gen, b.proto.IsPrimary(), b.stopped
 	b.mu.Unlock()

@@ -162,7 +162,7 @@ func finish(c *cli.Context, log *zap.Logger, rep *replica.Report, err error) err
 			zap.Uint64("epochs", rep.Epochs), zap.String("final_hash", rep.FinalHash), zap.Uint64("outputs", rep.OutputsEmitted))
 	}
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
+		if errors.Is(err, context.DeadlineExceeded) && c.Duration("timeout") > 0 {
 			return fmt.Errorf("timed out after %v: %w", c.Duration("timeout"), err)
 		}
 		return err
