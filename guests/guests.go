@@ -41,6 +41,7 @@ var descriptions = map[string]string{
 	"diskkv":    "key-value log on the disk (needs --disk) [run|verify puts seed keys]",
 	"diskbad":   "issues bad disk commands; each must fail cleanly (needs --disk)",
 	"ramwriter": "writes RAM without pause (state transfer under load) [MiB passes]",
+	"misbehave": "does what guests should not: write, storm or flood [mode]",
 }
 
 // Guest is one built-in image.

@@ -197,3 +197,31 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestGuestMisbehaviourIsContained: a guest that writes outside RAM, one
+// that storms the host with timer interrupts, and one that floods the
+// console forever (alone and replicated) each end with a clear outcome,
+// bounded in time by their own limits.
+func TestGuestMisbehaviourIsContained(t *testing.T) {
+	r := hvft(t, "", "--log-level", "error", "run", "misbehave", "--", "write")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "write to unmapped memory at 0x40000000") {
+		t.Errorf("write outside RAM: exit %d %s", r.code, r.stderr)
+	}
+	r = hvft(t, "", "--log-level", "error", "run", "misbehave", "--", "storm", "500")
+	if r.code != 0 || !strings.Contains(r.stdout, "storm of 500 interrupts survived") {
+		t.Errorf("interrupt storm: exit %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	r = hvft(t, "", "--log-level", "error", "run", "--max-epochs", "50", "misbehave", "--", "flood")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "epoch budget") || !strings.HasPrefix(r.stdout, "flood 0\n") {
+		t.Errorf("console flood: exit %d, %d bytes out, %s", r.code, len(r.stdout), r.stderr)
+	}
+	addr := freeAddr(t)
+	primary := startHvft(t, "--log-level", "error", "primary", "--listen", addr, "--max-epochs", "50", "misbehave", "--", "flood")
+	b := hvft(t, "", "--log-level", "error", "backup", "--primary", addr, "--max-epochs", "50", "misbehave", "--", "flood")
+	if code := primary.wait(t); code != exitFailure || !strings.Contains(primary.stderr.String(), "epoch budget") {
+		t.Errorf("replicated flood, primary: exit %d %s", code, primary.stderr.String())
+	}
+	if b.code != exitFailure || b.stdout != "" {
+		t.Errorf("replicated flood, backup: exit %d, %d bytes out, %s", b.code, len(b.stdout), b.stderr)
+	}
+}
