@@ -51,7 +51,11 @@ func (s *syncBuffer) String() string {
 func startHvft(t *testing.T, args ...string) *proc {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	p := &proc{cmd: exec.CommandContext(ctx, hvftBin, args...), done: make(chan struct{}), cancel: cancel}
+	name := hvftBin
+	if len(args) > 1 && args[0] == "__netns" { // run inside a network namespace
+		name, args = "ip", append([]string{"netns", "exec", args[1], hvftBin}, args[2:]...)
+	}
+	p := &proc{cmd: exec.CommandContext(ctx, name, args...), done: make(chan struct{}), cancel: cancel}
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
