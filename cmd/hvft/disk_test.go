@@ -223,21 +223,7 @@ func TestConsoleOutFileExactlyOnce(t *testing.T) {
 	guest := []string{"ticker", "--", "40", "3000"}
 	primary := startHvft(t, append([]string{"--log-level", "warn", "primary", "--listen", addr, "--console-out", out}, guest...)...)
 	backup := startHvft(t, append([]string{"--log-level", "warn", "backup", "--primary", addr, "--console-out", out}, guest...)...)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		data, _ := os.ReadFile(out)
-		if strings.Count(string(data), "\n") >= 12 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("console file stayed short\n%s", primary.stderr.String())
-		}
-		select {
-		case <-primary.done:
-			t.Fatalf("primary ended early\n%s", primary.stderr.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	primary.waitFor(t, "12 console lines", func() bool { return fileLines(out) >= 12 })
 	primary.cmd.Process.Kill()
 	primary.wait(t)
 	if code := backup.wait(t); code != 0 {

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"hvft/guests"
 )
@@ -77,21 +76,7 @@ func TestPartitionBetweenHosts(t *testing.T) {
 	guest := []string{"ticker", "--", "150", "5000"}
 	primary := startIn(t, a, append(append([]string{"--log-level", "warn", "primary", "--listen", addr}, common...), guest...)...)
 	backup := startIn(t, b, append(append([]string{"--log-level", "warn", "backup", "--primary", addr}, common...), guest...)...)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		data, _ := os.ReadFile(out)
-		if strings.Count(string(data), "\n") >= 20 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no progress\nprimary:\n%s\nbackup:\n%s", primary.stderr.String(), backup.stderr.String())
-		}
-		select {
-		case <-primary.done:
-			t.Fatalf("primary ended early\n%s", primary.stderr.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	primary.waitFor(t, "20 console lines", func() bool { return fileLines(out) >= 20 })
 	cut()
 	bcode := backup.wait(t)
 	pcode := primary.wait(t)

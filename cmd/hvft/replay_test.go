@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestReplayAfterFailover: a primary and a backup record their logs; the
@@ -20,17 +19,7 @@ func TestReplayAfterFailover(t *testing.T) {
 	guest := []string{"ticker", "--", "30", "3000"}
 	primary := startHvft(t, append([]string{"--log-level", "warn", "primary", "--listen", addr, "--record", plog}, guest...)...)
 	backup := startHvft(t, append([]string{"--log-level", "warn", "backup", "--primary", addr, "--record", blog, "--report", brep}, guest...)...)
-	deadline := time.Now().Add(time.Minute)
-	for strings.Count(primary.stdout.String(), "tick ") < 10 {
-		if time.Now().After(deadline) {
-			t.Fatalf("primary made no progress\n%s", primary.stderr.String())
-		}
-		select {
-		case <-primary.done:
-			t.Fatalf("primary ended early\n%s", primary.stderr.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	primary.waitFor(t, "progress", func() bool { return strings.Count(primary.stdout.String(), "tick ") >= 10 })
 	primary.cmd.Process.Kill()
 	primary.wait(t)
 	if code := backup.wait(t); code != 0 {

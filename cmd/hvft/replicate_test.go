@@ -161,17 +161,7 @@ func TestBackupKillLeavesPrimaryAlone(t *testing.T) {
 	report := filepath.Join(t.TempDir(), "primary.json")
 	primary := startHvft(t, "--log-level", "warn", "primary", "--listen", addr, "--report", report, "ticker", "--", "60", "3000")
 	backup := startHvft(t, "--log-level", "warn", "backup", "--primary", addr, "ticker", "--", "60", "3000")
-	deadline := time.Now().Add(time.Minute)
-	for strings.Count(primary.stdout.String(), "tick ") < 10 {
-		if time.Now().After(deadline) {
-			t.Fatalf("primary printed nothing\n%s", primary.stderr.String())
-		}
-		select {
-		case <-primary.done:
-			t.Fatalf("primary ended early\n%s", primary.stderr.String())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	primary.waitFor(t, "progress", func() bool { return strings.Count(primary.stdout.String(), "tick ") >= 10 })
 	backup.cmd.Process.Kill()
 	backup.wait(t)
 	if code := primary.wait(t); code != 0 {
@@ -322,17 +312,7 @@ func TestSilentPrimaryIsDeclaredDead(t *testing.T) {
 	primary := startHvft(t, append(append([]string{"--log-level", "warn", "primary", "--listen", addr}, link...), guest...)...)
 	backupReport := filepath.Join(dir, "backup.json")
 	backup := startHvft(t, append(append([]string{"--log-level", "warn", "backup", "--primary", addr, "--report", backupReport}, link...), guest...)...)
-	deadline := time.Now().Add(time.Minute)
-	for strings.Count(primary.stdout.String(), "\ne ") < 10 {
-		if time.Now().After(deadline) {
-			t.Fatalf("primary made no progress\n%s", primary.stderr.String())
-		}
-		select {
-		case <-primary.done:
-			t.Fatalf("primary ended early\n%s", primary.stderr.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	primary.waitFor(t, "progress", func() bool { return strings.Count(primary.stdout.String(), "\ne ") >= 10 })
 	if err := primary.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -406,21 +386,7 @@ func TestNoSplitBrainAfterAPause(t *testing.T) {
 	link := []string{"--console-out", out, "--lease", lease, "--lease-ttl", "300ms", "--failure-timeout", "300ms"}
 	primary := startHvft(t, append(append([]string{"--log-level", "warn", "primary", "--listen", addr}, link...), guest...)...)
 	backup := startHvft(t, append(append([]string{"--log-level", "warn", "backup", "--primary", addr}, link...), guest...)...)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		data, _ := os.ReadFile(out)
-		if strings.Count(string(data), "\n") >= 10 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no progress\n%s", primary.stderr.String())
-		}
-		select {
-		case <-primary.done:
-			t.Fatalf("primary ended early\n%s", primary.stderr.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	primary.waitFor(t, "10 console lines", func() bool { return fileLines(out) >= 10 })
 	primary.cmd.Process.Signal(syscall.SIGSTOP)
 	// Resume the old primary once the backup has taken over, while the
 	// new primary is still running: it must find itself fenced.
@@ -442,4 +408,26 @@ func TestNoSplitBrainAfterAPause(t *testing.T) {
 	if err := guests.CheckTicker(string(data), 60); err != nil {
 		t.Fatalf("console file: %v\n%s", err, data)
 	}
+}
+
+// waitFor polls cond until it holds; the test fails if p exits first or a
+// minute passes (a bound, not a synchronisation: cond is what is awaited).
+func (p *proc) waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited a minute for %s\n%s", what, p.stderr.String())
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("process ended before %s\n%s", what, p.stderr.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func fileLines(path string) int {
+	data, _ := os.ReadFile(path)
+	return strings.Count(string(data), "\n")
 }
