@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"syscall"
 	"time"
 )
 
@@ -44,128 +42,155 @@ var ErrRunFinished = errors.New("the run is over: its primary finished it")
 // ErrFenced means a newer generation took the lease.
 var ErrFenced = errors.New("fenced: a newer generation holds the lease")
 
-// lease is the file's content.
+// lease is the content of one generation's file.
 type lease struct {
-	Generation uint64 `json:"generation"`
-	Holder     string `json:"holder"`
-	Expires    int64  `json:"expires_unix_ns"`
-	Finished   bool   `json:"finished,omitempty"`
+	Holder   string `json:"holder"`
+	Expires  int64  `json:"expires_unix_ns"`
+	Finished bool   `json:"finished,omitempty"`
 }
 
-// FileLease is an Arbiter in a file, updated under flock.
+// FileLease is an Arbiter in a directory both replicas reach: one file per
+// generation ("gen-00000000000000000001"), created atomically by hard-link
+// (only one replica can create generation N+1) and renewed by atomic
+// rename by its holder alone. No lock is ever held, so a holder that
+// stops (SIGSTOP) blocks nobody: its lease just expires.
 type FileLease struct {
-	Path string
+	Path string // a directory, created when absent
 	TTL  time.Duration
 }
 
-func (f *FileLease) update(fn func(l *lease) error) error {
-	file, err := os.OpenFile(f.Path, os.O_RDWR|os.O_CREATE, 0o644)
+const genPrefix = "gen-"
+
+// current returns the highest generation and its lease (0 when none).
+func (f *FileLease) current() (uint64, lease, error) {
+	if err := os.MkdirAll(f.Path, 0o755); err != nil {
+		return 0, lease{}, fmt.Errorf("lease: %w", err)
+	}
+	entries, err := os.ReadDir(f.Path)
 	if err != nil {
-		return fmt.Errorf("lease: %w", err)
+		return 0, lease{}, fmt.Errorf("lease: %w", err)
 	}
-	defer file.Close()
-	if err := syscall.Flock(int(file.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("lease: locking %s: %w", f.Path, err)
-	}
-	defer syscall.Flock(int(file.Fd()), syscall.LOCK_UN)
-	data, err := io.ReadAll(io.LimitReader(file, 4096))
-	if err != nil {
-		return fmt.Errorf("lease: %w", err)
-	}
-	var l lease
-	if len(data) > 0 {
-		if err := json.Unmarshal(data, &l); err != nil {
-			return fmt.Errorf("lease %s is damaged: %w", f.Path, err)
+	var gen uint64
+	for _, e := range entries {
+		var g uint64
+		if _, err := fmt.Sscanf(e.Name(), genPrefix+"%d", &g); err == nil && len(e.Name()) == len(genPrefix)+20 && g > gen {
+			gen = g
 		}
 	}
-	before := l
-	if err := fn(&l); err != nil {
-		return err
+	if gen == 0 {
+		return 0, lease{}, nil
 	}
-	if l == before {
-		return nil
+	data, err := os.ReadFile(f.genPath(gen))
+	if err != nil {
+		return 0, lease{}, fmt.Errorf("lease: %w", err)
 	}
-	out, _ := json.Marshal(l)
-	if _, err := file.WriteAt(append(out, '\n'), 0); err != nil {
+	var l lease
+	if err := json.Unmarshal(data, &l); err != nil {
+		return 0, lease{}, fmt.Errorf("lease %s is damaged: %w", f.genPath(gen), err)
+	}
+	return gen, l, nil
+}
+
+func (f *FileLease) genPath(gen uint64) string {
+	return fmt.Sprintf("%s/%s%020d", f.Path, genPrefix, gen)
+}
+
+// write puts l into a temporary file and either links it as generation
+// gen (create: fails if that generation exists) or renames it over it.
+func (f *FileLease) write(gen uint64, l lease, create bool) error {
+	tmp, err := os.CreateTemp(f.Path, ".tmp-")
+	if err != nil {
 		return fmt.Errorf("lease: %w", err)
 	}
-	if err := file.Truncate(int64(len(out) + 1)); err != nil {
+	defer os.Remove(tmp.Name())
+	data, _ := json.Marshal(l)
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
 		return fmt.Errorf("lease: %w", err)
 	}
-	return file.Sync()
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("lease: %w", err)
+	}
+	tmp.Close()
+	if create {
+		return os.Link(tmp.Name(), f.genPath(gen))
+	}
+	return os.Rename(tmp.Name(), f.genPath(gen))
 }
 
 // Acquire implements Arbiter.
 func (f *FileLease) Acquire(ctx context.Context, holder string, takeover bool) (uint64, error) {
-	var gen uint64
 	var lastExpiry int64
 	renewals := 0
 	for {
-		waitUntil := int64(0)
-		err := f.update(func(l *lease) error {
-			now := time.Now().UnixNano()
-			if takeover && l.Finished {
-				return ErrRunFinished
-			}
-			if l.Holder != "" && l.Holder != holder && l.Expires > now {
-				if lastExpiry != 0 && l.Expires > lastExpiry {
-					renewals++
-				}
-				lastExpiry, waitUntil = l.Expires, l.Expires
-				return nil
-			}
-			l.Generation++
-			l.Holder, l.Expires, l.Finished = holder, now+int64(f.TTL), false
-			gen = l.Generation
-			return nil
-		})
+		gen, l, err := f.current()
 		if err != nil {
 			return 0, err
 		}
-		if gen != 0 {
-			return gen, nil
+		now := time.Now().UnixNano()
+		if takeover && l.Finished {
+			return 0, ErrRunFinished
 		}
-		if renewals >= 2 {
-			return 0, ErrLeaseHeld
+		if gen != 0 && l.Holder != "" && l.Holder != holder && l.Expires > now {
+			if lastExpiry != 0 && l.Expires > lastExpiry {
+				renewals++
+			}
+			if renewals >= 2 {
+				return 0, ErrLeaseHeld
+			}
+			lastExpiry = l.Expires
+			select {
+			case <-ctx.Done():
+				return 0, fmt.Errorf("waiting for the lease: %w", ctx.Err())
+			case <-time.After(time.Until(time.Unix(0, l.Expires)) + time.Millisecond):
+			}
+			continue
 		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("waiting for the lease: %w", ctx.Err())
-		case <-time.After(time.Until(time.Unix(0, waitUntil)) + time.Millisecond):
+		err = f.write(gen+1, lease{Holder: holder, Expires: now + int64(f.TTL)}, true)
+		if err == nil {
+			return gen + 1, nil
 		}
+		if !errors.Is(err, os.ErrExist) {
+			return 0, err
+		}
+		// Another replica created that generation first: look again.
 	}
 }
 
 // Check implements Arbiter.
 func (f *FileLease) Check(gen uint64) error {
-	return f.update(func(l *lease) error {
-		if l.Generation != gen {
-			return fmt.Errorf("%w (generation %d, this replica holds %d)", ErrFenced, l.Generation, gen)
-		}
-		l.Expires = time.Now().UnixNano() + int64(f.TTL)
-		return nil
-	})
+	cur, l, err := f.current()
+	if err != nil {
+		return err
+	}
+	if cur != gen {
+		return fmt.Errorf("%w (generation %d, this replica holds %d)", ErrFenced, cur, gen)
+	}
+	l.Expires = time.Now().UnixNano() + int64(f.TTL)
+	return f.write(gen, l, false)
 }
 
 // Verify implements Arbiter.
 func (f *FileLease) Verify(gen uint64) error {
-	return f.update(func(l *lease) error {
-		switch {
-		case l.Generation != gen:
-			return fmt.Errorf("%w (generation %d, this replica holds %d)", ErrFenced, l.Generation, gen)
-		case l.Expires < time.Now().UnixNano():
-			return fmt.Errorf("%w: the lease of generation %d expired", ErrFenced, gen)
-		}
-		return nil
-	})
+	cur, l, err := f.current()
+	switch {
+	case err != nil:
+		return err
+	case cur != gen:
+		return fmt.Errorf("%w (generation %d, this replica holds %d)", ErrFenced, cur, gen)
+	case l.Expires < time.Now().UnixNano():
+		return fmt.Errorf("%w: the lease of generation %d expired", ErrFenced, gen)
+	}
+	return nil
 }
 
-// Release implements Arbiter.
+// Release implements Arbiter: the run is over.
 func (f *FileLease) Release(gen uint64) error {
-	return f.update(func(l *lease) error {
-		if l.Generation == gen {
-			l.Holder, l.Expires, l.Finished = "", 0, true
-		}
-		return nil
-	})
+	cur, l, err := f.current()
+	if err != nil || cur != gen {
+		return err
+	}
+	l.Holder, l.Expires, l.Finished = "", 0, true
+	return f.write(gen, l, false)
 }

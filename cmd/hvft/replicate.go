@@ -33,7 +33,7 @@ func linkFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "failure-timeout", Value: 500 * time.Millisecond, Usage: "declare the peer dead after this much silence (a closed link counts at once)"},
 		&cli.BoolFlag{Name: "console-stream", Usage: "write the console as a sequenced stream (\"o SEQ HEX\" and \"e EPOCH\" lines) for a merging sink such as hvft demo"},
 		&cli.StringFlag{Name: "key-file", Usage: "pre-shared link key (hvft keygen): authenticate and encrypt the replication link with TLS 1.3; both replicas need the same one"},
-		&cli.StringFlag{Name: "lease", Usage: "lease file both replicas can reach (e.g. beside the disk image): the arbiter that keeps a partitioned pair from having two primaries"},
+		&cli.StringFlag{Name: "lease", Usage: "lease directory both replicas can reach (e.g. beside the disk image): the arbiter that keeps a partitioned pair from having two primaries"},
 		&cli.DurationFlag{Name: "lease-ttl", Value: 500 * time.Millisecond, Usage: "how long a lease lives without renewal; a takeover after a crash waits for it"},
 		&cli.BoolFlag{Name: "insecure", Usage: "allow the replication link in the clear off loopback (it carries guest RAM, input and disk data)"},
 		&cli.StringFlag{Name: "console-out", Usage: "write the console to this file instead, shared by primary and backup: each output lands once (a new primary appends after what the file holds)"},
