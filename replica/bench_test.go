@@ -213,8 +213,11 @@ func joinOnce(b testing.TB, ram uint64, guest string, args []string) Join {
 	<-started
 	brep, berr := RunBackup(ctx, BackupOptions{Options: Options{Machine: m, Sink: NewPlainSink(io.Discard), CPU: cpu}, Primary: ln.Addr().String(), Join: true})
 	wg.Wait()
-	if perr != nil || berr != nil || len(prep.Joins) != 1 || !brep.Joins[0].Verified || prep.FinalHash != brep.FinalHash {
-		b.Fatalf("join: primary %v backup %v; joins %+v / %+v", perr, berr, prep.Joins, brep.Joins)
+	if perr != nil || berr != nil {
+		b.Fatalf("join: primary %v, backup %v", perr, berr)
+	}
+	if len(prep.Joins) != 1 || len(brep.Joins) != 1 || !brep.Joins[0].Verified || prep.FinalHash != brep.FinalHash {
+		b.Fatalf("join: joins %+v / %+v, final hashes %s / %s", prep.Joins, brep.Joins, prep.FinalHash, brep.FinalHash)
 	}
 	return prep.Joins[0]
 }

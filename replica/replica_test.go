@@ -201,7 +201,7 @@ func TestRdtscDiverges(t *testing.T) {
 // checks those). Run under -race too: the pre-copy reads RAM beside the
 // running guest.
 func TestJoinInProcess(t *testing.T) {
-	j := joinOnce(t, 16<<20, "ramwriter", []string{"2", "30"})
+	j := joinOnce(t, 16<<20, "ramwriter", []string{"2", "100"})
 	if j.DirtyBytes == 0 || j.Bytes < 16<<20 || j.PauseMS <= 0 {
 		t.Errorf("join %+v: the guest wrote during the pre-copy, so pages must be re-sent", j)
 	}
