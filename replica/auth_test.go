@@ -84,9 +84,9 @@ func TestLinkRefusesPeersWithoutTheKey(t *testing.T) {
 	}
 }
 
-// tamperProxy forwards a connection and flips one byte of the primary's
-// stream once n bytes have passed.
-func tamperProxy(t *testing.T, target string, n int) string {
+// relay accepts one connection on a new port, dials target, and hands
+// both ends (client side c, server side s) to serve; it returns the port.
+func relay(t *testing.T, target string, serve func(c, s net.Conn)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -102,6 +102,15 @@ func tamperProxy(t *testing.T, target string, n int) string {
 			c.Close()
 			return
 		}
+		serve(c, s)
+	}()
+	return ln.Addr().String()
+}
+
+// tamperProxy forwards a connection and flips one byte of the primary's
+// stream once n bytes have passed.
+func tamperProxy(t *testing.T, target string, n int) string {
+	return relay(t, target, func(c, s net.Conn) {
 		var wg sync.WaitGroup
 		wg.Add(2)
 		go func() { defer wg.Done(); io.Copy(s, c); s.(*net.TCPConn).CloseWrite() }()
@@ -125,8 +134,7 @@ func tamperProxy(t *testing.T, target string, n int) string {
 			}
 		}()
 		wg.Wait()
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // TestTamperedFrameIsRejected: one byte flipped in the primary's stream

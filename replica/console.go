@@ -23,6 +23,21 @@ type Sink interface {
 	Flush() error
 }
 
+// writeNew calls write for each output past *last, in order, advancing
+// *last: the deduplication every sink shares.
+func writeNew(outs []epoch.Output, last *uint64, write func(epoch.Output) error) error {
+	for _, o := range outs {
+		if o.Seq <= *last {
+			continue
+		}
+		*last = o.Seq
+		if err := write(o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // PlainSink writes console bytes as they are.
 type PlainSink struct {
 	mu   sync.Mutex
@@ -37,16 +52,12 @@ func NewPlainSink(w io.Writer) *PlainSink { return &PlainSink{w: bufio.NewWriter
 func (s *PlainSink) Emit(outs []epoch.Output) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, o := range outs {
-		if o.Seq <= s.last {
-			continue
-		}
-		s.last = o.Seq
+	return writeNew(outs, &s.last, func(o epoch.Output) error {
 		if err := s.w.WriteByte(byte(o.Value)); err != nil {
 			return fmt.Errorf("writing the console: %w", err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // Progress does nothing for a plain console.
@@ -74,16 +85,10 @@ func NewStreamSink(w io.Writer) *StreamSink { return &StreamSink{w: bufio.NewWri
 func (s *StreamSink) Emit(outs []epoch.Output) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, o := range outs {
-		if o.Seq <= s.last {
-			continue
-		}
-		s.last = o.Seq
-		if _, err := fmt.Fprintf(s.w, "o %d %02x\n", o.Seq, byte(o.Value)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return writeNew(outs, &s.last, func(o epoch.Output) error {
+		_, err := fmt.Fprintf(s.w, "o %d %02x\n", o.Seq, byte(o.Value))
+		return err
+	})
 }
 
 // Progress writes an epoch line and flushes.

@@ -15,21 +15,7 @@ import (
 // preserving order: a slow network between the replicas. (This kernel has
 // no netem qdisc, so the delay is applied here, in user space.)
 func delayProxy(t *testing.T, target string, delay time.Duration) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", target)
-		if err != nil {
-			c.Close()
-			return
-		}
+	return relay(t, target, func(c, s net.Conn) {
 		pipe := func(dst, src net.Conn) {
 			type chunk struct {
 				at   time.Time
@@ -59,8 +45,7 @@ func delayProxy(t *testing.T, target string, delay time.Duration) string {
 		}
 		go pipe(s, c)
 		go pipe(c, s)
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // TestReplicationOverASlowLink: with 5 ms each way between the replicas,

@@ -66,22 +66,8 @@ func TestFileLease(t *testing.T) {
 // the primary, then drops everything in both directions while keeping the
 // connections open: a network partition between two live replicas.
 func blackholeProxy(t *testing.T, target string, n int) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var cut atomic.Bool
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", target)
-		if err != nil {
-			c.Close()
-			return
-		}
+	return relay(t, target, func(c, s net.Conn) {
 		t.Cleanup(func() { c.Close(); s.Close() })
 		pipe := func(dst, src net.Conn, count bool) {
 			buf := make([]byte, 4096)
@@ -103,8 +89,7 @@ func blackholeProxy(t *testing.T, target string, n int) string {
 		}
 		go pipe(s, c, false)
 		go pipe(c, s, true)
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // TestPartitionLeavesExactlyOnePrimary: primary and backup stop hearing
