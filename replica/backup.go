@@ -387,6 +387,9 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 		b.mu.Lock()
 		b.report.Joins[0].Verified = true
 		b.mu.Unlock()
+		if n, ok := b.opt.Sink.(joinNotifier); ok {
+			n.Joined(js.Epoch)
+		}
 	}
 	res, err := m.Run(ctx, vm.RunOptions{
 		EpochLength: mc.EpochBlocks,

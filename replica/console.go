@@ -91,6 +91,20 @@ func (s *StreamSink) Emit(outs []epoch.Output) error {
 	})
 }
 
+// Joined writes "j EPOCH" when a backup has joined by state transfer, so
+// that a merging sink (the demo) knows the pair is whole again.
+func (s *StreamSink) Joined(epoch uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(s.w, "j %d\n", epoch)
+	return s.w.Flush()
+}
+
+// joinNotifier is a sink that wants to hear of a completed join.
+type joinNotifier interface {
+	Joined(epoch uint64) error
+}
+
 // Progress writes an epoch line and flushes.
 func (s *StreamSink) Progress(epoch uint64) error {
 	s.mu.Lock()
@@ -130,19 +144,20 @@ func (m *Merger) Written() uint64 {
 }
 
 // Read consumes one replica's stream until EOF, calling onEpoch for each
-// progress line. Lines it cannot parse are an error.
-func (m *Merger) Read(r io.Reader, onEpoch func(uint64)) error {
+// progress line and onJoin for a completed join (either may be nil).
+// Lines it cannot parse are an error.
+func (m *Merger) Read(r io.Reader, onEpoch, onJoin func(uint64)) error {
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		switch {
-		case len(f) == 2 && f[0] == "e":
+		case len(f) == 2 && (f[0] == "e" || f[0] == "j"):
 			n, err := strconv.ParseUint(f[1], 10, 64)
 			if err != nil {
 				return fmt.Errorf("console stream: bad line %q", sc.Text())
 			}
-			if onEpoch != nil {
-				onEpoch(n)
+			if cb := map[string]func(uint64){"e": onEpoch, "j": onJoin}[f[0]]; cb != nil {
+				cb(n)
 			}
 		case len(f) == 3 && f[0] == "o":
 			seq, err1 := strconv.ParseUint(f[1], 10, 64)

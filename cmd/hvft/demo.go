@@ -111,7 +111,9 @@ type demoChild struct {
 	done     chan struct{} // it exited
 	err      error
 	primary  chan struct{} // closed at its first epoch as primary
+	joined   chan struct{} // closed when it has joined its primary
 	once     sync.Once
+	joinOnce sync.Once
 	epoch    atomic.Uint64 // its latest epoch as primary
 	becameAt atomic.Uint64 // the epoch at which it became primary
 	since    atomic.Int64  // unix ns when it became primary
@@ -183,7 +185,7 @@ func demoAction(c *cli.Context) error {
 		}
 		defer lnFile.Close()
 		ch := &demoChild{label: label, addr: addr, report: filepath.Join(dir, fmt.Sprintf("r%d.json", len(children))),
-			done: make(chan struct{}), primary: make(chan struct{})}
+			done: make(chan struct{}), primary: make(chan struct{}), joined: make(chan struct{})}
 		argv := append(append(append(append([]string{}, common...), role...), "--listen", "fd:3", "--report", ch.report), shared...)
 		argv = append(argv, guest...)
 		ch.cmd = exec.CommandContext(ctx, self, argv...)
@@ -219,7 +221,7 @@ func demoAction(c *cli.Context) error {
 					close(ch.primary)
 				})
 				ch.epoch.Store(e)
-			})
+			}, func(uint64) { ch.joinOnce.Do(func() { close(ch.joined) }) })
 			if err != nil {
 				say("%s console: %v", label, err)
 			}
@@ -278,6 +280,16 @@ func demoAction(c *cli.Context) error {
 					return err
 				}
 				say("%s (pid %d) joins %s", label, next.cmd.Process.Pid, cur.label)
+				// The next kill counts from the moment the pair is whole.
+				select {
+				case <-next.joined:
+					cur.becameAt.Store(cur.epoch.Load())
+					cur.since.Store(time.Now().UnixNano())
+					say("%s joined %s at epoch %d", label, cur.label, cur.epoch.Load())
+				case <-next.done:
+				case <-cur.done:
+				case <-ctx.Done():
+				}
 			}
 		}
 		if next == nil {

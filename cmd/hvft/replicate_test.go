@@ -326,7 +326,7 @@ func TestSilentPrimaryIsDeclaredDead(t *testing.T) {
 	var console bytes.Buffer
 	m := replica.NewMerger(&console)
 	for _, s := range []string{primary.stdout.String(), backup.stdout.String()} {
-		if err := m.Read(strings.NewReader(s), nil); err != nil {
+		if err := m.Read(strings.NewReader(s), nil, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
