@@ -57,28 +57,11 @@ func pairRun(b *testing.B, mach Machine, mode epoch.Mode) (time.Duration, uint64
 func soloRun(b *testing.B, mach Machine) time.Duration {
 	b.Helper()
 	cpu, _ := cpuModel()
-	disk, err := mach.openDisk()
+	r, err := RunAlone(context.Background(), mach, vm.LiveConfig{CPU: cpu}, vm.RunOptions{}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if disk != nil {
-		defer disk.Close()
-	}
-	live, err := vm.NewLive(vm.LiveConfig{CPU: cpu, Disk: disk})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer live.Close()
-	m, err := vm.New(mach.Config, mach.Image, live, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer m.Close()
-	start := time.Now()
-	if _, err := m.Run(context.Background(), vm.RunOptions{EpochLength: mach.EpochBlocks}); err != nil {
-		b.Fatal(err)
-	}
-	return time.Since(start)
+	return r.Elapsed
 }
 
 // BenchmarkReplicatedCompute: compute unreplicated (hvft run's machine)

@@ -121,27 +121,16 @@ func TestDiskFailoverAtRandomInstants(t *testing.T) {
 func coldBoot(t *testing.T, img string) string {
 	t.Helper()
 	mach := machine(t, "diskkv", []string{"verify"}, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1})
-	disk, err := vm.OpenDisk(img, vm.SyncNever)
+	sectors, err := vm.DiskSectorsOf(img, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer disk.Close()
-	mach.Config.DiskSectors = disk.Sectors()
+	mach.DiskPath, mach.DiskSync, mach.Config.DiskSectors = img, vm.SyncNever, sectors
 	var out bytes.Buffer
 	cpu, _ := cpuModel()
-	live, err := vm.NewLive(vm.LiveConfig{Console: &out, CPU: cpu, Disk: disk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := vm.New(mach.Config, mach.Image, live, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	res, err := m.Run(context.Background(), vm.RunOptions{EpochLength: mach.EpochBlocks, MaxEpochs: 100000})
-	live.Close()
-	if err != nil || res.ExitCode != 0 {
-		t.Fatalf("cold boot of %s: exit %d, %v\n%s", img, res.ExitCode, err, out.String())
+	r, err := RunAlone(context.Background(), mach, vm.LiveConfig{Console: &out, CPU: cpu}, vm.RunOptions{MaxEpochs: 100000}, nil)
+	if err != nil || r.Result.ExitCode != 0 {
+		t.Fatalf("cold boot of %s: exit %d, %v\n%s", img, r.Result.ExitCode, err, out.String())
 	}
 	return out.String()
 }

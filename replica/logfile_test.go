@@ -21,17 +21,12 @@ func recordRun(t *testing.T, guest string, args []string, disk bool) (string, []
 	dir := t.TempDir()
 	m := machine(t, guest, args, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1})
 	m.Config.RAMHashEvery = 2
-	var hd *vm.HostDisk
 	if disk {
 		m.DiskPath = filepath.Join(dir, "disk.img")
 		var err error
 		if m.Config.DiskSectors, err = vm.DiskSectorsOf(m.DiskPath, 1<<20); err != nil {
 			t.Fatal(err)
 		}
-		if hd, err = m.openDisk(); err != nil {
-			t.Fatal(err)
-		}
-		defer hd.Close()
 	}
 	path := filepath.Join(dir, guest+".log")
 	w, err := CreateLog(path, HeaderFor(m, "run"), false)
@@ -39,25 +34,16 @@ func recordRun(t *testing.T, guest string, args []string, disk bool) (string, []
 		t.Fatal(err)
 	}
 	cpu, _ := cpuModel()
-	live, err := vm.NewLive(vm.LiveConfig{Recorder: w, CPU: cpu, Disk: hd, TimerJitter: 200e3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mach, err := vm.New(m.Config, m.Image, live, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mach.Close()
 	var trail []vm.Stop
-	if _, err := mach.Run(context.Background(), vm.RunOptions{EpochLength: m.EpochBlocks, OnEpoch: func(s vm.Stop) error { trail = append(trail, s); return nil }}); err != nil {
+	r, err := RunAlone(context.Background(), m, vm.LiveConfig{Recorder: w, CPU: cpu, TimerJitter: 200e3},
+		vm.RunOptions{OnEpoch: func(s vm.Stop) error { trail = append(trail, s); return nil }}, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	live.Close()
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	final, _ := mach.Hash(true)
-	return path, trail, final.String()
+	return path, trail, r.Final.String()
 }
 
 func replayFile(t *testing.T, path string, until uint64) (*ReplayResult, *LoadedLog, error) {

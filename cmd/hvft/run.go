@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
@@ -64,9 +63,7 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	img := mach.Image
-	cfg = mach.Config
-	rep := runReport{Guest: label, ImageDigest: fmt.Sprintf("%x", img.Digest), TLBSeed: cfg.TLB.Seed}
+	rep := runReport{Guest: label, ImageDigest: fmt.Sprintf("%x", mach.Image.Digest), TLBSeed: mach.Config.TLB.Seed}
 	logBoot(log, label, mach)
 
 	ctx := c.Context
@@ -74,13 +71,6 @@ func runAction(c *cli.Context) error {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
-	}
-	var disk *vm.HostDisk
-	if mach.DiskPath != "" {
-		if disk, err = vm.OpenDisk(mach.DiskPath, mach.DiskSync); err != nil {
-			return err
-		}
-		defer disk.Close()
 	}
 	var rec vm.Recorder
 	if path := c.String("record"); path != "" {
@@ -91,29 +81,15 @@ func runAction(c *cli.Context) error {
 		defer w.Close()
 		rec = w
 	}
-	live, err := vm.NewLive(vm.LiveConfig{Console: c.App.Writer, Input: os.Stdin, Disk: disk, Recorder: rec})
-	if err != nil {
-		return err
-	}
-	defer live.Close()
-	m, err := vm.New(cfg, img, live, log)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-
-	start := time.Now()
-	res, runErr := m.Run(ctx, vm.RunOptions{EpochLength: mach.EpochBlocks, MaxEpochs: c.Uint64("max-epochs")})
-	if err := live.Close(); err != nil && runErr == nil {
-		runErr = err
-	}
-	rep.DurationMS = time.Since(start).Milliseconds()
-	st := m.Stats()
+	run, runErr := replica.RunAlone(ctx, mach, vm.LiveConfig{Console: c.App.Writer, Input: os.Stdin, Recorder: rec},
+		vm.RunOptions{MaxEpochs: c.Uint64("max-epochs")}, log)
+	res, st := run.Result, run.Stats
+	rep.DurationMS = run.Elapsed.Milliseconds()
 	rep.Epochs, rep.Blocks, rep.Answers = st.Epochs, st.Blocks, st.Answers
 	rep.TLBMisses, rep.TLBEvicts, rep.Interrupts = st.TLBMisses, st.Evictions, st.Interrupts
 	rep.Stop, rep.StopRIP = res.Last.Reason.String(), fmt.Sprintf("%#x", res.Last.RIP)
-	if h, err := m.Hash(true); err == nil {
-		rep.FinalHash = h.String()
+	if !run.Final.IsZero() {
+		rep.FinalHash = run.Final.String()
 	}
 	if runErr == nil {
 		code := int(res.ExitCode)

@@ -61,12 +61,8 @@ type Stat struct {
 }
 
 func statOf(xs []float64) Stat {
-	if len(xs) == 0 {
-		return Stat{}
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return Stat{Median: s[len(s)/2], Min: s[0], Max: s[len(s)-1]}
+	d := distOf(xs)
+	return Stat{Median: d.Median, Min: d.Min, Max: d.Max}
 }
 
 // Row is one guest in one mode.
@@ -228,29 +224,8 @@ func cleanup(m replica.Machine) {
 
 // solo runs the machine unreplicated and returns its time and stats.
 func (e *runner) solo(ctx context.Context, m replica.Machine) (time.Duration, vm.Stats, error) {
-	var disk *vm.HostDisk
-	if m.DiskPath != "" {
-		var err error
-		if disk, err = vm.OpenDisk(m.DiskPath, m.DiskSync); err != nil {
-			return 0, vm.Stats{}, err
-		}
-		defer disk.Close()
-	}
-	live, err := vm.NewLive(vm.LiveConfig{CPU: e.cpu, Disk: disk})
-	if err != nil {
-		return 0, vm.Stats{}, err
-	}
-	defer live.Close()
-	mach, err := vm.New(m.Config, m.Image, live, nil)
-	if err != nil {
-		return 0, vm.Stats{}, err
-	}
-	defer mach.Close()
-	start := time.Now()
-	if _, err := mach.Run(ctx, vm.RunOptions{EpochLength: m.EpochBlocks}); err != nil {
-		return 0, vm.Stats{}, err
-	}
-	return time.Since(start), mach.Stats(), nil
+	r, err := replica.RunAlone(ctx, m, vm.LiveConfig{CPU: e.cpu}, vm.RunOptions{}, nil)
+	return r.Elapsed, r.Stats, err
 }
 
 // matrix measures one workload in every mode.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sort"
 	"sync"
 	"time"
 
@@ -186,14 +185,7 @@ func (e *runner) pair(ctx context.Context, m replica.Machine, mode epoch.Mode, k
 	return r, nil
 }
 
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
+func median(xs []float64) float64 { return distOf(xs).Median }
 
 // failovers kills the primary of a replicated ticker at random outputs,
 // Kills times with a closed link and Kills times silently, and reports
