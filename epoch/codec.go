@@ -79,9 +79,9 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		buf = append(buf, c.ArgsDigest[:]...)
 		buf = le.AppendUint64(buf, c.RAMSize)
 		buf = le.AppendUint64(buf, c.EpochBlocks)
-		buf = le.AppendUint64(buf, c.RAMHashEvery)
 		buf = le.AppendUint32(buf, c.BoardVersion)
 		buf = le.AppendUint64(buf, c.DiskSectors)
+		buf = appendString(buf, c.Engine)
 		buf = appendBool(buf, m.Hello.Join)
 	case TypeWelcome:
 		if m.Welcome == nil {
@@ -220,9 +220,10 @@ func DecodeFrame(body []byte) (Message, error) {
 		var c MachineConfig
 		copy(c.ImageDigest[:], d.bytes(32))
 		copy(c.ArgsDigest[:], d.bytes(32))
-		c.RAMSize, c.EpochBlocks, c.RAMHashEvery = d.u64(), d.u64(), d.u64()
+		c.RAMSize, c.EpochBlocks = d.u64(), d.u64()
 		c.BoardVersion = d.u32()
 		c.DiskSectors = d.u64()
+		c.Engine = d.string()
 		m.Hello = &Hello{Config: c, Join: d.bool()}
 	case TypeWelcome:
 		m.Welcome = &Welcome{Accepted: d.bool(), Reason: d.string()}

@@ -10,7 +10,7 @@ import (
 
 func sampleMessages() []Message {
 	return []Message{
-		{Type: TypeHello, Hello: &Hello{Config: MachineConfig{ImageDigest: [32]byte{1, 2}, ArgsDigest: [32]byte{3}, RAMSize: 16 << 20, EpochBlocks: 100000, RAMHashEvery: 64, BoardVersion: 1, DiskSectors: 8192}, Join: true}},
+		{Type: TypeHello, Hello: &Hello{Config: MachineConfig{ImageDigest: [32]byte{1, 2}, ArgsDigest: [32]byte{3}, RAMSize: 16 << 20, EpochBlocks: 100000, BoardVersion: 1, DiskSectors: 8192, Engine: "2.1.1"}, Join: true}},
 		{Type: TypeWelcome, Welcome: &Welcome{Accepted: false, Reason: "image digest differs"}},
 		{Type: TypeAnswer, Answer: &Answer{Seq: 7, Kind: 1, Port: 0x520, Size: 4, Value: 0xdeadbeef, Regs: [4]uint32{1, 2, 3, 4}}},
 		{Type: TypeEpochEnd, EpochEnd: &EpochEnd{Epoch: 3, Clock: 300000, RIP: 0x101000, Reason: 2, Answers: 7, Hash: [16]byte{9}, RAMHashed: true,

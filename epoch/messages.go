@@ -8,7 +8,7 @@ package epoch
 
 // Version is the wire protocol's version; a frame of another version is
 // refused.
-const Version = 1
+const Version = 2
 
 // Type names a message.
 type Type uint8
@@ -61,8 +61,10 @@ type MachineConfig struct {
 	ArgsDigest   [32]byte // the guest's argument vector
 	RAMSize      uint64
 	EpochBlocks  uint64
-	RAMHashEvery uint64
 	BoardVersion uint32
+	// Engine is the emulator library's version: translation-block
+	// boundaries, and so epoch boundaries, differ between versions.
+	Engine string
 	DiskSectors  uint64
 }
 

@@ -51,7 +51,7 @@ func RunAlone(ctx context.Context, m Machine, live vm.LiveConfig, opt vm.RunOpti
 		err = cerr // the console's last bytes did not reach it
 	}
 	out.Stats = mach.Stats()
-	if h, herr := mach.Hash(true); herr == nil {
+	if h, herr := mach.Hash(); herr == nil {
 		out.Final = h
 	}
 	return out, err

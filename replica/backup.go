@@ -376,7 +376,7 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 			return vm.Result{}, fmt.Errorf("restoring the primary's state: %w", err)
 		}
 		b.joinRAM = nil
-		got, err := m.Hash(true)
+		got, err := m.Hash()
 		if err != nil {
 			return vm.Result{}, err
 		}
@@ -440,7 +440,7 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 		},
 	})
 	st := m.Stats()
-	final, _ := m.Hash(true)
+	final, _ := m.Hash()
 	b.mu.Lock()
 	b.report.Epochs, b.report.TLBMisses, b.report.FinalHash = st.Epochs, st.TLBMisses, final.String()
 	if b.fo != nil && b.fo.ReplayMS == 0 {

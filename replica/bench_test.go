@@ -102,7 +102,7 @@ func BenchmarkTickerEpochRate(b *testing.B) {
 // epochs, RAM hashed every 64 epochs (hvft's defaults).
 func benchMachine(b testing.TB, name string, args []string) Machine {
 	m := machine(b, name, args, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1})
-	m.EpochBlocks, m.Config.RAMHashEvery = 100_000, 64
+	m.EpochBlocks = 100_000
 	return m
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"hvft/epoch"
 	"hvft/vm"
+	"hvft/vm/uc"
 	"hvft/vm/guestelf"
 )
 
@@ -55,8 +56,8 @@ func (m Machine) wireConfig() epoch.MachineConfig {
 		ArgsDigest:   args,
 		RAMSize:      m.Config.RAMSize,
 		EpochBlocks:  m.EpochBlocks,
-		RAMHashEvery: m.Config.RAMHashEvery,
 		BoardVersion: vm.BoardVersion,
+		Engine:       uc.Version(),
 		DiskSectors:  m.Config.DiskSectors,
 	}
 }
@@ -77,8 +78,8 @@ func compareConfigs(primary, backup epoch.MachineConfig) string {
 	if primary.EpochBlocks != backup.EpochBlocks {
 		why = append(why, fmt.Sprintf("epoch length differs (primary %d, backup %d blocks)", primary.EpochBlocks, backup.EpochBlocks))
 	}
-	if primary.RAMHashEvery != backup.RAMHashEvery {
-		why = append(why, fmt.Sprintf("RAM hash interval differs (primary %d, backup %d)", primary.RAMHashEvery, backup.RAMHashEvery))
+	if primary.Engine != backup.Engine {
+		why = append(why, fmt.Sprintf("emulator library differs (primary libunicorn %s, backup %s): their epoch clocks disagree", primary.Engine, backup.Engine))
 	}
 	if primary.DiskSectors != backup.DiskSectors {
 		why = append(why, fmt.Sprintf("disk size differs (primary %d, backup %d sectors)", primary.DiskSectors, backup.DiskSectors))

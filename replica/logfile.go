@@ -12,6 +12,7 @@ import (
 
 	"hvft/epoch"
 	"hvft/vm"
+	"hvft/vm/uc"
 )
 
 // A log file: the records a run's environment produced, as they cross the
@@ -24,6 +25,10 @@ import (
 // tail at the last whole epoch and says so.
 const logMagic = "HVFTLOG1"
 
+// logVersion is the header's layout and the wire frames' meaning; version 2
+// names the emulator library and hashes RAM at every epoch.
+const logVersion = 2
+
 // maxLogHeader bounds the header a reader accepts.
 const maxLogHeader = 1 << 20
 
@@ -34,17 +39,17 @@ type LogHeader struct {
 	Args         []string `json:"args"` // argv, argv[0] included
 	RAMSize      uint64   `json:"ram_size"`
 	EpochBlocks  uint64   `json:"epoch_blocks"`
-	RAMHashEvery uint64   `json:"ram_hash_every"`
 	BoardVersion uint32   `json:"board_version"`
+	Engine       string   `json:"engine"` // libunicorn version
 	DiskSectors  uint64   `json:"disk_sectors"`
 	Role         string   `json:"role"`
 }
 
 // HeaderFor describes a machine.
 func HeaderFor(m Machine, role string) LogHeader {
-	return LogHeader{Version: 1, ImageDigest: fmt.Sprintf("%x", m.Image.Digest), Args: m.Config.Args,
-		RAMSize: m.Config.RAMSize, EpochBlocks: m.EpochBlocks, RAMHashEvery: m.Config.RAMHashEvery,
-		BoardVersion: vm.BoardVersion, DiskSectors: m.Config.DiskSectors, Role: role}
+	return LogHeader{Version: logVersion, ImageDigest: fmt.Sprintf("%x", m.Image.Digest), Args: m.Config.Args,
+		RAMSize: m.Config.RAMSize, EpochBlocks: m.EpochBlocks,
+		BoardVersion: vm.BoardVersion, Engine: uc.Version(), DiskSectors: m.Config.DiskSectors, Role: role}
 }
 
 // LogWriter records a run to a file; it is a vm.Recorder.
@@ -191,8 +196,8 @@ func ReadLogFrom(src io.Reader, path string) (*LoadedLog, error) {
 	if err := json.Unmarshal(hdr, &l.Header); err != nil {
 		return nil, fmt.Errorf("%s: log header: %w", path, err)
 	}
-	if l.Header.Version != 1 {
-		return nil, fmt.Errorf("%s: log version %d, this build reads 1", path, l.Header.Version)
+	if l.Header.Version != logVersion {
+		return nil, fmt.Errorf("%s: log version %d, this build reads %d", path, l.Header.Version, logVersion)
 	}
 	whole := 0 // records up to the last epoch end
 	for {

@@ -20,7 +20,6 @@ func recordRun(t *testing.T, guest string, args []string, disk bool) (string, []
 	t.Helper()
 	dir := t.TempDir()
 	m := machine(t, guest, args, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1})
-	m.Config.RAMHashEvery = 2
 	if disk {
 		m.DiskPath = filepath.Join(dir, "disk.img")
 		var err error

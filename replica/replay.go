@@ -8,6 +8,7 @@ import (
 	"hvft/vm"
 	"hvft/vm/guestelf"
 	"hvft/vm/tlb"
+	"hvft/vm/uc"
 )
 
 // ReplayOptions configure a replay of a recorded log.
@@ -41,7 +42,10 @@ func Replay(ctx context.Context, opt ReplayOptions) (*ReplayResult, error) {
 	if h.BoardVersion != vm.BoardVersion {
 		return nil, fmt.Errorf("the log was recorded on board version %d; this build has %d", h.BoardVersion, vm.BoardVersion)
 	}
-	cfg := vm.Config{RAMSize: h.RAMSize, TLB: opt.TLB, RAMHashEvery: h.RAMHashEvery, Args: h.Args, DiskSectors: h.DiskSectors}
+	if h.Engine != uc.Version() {
+		return nil, fmt.Errorf("the log was recorded on libunicorn %s; this build runs %s, whose epoch boundaries differ", h.Engine, uc.Version())
+	}
+	cfg := vm.Config{RAMSize: h.RAMSize, TLB: opt.TLB, Args: h.Args, DiskSectors: h.DiskSectors}
 	m, err := vm.New(cfg, opt.Image, vm.NewReplay(ctx, vm.NewLogSource(&opt.Log.Log)), nil)
 	if err != nil {
 		return nil, err
@@ -60,7 +64,7 @@ func Replay(ctx context.Context, opt ReplayOptions) (*ReplayResult, error) {
 	}})
 	st := m.Stats()
 	res.Epochs = st.Epochs
-	if final, err := m.Hash(true); err == nil {
+	if final, err := m.Hash(); err == nil {
 		res.FinalHash = final.String()
 	}
 	if off, code := m.PoweredOff(); off {

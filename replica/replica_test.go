@@ -31,7 +31,7 @@ func machine(t testing.TB, name string, args []string, tlbCfg tlb.Config) Machin
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Machine{Image: img, EpochBlocks: 20_000, Config: vm.Config{RAMSize: vm.DefaultRAMSize, TLB: tlbCfg, RAMHashEvery: 4, Args: append([]string{name}, args...)}}
+	return Machine{Image: img, EpochBlocks: 20_000, Config: vm.Config{RAMSize: vm.DefaultRAMSize, TLB: tlbCfg, Args: append([]string{name}, args...)}}
 }
 
 type side struct {

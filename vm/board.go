@@ -252,6 +252,22 @@ func boolByte(v bool) byte {
 	return 0
 }
 
+// validate checks a board decoded from a peer or a file against the
+// machine it is to run on: the same configuration, and an operation in
+// flight that the board itself could have started.
+func (b *Board) validate(ramSize, diskSectors uint64) error {
+	if b.RAMSize != ramSize || b.DiskSectors != diskSectors {
+		return fmt.Errorf("board state for %d bytes of RAM and %d disk sectors; this machine has %d and %d", b.RAMSize, b.DiskSectors, ramSize, diskSectors)
+	}
+	if op := b.DiskOp; op != nil {
+		if (op.Command != DiskRead && op.Command != DiskWrite) || op.Count == 0 || op.Count > MaxDiskSectors ||
+			uint64(op.Sector)+uint64(op.Count) > diskSectors || uint64(op.Buffer)+uint64(op.Count)*SectorSize > ramSize {
+			return fmt.Errorf("board state: %v in flight lies outside the disk or RAM", op)
+		}
+	}
+	return nil
+}
+
 // decodeBoard reads what encode wrote and returns the rest of buf.
 func decodeBoard(buf []byte) (*Board, []byte, error) {
 	var r reader

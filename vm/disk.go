@@ -86,9 +86,10 @@ func (b *Board) diskCommand(command uint32) Effect {
 	return EffectDiskRead
 }
 
-// completeDisk applies a completion event: a read's data lands in RAM, the
-// status is set, IRQ 2 is raised.
-func (b *Board) completeDisk(ev Event, ram []byte) error {
+// completeDisk applies a completion event: a read's data lands in RAM
+// through dma (which must keep the machine's translations and RAM digest
+// in step), the status is set, IRQ 2 is raised.
+func (b *Board) completeDisk(ev Event, dma func(addr uint64, data []byte) error) error {
 	id, status := ev.Arg>>8, uint32(ev.Arg&0xFF)
 	op := b.DiskOp
 	if op == nil || op.ID != id {
@@ -101,7 +102,9 @@ func (b *Board) completeDisk(ev Event, ram []byte) error {
 			if len(ev.Data) != n {
 				return fmt.Errorf("completion of %v carries %d bytes, want %d", op, len(ev.Data), n)
 			}
-			copy(ram[op.Buffer:], ev.Data)
+			if err := dma(uint64(op.Buffer), ev.Data); err != nil {
+				return fmt.Errorf("completion of %v: %w", op, err)
+			}
 		}
 	case DiskError, DiskUncertain:
 	default:

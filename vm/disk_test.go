@@ -50,15 +50,16 @@ func TestDiskCommandValidation(t *testing.T) {
 
 func TestDiskCompletion(t *testing.T) {
 	ram := make([]byte, 1<<20)
+	dma := func(addr uint64, data []byte) error { copy(ram[addr:], data); return nil }
 	b := NewBoard(uint64(len(ram)), 16)
 	b.out(PortDiskBuffer, 0x3000)
 	b.out(PortDiskCount, 1)
 	b.out(PortDiskCommand, DiskRead)
 	op := *b.DiskOp
-	if err := b.completeDisk(CompletionEvent(DiskOp{ID: op.ID + 1}, DiskOK, nil), ram); err == nil {
+	if err := b.completeDisk(CompletionEvent(DiskOp{ID: op.ID + 1}, DiskOK, nil), dma); err == nil {
 		t.Error("completion of another operation accepted")
 	}
-	if err := b.completeDisk(CompletionEvent(op, DiskOK, make([]byte, 100)), ram); err == nil {
+	if err := b.completeDisk(CompletionEvent(op, DiskOK, make([]byte, 100)), dma); err == nil {
 		t.Error("completion with the wrong amount of data accepted")
 	}
 	enc := b.encode(nil)
@@ -67,7 +68,7 @@ func TestDiskCompletion(t *testing.T) {
 		t.Fatalf("board with an operation in flight does not round-trip: %v %v", err, back.DiskOp)
 	}
 	data := bytes.Repeat([]byte{0xab}, SectorSize)
-	if err := b.completeDisk(CompletionEvent(op, DiskOK, data), ram); err != nil {
+	if err := b.completeDisk(CompletionEvent(op, DiskOK, data), dma); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(ram[0x3000:0x3000+SectorSize], data) || b.DiskOp != nil || b.DiskStatus != DiskOK || b.PICPending&(1<<IRQDisk) == 0 {

@@ -93,7 +93,7 @@ func runGuest(t testing.TB, name string, args []string, cfg Config, env Environm
 		live.Close()
 	}
 	r.stats = m.Stats()
-	if r.final, err = m.Hash(true); err != nil {
+	if r.final, err = m.Hash(); err != nil {
 		t.Fatal(err)
 	}
 	r.out = out.b

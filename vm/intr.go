@@ -42,6 +42,11 @@ func (m *Machine) interrupt(rip uint64) error {
 	if flags&flagIF == 0 {
 		return nil
 	}
+	// After STI or MOV SS, x86 recognises no interrupt until the next
+	// instruction has run: the IRQ waits for the next boundary.
+	if shadow, err := m.eng.InterruptShadow(); err != nil || shadow {
+		return err
+	}
 	if err := m.deliver(uint32(IRQVectorBase+irq), rip, false); err != nil {
 		return fmt.Errorf("delivering IRQ %d: %w", irq, err)
 	}
@@ -75,7 +80,7 @@ func (m *Machine) deliver(vector uint32, rip uint64, errorCode bool) error {
 	if gateAddr+16 < gateAddr || gateAddr+16 > m.cfg.RAMSize {
 		return fmt.Errorf("no usable IDT gate for %s: gate address %#x is outside RAM", at, gateAddr)
 	}
-	gate := m.ram[gateAddr : gateAddr+16]
+	gate := m.mem[gateAddr : gateAddr+16]
 	attr := gate[5]
 	kind := attr & 0xF
 	if attr&0x80 == 0 || (kind != gateInterrupt && kind != gateTrap) {
@@ -101,8 +106,12 @@ func (m *Machine) deliver(vector uint32, rip uint64, errorCode bool) error {
 	if newRSP > top || top > m.cfg.RAMSize {
 		return fmt.Errorf("delivering %s: stack pointer %#x is outside RAM", at, rsp)
 	}
-	for i, v := range frame {
-		binary.LittleEndian.PutUint64(m.ram[newRSP+uint64(8*i):], v)
+	var raw []byte
+	for _, v := range frame {
+		raw = binary.LittleEndian.AppendUint64(raw, v)
+	}
+	if err := m.hostWrite(newRSP, raw); err != nil {
+		return fmt.Errorf("delivering %s: %w", at, err)
 	}
 	newFlags := flags &^ (flagTF | flagNT | flagRF)
 	if kind == gateInterrupt {

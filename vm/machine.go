@@ -1,10 +1,11 @@
-// Package vm is hvft's emulated machine: an x86-64 board on Unicorn whose
-// every source of nondeterminism passes through one interface, the
+// Package vm is hvft's emulated machine: an x86-64 board on Unicorn 2.1
+// whose every source of nondeterminism passes through one interface, the
 // Environment, and whose execution is cut into epochs at points a second
 // copy reaches again. It owns the board's devices, the hypervisor layer
 // (port and CPUID traps, the software-managed TLB, the epoch clock,
 // interrupt and exception delivery through the guest's IDT), the state hash
-// and snapshots. It knows nothing of networks or replica roles.
+// (RAM included at every epoch, from the pages written) and snapshots. It
+// knows nothing of networks or replica roles.
 package vm
 
 import (
@@ -16,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"unsafe"
+
+	"github.com/zeebo/xxh3"
 
 	"go.uber.org/zap"
 
@@ -43,10 +46,7 @@ const never = 0xFFFF_FFFF_FFFF_FFFF
 type Config struct {
 	RAMSize uint64
 	TLB     tlb.Config
-	// RAMHashEvery includes RAM in the state hash of every Nth epoch (0:
-	// only at power-off). Registers and devices are hashed every epoch.
-	RAMHashEvery uint64
-	Args         []string
+	Args    []string
 	// DiskSectors is the size of the shared disk (0: no disk). The
 	// image itself is the environment's business.
 	DiskSectors uint64
@@ -54,6 +54,10 @@ type Config struct {
 
 // DefaultRAMSize is the board's RAM unless configured otherwise.
 const DefaultRAMSize = 16 << 20
+
+// MaxRAMSize bounds the board's RAM; the hypervisor keeps about 30 bytes
+// of bookkeeping per 4 KiB page beside it.
+const MaxRAMSize = 64 << 30
 
 // Stop says where and why an epoch ended.
 type Stop struct {
@@ -70,10 +74,15 @@ type Stats struct {
 	Epochs     uint64
 	Blocks     uint64
 	Answers    uint64
-	TLBMisses  uint64
+	TLBFills   uint64 // misses of Unicorn's TLB, answered by the hypervisor
+	TLBMisses  uint64 // misses of the modelled TLB
 	Evictions  uint64
+	TLBFlushes uint64
 	Interrupts uint64
 	Exceptions uint64
+	// PagesHashed counts 4 KiB pages re-hashed at epoch boundaries
+	// because they were written.
+	PagesHashed uint64
 }
 
 // Machine is one emulated computer. Its methods may be called from any
@@ -82,10 +91,9 @@ type Stats struct {
 type Machine struct {
 	cfg    Config
 	eng    *uc.Engine
-	ram    []byte
+	mem    []byte
 	board  *Board
 	env    Environment
-	tlb    *tlb.Table
 	log    *zap.Logger
 	calls  chan func()
 	done   chan struct{}
@@ -94,6 +102,7 @@ type Machine struct {
 	seq    uint64
 	halted bool
 	stats  Stats
+	ram    ramDigest
 
 	// Set by hooks during a run.
 	fault     error
@@ -113,17 +122,13 @@ func New(cfg Config, img *guestelf.Image, env Environment, log *zap.Logger) (*Ma
 	if cfg.RAMSize%cfg.TLB.PageSize != 0 || cfg.RAMSize < 2*cfg.TLB.PageSize {
 		return nil, fmt.Errorf("RAM size %d must be a multiple of the TLB page size %d and hold at least two pages", cfg.RAMSize, cfg.TLB.PageSize)
 	}
-	if cfg.RAMSize > 1<<40 {
-		return nil, fmt.Errorf("RAM size %d exceeds 1 TiB", cfg.RAMSize)
+	if cfg.RAMSize > MaxRAMSize {
+		return nil, fmt.Errorf("RAM size %d exceeds %d GiB", cfg.RAMSize, MaxRAMSize>>30)
 	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	table, err := tlb.New(cfg.TLB)
-	if err != nil {
-		return nil, err
-	}
-	m := &Machine{cfg: cfg, board: NewBoard(cfg.RAMSize, cfg.DiskSectors), env: env, tlb: table, log: log,
+	m := &Machine{cfg: cfg, board: NewBoard(cfg.RAMSize, cfg.DiskSectors), env: env, log: log,
 		calls: make(chan func()), done: make(chan struct{})}
 	started := make(chan error, 1)
 	go m.thread(started)
@@ -156,7 +161,7 @@ func (m *Machine) thread(started chan<- error) {
 	if err := m.eng.Close(); err != nil {
 		m.log.Warn("closing the engine", zap.Error(err))
 	}
-	if err := syscall.Munmap(m.ram); err != nil {
+	if err := syscall.Munmap(m.mem); err != nil {
 		m.log.Warn("releasing guest RAM", zap.Error(err))
 	}
 }
@@ -171,12 +176,23 @@ func (m *Machine) open() error {
 		syscall.Munmap(ram)
 		return err
 	}
-	if err := eng.Hooks(m); err != nil {
+	// All RAM is mapped once, before anything runs: a page mapped later
+	// (inside a hook) is translated without self-modifying-code tracking.
+	err = eng.MapPtr(0, m.cfg.RAMSize, uc.ProtAll, unsafe.Pointer(&ram[0]))
+	if err == nil {
+		err = eng.EnableSoftTLB(uc.SoftTLB{RAMSize: m.cfg.RAMSize, EntrySize: m.cfg.TLB.PageSize,
+			Entries: m.cfg.TLB.Entries, Policy: uc.Policy(m.cfg.TLB.Policy), Seed: m.cfg.TLB.Seed})
+	}
+	if err == nil {
+		err = eng.Hooks(m)
+	}
+	if err != nil {
 		eng.Close()
 		syscall.Munmap(ram)
 		return err
 	}
-	m.ram, m.eng = ram, eng
+	m.mem, m.eng = ram, eng
+	m.ram.init(ram)
 	return nil
 }
 
@@ -204,13 +220,13 @@ func (m *Machine) boot(img *guestelf.Image) error {
 		if s.Addr < ImageMinAddr || s.Addr+s.MemSize > m.cfg.RAMSize {
 			return fmt.Errorf("segment at %#x-%#x lies outside RAM (%#x-%#x)", s.Addr, s.Addr+s.MemSize, ImageMinAddr, m.cfg.RAMSize)
 		}
-		copy(m.ram[s.Addr:], s.Data)
+		m.hostWrite(s.Addr, s.Data)
 	}
 	info, err := bootInfo(m.cfg.RAMSize, m.cfg.Args)
 	if err != nil {
 		return err
 	}
-	copy(m.ram[BootInfoAddr:], info)
+	m.hostWrite(BootInfoAddr, info)
 	regs := []uc.Reg{uc.RIP, uc.RSP, uc.RDI, uc.RFLAGS}
 	vals := []uint64{img.Entry, m.cfg.RAMSize - 16, BootInfoAddr, 0x2}
 	return m.eng.RegWriteBatch(regs, vals)
@@ -257,8 +273,9 @@ func (m *Machine) Stats() Stats {
 		s = m.stats
 		s.Blocks = m.eng.Blocks()
 		s.Answers = m.seq
-		ts := m.tlb.Stats()
-		s.TLBMisses, s.Evictions = ts.Misses, ts.Evictions
+		ts := m.eng.TLBStats()
+		s.TLBFills, s.TLBMisses, s.Evictions, s.TLBFlushes = ts.Fills, ts.Misses, ts.Evictions, ts.Flushes
+		s.PagesHashed = m.ram.rehashed
 		return nil
 	})
 	return s
@@ -308,9 +325,8 @@ func (m *Machine) runEpoch(ctx context.Context, limit uint64) (Stop, error) {
 	}
 	m.epoch++
 	m.stats.Epochs++
-	end := EpochEnd{Epoch: m.epoch, Clock: m.eng.Blocks(), RIP: rip, Reason: reason, Answers: m.seq}
-	end.RAMHashed = reason == StopPowerOff || (m.cfg.RAMHashEvery > 0 && m.epoch%m.cfg.RAMHashEvery == 0)
-	if end.Hash, err = m.hash(end.RAMHashed); err != nil {
+	end := EpochEnd{Epoch: m.epoch, Clock: m.eng.Blocks(), RIP: rip, Reason: reason, Answers: m.seq, RAMHashed: true}
+	if end.Hash, err = m.hash(); err != nil {
 		return Stop{}, err
 	}
 	st := Stop{Epoch: end.Epoch, Clock: end.Clock, RIP: rip, Reason: reason, Hash: end.Hash}
@@ -332,7 +348,7 @@ func (m *Machine) runEpoch(ctx context.Context, limit uint64) (Stop, error) {
 	for _, ev := range events {
 		var err error
 		if ev.IRQ == IRQDisk {
-			err = m.board.completeDisk(ev, m.ram)
+			err = m.board.completeDisk(ev, m.hostWrite)
 		} else {
 			err = m.board.raise(ev)
 		}
@@ -345,10 +361,6 @@ func (m *Machine) runEpoch(ctx context.Context, limit uint64) (Stop, error) {
 			m.fault = err
 			return st, err
 		}
-	}
-	m.tlb.Touch(rip)
-	if rsp, err := m.eng.RegRead(uc.RSP); err == nil {
-		m.tlb.Touch(rsp)
 	}
 	return st, nil
 }
@@ -384,7 +396,7 @@ func (m *Machine) execute(limit uint64) (StopReason, error) {
 		if err != nil {
 			return 0, err
 		}
-		if rip > 0 && rip <= m.cfg.RAMSize && m.ram[rip-1] == 0xF4 {
+		if rip > 0 && rip <= m.cfg.RAMSize && m.mem[rip-1] == 0xF4 {
 			m.halted = true
 			return StopHalt, nil
 		}
@@ -395,6 +407,10 @@ func (m *Machine) execute(limit uint64) (StopReason, error) {
 
 func (m *Machine) describeFault(err error) error {
 	rip, _ := m.eng.RegRead(uc.RIP)
+	if addr, access, ok := m.eng.FillFault(); ok {
+		m.eng.ClearFillFault()
+		return fmt.Errorf("guest %v at %#x (RAM ends at %#x), in the block at RIP %#x", access, addr, m.cfg.RAMSize, m.point().RIP)
+	}
 	var ue *uc.Error
 	if errors.As(err, &ue) && ue.Code == uc.ErrInsnInvalid {
 		return fmt.Errorf("invalid instruction at RIP %#x: %w", rip, err)
@@ -475,7 +491,7 @@ func (m *Machine) Out(port uint32, size int, value uint32) {
 		o.Disk = &op
 		if effect == EffectDiskWrite {
 			// The payload is what RAM holds now (docs/board.md).
-			o.Data = append([]byte(nil), m.ram[op.Buffer:op.Buffer+op.Count*SectorSize]...)
+			o.Data = append([]byte(nil), m.mem[op.Buffer:op.Buffer+op.Count*SectorSize]...)
 		}
 	}
 	if err := m.env.Out(o, effect, m.board); err != nil {
@@ -512,92 +528,105 @@ func (m *Machine) CPUID() bool {
 	return true
 }
 
-// Interrupt implements uc.Handler: a CPU exception goes to the guest's IDT.
+// Interrupt implements uc.Handler: every CPU exception goes to the guest's
+// IDT, with RIP at the faulting instruction.
 func (m *Machine) Interrupt(intno uint32) {
 	rip, err := m.eng.RegRead(uc.RIP)
 	if err == nil {
 		err = m.deliverException(intno, rip)
 	}
 	if err != nil {
+		if intno == vectorUD {
+			err = fmt.Errorf("invalid instruction: %w", err)
+		}
 		m.fault = err
 		m.eng.Stop()
 	}
 }
 
-// InvalidInstruction implements uc.Handler: #UD goes to the guest's IDT.
-// Unicorn then ends the run; execute resumes it at the handler.
-func (m *Machine) InvalidInstruction() bool {
-	rip, err := m.eng.RegRead(uc.RIP)
-	if err == nil {
-		err = m.deliverException(vectorUD, rip)
+// hostWrite copies data into guest RAM at addr on the hypervisor's behalf
+// (boot, DMA, interrupt frames, restores): translations of code there are
+// discarded, since Unicorn does not see the write, and the pages are
+// re-hashed at the next boundary.
+func (m *Machine) hostWrite(addr uint64, data []byte) error {
+	if addr > m.cfg.RAMSize || uint64(len(data)) > m.cfg.RAMSize-addr {
+		return fmt.Errorf("host write of %d bytes at %#x lies outside RAM (%#x bytes)", len(data), addr, m.cfg.RAMSize)
 	}
-	if err != nil {
-		m.fault = fmt.Errorf("invalid instruction: %w", err)
-		return false
-	}
-	m.resume = true
-	return true
+	copy(m.mem[addr:], data)
+	m.ram.touched(addr, uint64(len(data)))
+	return m.eng.InvalidateCode(addr, uint64(len(data)))
 }
 
-// Mem implements uc.Handler: a miss of the software-managed TLB installs the
-// page; an access outside RAM is a fatal fault.
-func (m *Machine) Mem(access uc.Access, addr uint64, size int, value int64) bool {
-	end := addr + uint64(max(size, 1))
-	if access != uc.ReadUnmapped && access != uc.WriteUnmapped && access != uc.FetchUnmapped {
-		m.fault = fmt.Errorf("guest %v at %#x in the block at RIP %#x", access, addr, m.point().RIP)
-		return false
+// ramDigest is a digest of guest RAM kept up to date from the pages
+// written: the sum, lane by lane modulo 2^64, of a 128-bit hash of every 4
+// KiB page and its index. A sum (not a hash of hashes) lets one page's
+// change update it in constant time; the per-page hashes seed it apart so
+// that equal pages at different places do not cancel.
+type ramDigest struct {
+	mem      []byte
+	pages    []xxh3.Uint128
+	sum      xxh3.Uint128
+	host     []uint64 // pages written by the host since the last boundary
+	hostSet  []bool
+	rehashed uint64
+}
+
+func (d *ramDigest) init(mem []byte) {
+	n := len(mem) / uc.PageSize
+	d.mem, d.pages, d.hostSet, d.sum = mem, make([]xxh3.Uint128, n), make([]bool, n), xxh3.Uint128{}
+	d.host = d.host[:0]
+	for i := range d.pages {
+		d.pages[i] = d.pageHash(i)
+		d.add(d.pages[i])
 	}
-	if end < addr || end > m.cfg.RAMSize {
-		m.fault = fmt.Errorf("guest %v at %#x (%d bytes), outside RAM (%#x bytes), in the block at RIP %#x", access, addr, size, m.cfg.RAMSize, m.point().RIP)
-		return false
+}
+
+func (d *ramDigest) pageHash(i int) xxh3.Uint128 {
+	return xxh3.Hash128Seed(d.mem[i*uc.PageSize:(i+1)*uc.PageSize], uint64(i))
+}
+
+func (d *ramDigest) add(h xxh3.Uint128) {
+	d.sum.Lo += h.Lo
+	d.sum.Hi += h.Hi
+}
+
+// update re-hashes the page at base (a page-aligned address).
+func (d *ramDigest) update(base uint64) {
+	i := int(base / uc.PageSize)
+	h := d.pageHash(i)
+	old := d.pages[i]
+	d.sum.Lo -= old.Lo
+	d.sum.Hi -= old.Hi
+	d.add(h)
+	d.pages[i] = h
+	d.rehashed++
+}
+
+// touched notes a host write of n bytes at addr.
+func (d *ramDigest) touched(addr, n uint64) {
+	if n == 0 {
+		return
 	}
-	first := m.tlb.PageOf(addr)
-	pin := func(p uint64) bool { return m.pinned(p, access, addr, first) }
-	if err := m.install(first, pin); err != nil {
-		m.fault = err
-		return false
-	}
-	if last := m.tlb.PageOf(end - 1); last != first && !m.tlb.Contains(last) {
-		if err := m.install(last, pin); err != nil {
-			m.fault = err
-			return false
+	for p := addr / uc.PageSize; p <= (addr+n-1)/uc.PageSize; p++ {
+		if !d.hostSet[p] {
+			d.hostSet[p] = true
+			d.host = append(d.host, p)
 		}
 	}
-	return true
 }
 
-// pinned says which pages an eviction must spare: the page being installed,
-// and those of the block being executed (or, for a fetch, the block being
-// translated), since Unicorn invalidates translations of an unmapped page.
-func (m *Machine) pinned(page uint64, access uc.Access, addr, first uint64) bool {
-	if page == first {
-		return true
-	}
-	blk, size := m.eng.LastBlock()
-	if page == m.tlb.PageOf(blk) || page == m.tlb.PageOf(blk+uint64(size)) {
-		return true
-	}
-	return access == uc.FetchUnmapped && addr >= 16 && page == m.tlb.PageOf(addr-16)
-}
+// writableKeep bounds the pages left writable in Unicorn's TLB across a
+// boundary: each is re-hashed at every boundary until a flush, so more
+// would cost more hashing than the refills a flush costs.
+const writableKeep = 32
 
-func (m *Machine) install(page uint64, pinned func(uint64) bool) error {
-	if m.tlb.Contains(page) {
-		return nil
+// syncRAM brings the RAM digest up to date at a boundary.
+func (m *Machine) syncRAM() {
+	d := &m.ram
+	for _, p := range d.host {
+		d.hostSet[p] = false
+		d.update(p * uc.PageSize)
 	}
-	victim, evict, err := m.tlb.Miss(page, pinned)
-	if err != nil {
-		return err
-	}
-	size := m.cfg.TLB.PageSize
-	if evict {
-		if err := m.eng.Unmap(victim, size); err != nil {
-			return fmt.Errorf("TLB eviction: %w", err)
-		}
-		m.tlb.Evicted(victim)
-	}
-	if err := m.eng.MapPtr(page, size, uc.ProtAll, unsafe.Pointer(&m.ram[page])); err != nil {
-		return fmt.Errorf("TLB install: %w", err)
-	}
-	m.tlb.Installed(page)
-	return nil
+	d.host = d.host[:0]
+	m.eng.TakeWritten(writableKeep, d.update)
 }

@@ -44,3 +44,10 @@ func (r *reader) u64() uint64 {
 	}
 	return 0
 }
+
+func (r *reader) u16() uint16 {
+	if b := r.bytes(2); b != nil {
+		return binary.LittleEndian.Uint16(b)
+	}
+	return 0
+}

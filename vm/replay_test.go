@@ -20,7 +20,7 @@ func recordTicker(t *testing.T, ticks string) (*Log, runResult) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{TLB: tlbConfig(64<<10, 32, tlb.Random, 11), RAMHashEvery: 1}
+	cfg := Config{TLB: tlbConfig(64<<10, 32, tlb.Random, 11)}
 	r := runGuest(t, "ticker", []string{ticks, "1000"}, cfg, live, nil, 20_000)
 	r.out = out.b
 	if r.err != nil || r.res.ExitCode != 0 {
@@ -33,7 +33,6 @@ func replayLog(t *testing.T, log *Log, ticks string, cfg Config) runResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	cfg.RAMHashEvery = 1
 	return runGuest(t, "ticker", []string{ticks, "1000"}, cfg, NewReplay(ctx, NewLogSource(log)), nil, 20_000)
 }
 

@@ -88,7 +88,7 @@ type Boundary struct{ m *Machine }
 // RAM is guest memory. Its contents change while the guest runs: a reader
 // on another goroutine (a pre-copy) sees pages in flux and must re-check
 // them at a later boundary.
-func (b *Boundary) RAM() []byte { return b.m.ram }
+func (b *Boundary) RAM() []byte { return b.m.mem }
 
 // Answers is the number of environment answers given so far.
 func (b *Boundary) Answers() uint64 { return b.m.seq }
@@ -99,8 +99,8 @@ func (b *Boundary) State() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return b.m.machineState(body), nil
+	return b.m.machineState(body)
 }
 
-// Hash is the state hash with RAM.
-func (b *Boundary) Hash() (Digest, error) { return b.m.hash(true) }
+// Hash is the state hash.
+func (b *Boundary) Hash() (Digest, error) { return b.m.hash() }

@@ -20,7 +20,7 @@ func TestSnapshotRestoreContinuesTheRun(t *testing.T) {
 	defer cancel()
 	const cut = 6
 	src := NewLogSource(log)
-	cfg := Config{RAMSize: DefaultRAMSize, TLB: tlbConfig(64<<10, 8, tlb.Random, 3), RAMHashEvery: 1, Args: []string{"ticker", "10", "1000"}}
+	cfg := Config{RAMSize: DefaultRAMSize, TLB: tlbConfig(64<<10, 8, tlb.Random, 3), Args: []string{"ticker", "10", "1000"}}
 	a, err := New(cfg, image(t, "ticker"), NewReplay(ctx, src), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +35,7 @@ func TestSnapshotRestoreContinuesTheRun(t *testing.T) {
 	if err := a.Snapshot(&snap); err != nil {
 		t.Fatal(err)
 	}
-	want, _ := a.Hash(true)
+	want, _ := a.Hash()
 
 	cfg.TLB = tlbConfig(16<<10, 5, tlb.LRU, 4)
 	b, err := New(cfg, image(t, "ticker"), NewReplay(ctx, src), nil) // src continues after epoch `cut`
@@ -46,7 +46,7 @@ func TestSnapshotRestoreContinuesTheRun(t *testing.T) {
 	if err := b.Restore(bytes.NewReader(snap.Bytes())); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := b.Hash(true); got != want {
+	if got, _ := b.Hash(); got != want {
 		t.Fatalf("restored hash %v, snapshotted %v", got, want)
 	}
 	var ends []Stop
@@ -62,7 +62,7 @@ func TestSnapshotRestoreContinuesTheRun(t *testing.T) {
 			t.Fatalf("epoch %d: hash %v, live %v", s.Epoch, s.Hash, w.Hash)
 		}
 	}
-	if final, _ := b.Hash(true); final != live.final {
+	if final, _ := b.Hash(); final != live.final {
 		t.Errorf("final hash %v, live %v", final, live.final)
 	}
 }

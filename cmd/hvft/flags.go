@@ -18,12 +18,11 @@ import (
 func machineFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "ram", Value: "16MiB", Usage: "guest RAM size (bytes, or with K/M/G, KiB/MiB/GiB)"},
-		&cli.StringFlag{Name: "tlb-page", Value: "64KiB", Usage: "bytes covered by one software-TLB entry (power of two, >= 4KiB)"},
-		&cli.IntFlag{Name: "tlb-entries", Value: 32, Usage: fmt.Sprintf("software-TLB capacity (>= %d)", tlb.MinEntries)},
+		&cli.StringFlag{Name: "tlb-page", Value: "64KiB", Usage: "bytes one entry of the modelled software TLB covers (power of two, 4KiB to 1GiB)"},
+		&cli.IntFlag{Name: "tlb-entries", Value: 32, Usage: fmt.Sprintf("entries of the modelled software TLB (%d to %d); a miss that finds it full evicts one and flushes the CPU's TLB", tlb.MinEntries, tlb.MaxEntries)},
 		&cli.StringFlag{Name: "tlb-policy", Value: "random", Usage: "TLB replacement: random, fifo or lru"},
 		&cli.Uint64Flag{Name: "tlb-seed", Usage: "seed of the random policy (0: drawn from the host and logged)"},
-		&cli.Uint64Flag{Name: "epoch-blocks", Value: 100_000, Usage: "epoch length in translation blocks (the epoch clock's unit)"},
-		&cli.Uint64Flag{Name: "ram-hash-every", Value: 64, Usage: "include RAM in the state hash every N epochs (0: only at power-off)"},
+		&cli.Uint64Flag{Name: "epoch-blocks", Value: 100_000, Usage: "epoch length in translation blocks (the epoch clock's unit); every epoch's state hash covers registers, devices and RAM"},
 		&cli.StringFlag{Name: "disk", Usage: "disk image file for the block device (the shared disk: primary and backup name the same one); created when absent"},
 		&cli.StringFlag{Name: "disk-size", Value: "4MiB", Usage: "size of a disk image that --disk creates"},
 		&cli.StringFlag{Name: "disk-sync", Value: "always", Usage: "always (a write completes once fsync'd: durable) or never (left to the OS)"},
@@ -81,7 +80,6 @@ func machineConfig(c *cli.Context) (vm.Config, error) {
 	if c.Uint64("epoch-blocks") == 0 {
 		return cfg, fmt.Errorf("--epoch-blocks must be positive")
 	}
-	cfg.RAMHashEvery = c.Uint64("ram-hash-every")
 	return cfg, nil
 }
 

@@ -147,6 +147,7 @@ func TestBadInput(t *testing.T) {
 		{"never halts: timeout", []string{"run", "--timeout", "300ms", "spin"}, "timed out"},
 		{"flag after guest", []string{"run", "hello", "--tlb-entries", "8"}, "before GUEST"},
 		{"tiny TLB", []string{"run", "--tlb-entries", "1", "hello"}, "at least 4"},
+		{"huge TLB", []string{"run", "--tlb-entries", "1000000000", "hello"}, "at most 65536"},
 		{"bad page size", []string{"run", "--tlb-page", "3000", "hello"}, "power of two"},
 		{"bad RAM size", []string{"run", "--ram", "lots", "hello"}, "--ram"},
 		{"RAM too small for image", []string{"run", "--ram", "1MiB", "hello"}, "outside RAM"},

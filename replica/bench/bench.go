@@ -206,7 +206,7 @@ func (e *runner) machine(w workload, epochBlocks uint64) (replica.Machine, error
 		args = w.quick
 	}
 	m := replica.Machine{Image: img, EpochBlocks: epochBlocks, Config: vm.Config{RAMSize: vm.DefaultRAMSize,
-		TLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, RAMHashEvery: 64, Args: append([]string{w.guest}, args...)}}
+		TLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, Args: append([]string{w.guest}, args...)}}
 	if w.disk {
 		m.DiskPath = filepath.Join(e.opt.OutDir, fmt.Sprintf("disk-%d.img", time.Now().UnixNano()))
 		if m.Config.DiskSectors, err = vm.DiskSectorsOf(m.DiskPath, 1<<20); err != nil {

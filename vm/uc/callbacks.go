@@ -32,19 +32,3 @@ func hvftGoCPUID(h C.uintptr_t) C.int {
 func hvftGoIntr(h C.uintptr_t, intno C.uint32_t) {
 	cgo.Handle(h).Value().(Handler).Interrupt(uint32(intno))
 }
-
-//export hvftGoMem
-func hvftGoMem(h C.uintptr_t, typ C.int, addr C.uint64_t, size C.int, value C.int64_t) C.int {
-	if cgo.Handle(h).Value().(Handler).Mem(Access(typ), uint64(addr), int(size), int64(value)) {
-		return 1
-	}
-	return 0
-}
-
-//export hvftGoInvalid
-func hvftGoInvalid(h C.uintptr_t) C.int {
-	if cgo.Handle(h).Value().(Handler).InvalidInstruction() {
-		return 1
-	}
-	return 0
-}

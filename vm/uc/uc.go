@@ -1,13 +1,14 @@
-// Package uc is hvft's own small cgo binding to Unicorn 2 (Debian's
+// Package uc is hvft's own small cgo binding to Unicorn 2.1 (Debian's
 // libunicorn-dev), limited to what the hypervisor needs on x86-64: memory
-// mapping over a caller-owned backing store, register access, start/stop,
-// context save/restore, and the hooks the hypervisor traps through.
+// mapped once over a caller-owned backing store, a software-managed TLB
+// (Unicorn's virtual TLB, whose misses a C fill hook answers), register
+// access, start/stop, and the hooks the hypervisor traps through.
 //
-// Hot paths stay in C: the block hook that drives the epoch clock never calls
-// into Go. Go callbacks exist only for rare events (port I/O, CPUID,
-// interrupts, unmapped or protected memory). An Engine is not safe for
-// concurrent use, and every call on it must come from the goroutine that
-// runs the emulation, locked to its OS thread (runtime.LockOSThread).
+// Hot paths stay in C: the block hook that drives the epoch clock and the
+// TLB fill hook never call into Go. Go callbacks exist only for rare events
+// (port I/O, CPUID, exceptions). An Engine is not safe for concurrent use,
+// and every call on it must come from the goroutine that runs the
+// emulation, locked to its OS thread (runtime.LockOSThread).
 package uc
 
 /*
@@ -16,8 +17,9 @@ package uc
 #include <string.h>
 #include <unicorn/unicorn.h>
 
-// hv_ctx is shared by every hook of one engine. The block-clock fields are
-// touched only from C on the per-block path.
+// hv_ctx is shared by every hook of one engine. The block-clock and TLB
+// fields are touched only from C on the hot paths; Go reads them between
+// runs.
 typedef struct {
 	uintptr_t handle;
 	uint64_t blocks;
@@ -25,14 +27,103 @@ typedef struct {
 	uint64_t last_addr;
 	uint32_t last_size;
 	int limit_hit;
+
+	// The software-managed TLB (UC_TLB_VIRTUAL with a fill hook). Unicorn's
+	// own TLB caches 4 KiB translations; the hypervisor answers its misses
+	// and models a TLB of its own (capacity entries of 1<<entry_shift
+	// bytes): a miss in the model that finds it full evicts a victim and
+	// flushes Unicorn's TLB, so misses land at points that depend on the
+	// policy and seed, not on the guest.
+	int tlb_on;
+	uint64_t ram_size;
+	uint32_t entry_shift;
+	uint32_t capacity;
+	int policy;             // 0 random, 1 fifo, 2 lru
+	uint64_t rng;
+	uint32_t used;
+	uint64_t tick;
+	uint64_t *slot_page;    // [capacity] modelled page number
+	uint64_t *slot_tick;    // [capacity] install tick (fifo) or last fill (lru)
+	uint32_t *resident;     // [ram_size >> entry_shift] slot+1, or 0
+	// Dirty tracking: a page is filled without write permission until a
+	// write fill asks for it. wmap marks the 4 KiB pages Unicorn may hold
+	// writable (until the next flush); dmap marks pages written under an
+	// entry that a flush has since dropped. Both lists are hashed at the
+	// next epoch boundary.
+	uint8_t *wmap;
+	uint32_t *wlist;
+	uint32_t wcount;
+	uint8_t *dmap;
+	uint32_t *dlist;
+	uint32_t dcount;
+	uint64_t fills, misses, evictions, flushes;
+	// An access outside RAM: refused and recorded here.
+	int fault;
+	uint64_t fault_addr;
+	int fault_type;
+
+	// CPU state Unicorn keeps but exposes no register for, reached through
+	// a context saved and restored in place (offsets calibrated at startup).
+	uc_context *scratch;
+	int off_old_exception;  // x86 "exception in flight" (double-fault logic)
+	int off_hflags;         // hflags; bit 3 is the STI/MOV SS interrupt shadow
 } hv_ctx;
 
 extern uint32_t hvftGoIn(uintptr_t h, uint32_t port, int size);
 extern void hvftGoOut(uintptr_t h, uint32_t port, int size, uint32_t value);
 extern int hvftGoCPUID(uintptr_t h);
 extern void hvftGoIntr(uintptr_t h, uint32_t intno);
-extern int hvftGoInvalid(uintptr_t h);
-extern int hvftGoMem(uintptr_t h, int type, uint64_t addr, int size, int64_t value);
+
+// The data of a uc_context follows this header (uc_priv.h, Unicorn 2.1).
+typedef struct {
+	size_t context_size;
+	int mode;
+	int arch;
+	int snapshot_level;
+	char data[];
+} hv_context_hdr;
+
+#define HV_HF_INHIBIT_IRQ (1u << 3)
+
+static char *hv_ctx_data(uc_context *c) { return ((hv_context_hdr *)c)->data; }
+static size_t hv_ctx_size(uc_context *c) { return ((hv_context_hdr *)c)->context_size; }
+
+// hv_env_after_exception does what a real CPU does once it has entered an
+// exception handler, which Unicorn skips because the hypervisor delivers
+// exceptions itself: no exception is in flight any more (else the next
+// contributory one would become #DF), and no interrupt shadow survives.
+static void hv_env_after_exception(uc_engine *uc, hv_ctx *c) {
+	if (c->scratch == NULL || c->off_old_exception < 0) return;
+	if (uc_context_save(uc, c->scratch) != UC_ERR_OK) return;
+	char *d = hv_ctx_data(c->scratch);
+	int32_t none = -1;
+	memcpy(d + c->off_old_exception, &none, 4);
+	uint32_t hf;
+	memcpy(&hf, d + c->off_hflags, 4);
+	hf &= ~HV_HF_INHIBIT_IRQ;
+	memcpy(d + c->off_hflags, &hf, 4);
+	uc_context_restore(uc, c->scratch);
+}
+
+static uc_err hv_read_shadow(uc_engine *uc, hv_ctx *c, int *on) {
+	uc_err err = uc_context_save(uc, c->scratch);
+	if (err != UC_ERR_OK) return err;
+	uint32_t hf;
+	memcpy(&hf, hv_ctx_data(c->scratch) + c->off_hflags, 4);
+	*on = (hf & HV_HF_INHIBIT_IRQ) != 0;
+	return UC_ERR_OK;
+}
+
+static uc_err hv_write_shadow(uc_engine *uc, hv_ctx *c, int on) {
+	uc_err err = uc_context_save(uc, c->scratch);
+	if (err != UC_ERR_OK) return err;
+	char *d = hv_ctx_data(c->scratch);
+	uint32_t hf;
+	memcpy(&hf, d + c->off_hflags, 4);
+	if (on) hf |= HV_HF_INHIBIT_IRQ; else hf &= ~HV_HF_INHIBIT_IRQ;
+	memcpy(d + c->off_hflags, &hf, 4);
+	return uc_context_restore(uc, c->scratch);
+}
 
 static uint32_t tr_in(uc_engine *uc, uint32_t port, int size, void *ud) {
 	return hvftGoIn(((hv_ctx *)ud)->handle, port, size);
@@ -44,28 +135,138 @@ static int tr_cpuid(uc_engine *uc, void *ud) {
 	return hvftGoCPUID(((hv_ctx *)ud)->handle);
 }
 static void tr_intr(uc_engine *uc, uint32_t intno, void *ud) {
-	hvftGoIntr(((hv_ctx *)ud)->handle, intno);
+	hv_ctx *c = (hv_ctx *)ud;
+	hvftGoIntr(c->handle, intno);
+	hv_env_after_exception(uc, c);
 }
-static bool tr_invalid(uc_engine *uc, void *ud) {
-	return hvftGoInvalid(((hv_ctx *)ud)->handle) != 0;
-}
-static bool tr_mem(uc_engine *uc, uc_mem_type type, uint64_t addr, int size, int64_t value, void *ud) {
-	return hvftGoMem(((hv_ctx *)ud)->handle, (int)type, addr, size, value) != 0;
-}
+// Unicorn 2.1 reports #UD to the invalid-instruction hook and then, when
+// that hook claims it, to the interrupt hook as vector 6: claiming it here
+// lets one path (tr_intr) deliver every exception.
+static bool tr_invalid(uc_engine *uc, void *ud) { return true; }
 
 // hv_block is the epoch clock: it counts translation blocks entered and asks
-// Unicorn to stop once the limit is reached. Unicorn lets the current block
-// finish and stops before the next one, so the clock reads exactly the limit
-// when the run ends there.
+// Unicorn to stop once limit blocks have run. A stop asked for in a block
+// hook takes effect before that block runs, and the block is entered (and
+// hooked) again when the run resumes: so the block past the limit stops the
+// run and is not counted, and the clock reads exactly the limit.
 static void hv_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud) {
 	hv_ctx *c = (hv_ctx *)ud;
+	if (c->limit != 0 && c->blocks == c->limit) {
+		c->limit_hit = 1;
+		uc_emu_stop(uc);
+		return;
+	}
 	c->blocks++;
 	c->last_addr = addr;
 	c->last_size = size;
-	if (c->blocks == c->limit) {
-		c->limit_hit = 1;
-		uc_emu_stop(uc);
+}
+
+static uint64_t hv_rand(hv_ctx *c) {
+	// xorshift64*: a seeded, cheap, well-mixed sequence.
+	uint64_t x = c->rng;
+	x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+	c->rng = x;
+	return x * 0x2545F4914F6CDD1DULL;
+}
+
+// hv_tlb_flush drops every translation Unicorn caches. Pages it may have
+// held writable become "written, to hash" so the next boundary still sees
+// them, and must ask again (a write fill) before their next store.
+static void hv_tlb_flush(uc_engine *uc, hv_ctx *c) {
+	uc_ctl_flush_tlb(uc);
+	for (uint32_t i = 0; i < c->wcount; i++) {
+		uint32_t pg = c->wlist[i];
+		c->wmap[pg] = 0;
+		if (!c->dmap[pg]) {
+			c->dmap[pg] = 1;
+			c->dlist[c->dcount++] = pg;
+		}
 	}
+	c->wcount = 0;
+	c->flushes++;
+}
+
+static void hv_model_touch(uc_engine *uc, hv_ctx *c, uint64_t vaddr) {
+	uint64_t mp = vaddr >> c->entry_shift;
+	uint32_t s = c->resident[mp];
+	c->tick++;
+	if (s != 0) {
+		if (c->policy == 2) c->slot_tick[s - 1] = c->tick;
+		return;
+	}
+	c->misses++;
+	uint32_t slot;
+	if (c->used < c->capacity) {
+		slot = c->used++;
+	} else {
+		if (c->policy == 0) {
+			slot = (uint32_t)(hv_rand(c) % c->capacity);
+		} else {
+			slot = 0;
+			for (uint32_t i = 1; i < c->capacity; i++)
+				if (c->slot_tick[i] < c->slot_tick[slot]) slot = i;
+		}
+		c->resident[c->slot_page[slot]] = 0;
+		c->evictions++;
+		hv_tlb_flush(uc, c);
+	}
+	c->slot_page[slot] = mp;
+	c->slot_tick[slot] = c->tick;
+	c->resident[mp] = slot + 1;
+}
+
+// hv_tlb_fill answers a miss of Unicorn's TLB: identity translation,
+// write permission only for a store (which marks the page written).
+// Addresses outside RAM translate to unmapped memory, where the access
+// fails through hv_unmapped; refusing the fill instead would also fail
+// Unicorn's own probes (it translates its exit address at every start).
+static bool hv_tlb_fill(uc_engine *uc, uint64_t vaddr, uc_mem_type type, uc_tlb_entry *e, void *ud) {
+	hv_ctx *c = (hv_ctx *)ud;
+	e->paddr = vaddr;
+	if (vaddr >= c->ram_size) {
+		e->perms = UC_PROT_ALL;
+		return true;
+	}
+	c->fills++;
+	hv_model_touch(uc, c, vaddr);
+	uint32_t pg = (uint32_t)(vaddr >> 12);
+	if (type == UC_MEM_WRITE && !c->wmap[pg]) {
+		c->wmap[pg] = 1;
+		c->wlist[c->wcount++] = pg;
+	}
+	e->perms = c->wmap[pg] ? UC_PROT_ALL : (UC_PROT_READ | UC_PROT_EXEC);
+	return true;
+}
+
+// hv_unmapped records an access outside RAM and refuses it.
+static bool hv_unmapped(uc_engine *uc, uc_mem_type type, uint64_t addr, int size, int64_t value, void *ud) {
+	hv_ctx *c = (hv_ctx *)ud;
+	if (!c->fault) {
+		c->fault = 1;
+		c->fault_addr = addr;
+		c->fault_type = (int)type;
+	}
+	return false;
+}
+
+// hv_take_written hands the pages written since the last call to out (at
+// most 2 * pages entries), clears the flushed-dirty list, and, when more
+// than keep pages are held writable, flushes so that the set shrinks.
+static uint32_t hv_take_written(uc_engine *uc, hv_ctx *c, uint32_t *out, uint32_t keep) {
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < c->dcount; i++) {
+		uint32_t pg = c->dlist[i];
+		c->dmap[pg] = 0;
+		if (!c->wmap[pg]) out[n++] = pg;
+	}
+	c->dcount = 0;
+	for (uint32_t i = 0; i < c->wcount; i++) out[n++] = c->wlist[i];
+	if (c->wcount > keep) {
+		hv_tlb_flush(uc, c);
+		for (uint32_t i = 0; i < c->dcount; i++) c->dmap[c->dlist[i]] = 0;
+		c->dcount = 0;
+	}
+	return n;
 }
 
 static uc_err hv_hook_in(uc_engine *uc, uc_hook *h, hv_ctx *c) {
@@ -83,11 +284,29 @@ static uc_err hv_hook_intr(uc_engine *uc, uc_hook *h, hv_ctx *c) {
 static uc_err hv_hook_invalid(uc_engine *uc, uc_hook *h, hv_ctx *c) {
 	return uc_hook_add(uc, h, UC_HOOK_INSN_INVALID, (void *)tr_invalid, c, 1, 0);
 }
-static uc_err hv_hook_mem(uc_engine *uc, uc_hook *h, hv_ctx *c, int types) {
-	return uc_hook_add(uc, h, types, (void *)tr_mem, c, 1, 0);
-}
 static uc_err hv_hook_block(uc_engine *uc, uc_hook *h, hv_ctx *c) {
 	return uc_hook_add(uc, h, UC_HOOK_BLOCK, (void *)hv_block, c, 1, 0);
+}
+static uc_err hv_hook_tlb(uc_engine *uc, uc_hook *h, hv_ctx *c) {
+	uc_err err = uc_ctl_tlb_mode(uc, UC_TLB_VIRTUAL);
+	if (err != UC_ERR_OK) return err;
+	return uc_hook_add(uc, h, UC_HOOK_TLB_FILL, (void *)hv_tlb_fill, c, 1, 0);
+}
+static uc_err hv_hook_unmapped(uc_engine *uc, uc_hook *h, hv_ctx *c) {
+	return uc_hook_add(uc, h, UC_HOOK_MEM_UNMAPPED, (void *)hv_unmapped, c, 1, 0);
+}
+static uc_err hv_flush_tlb(uc_engine *uc, hv_ctx *c) {
+	if (c->tlb_on) {
+		hv_tlb_flush(uc, c);
+		return UC_ERR_OK;
+	}
+	return uc_ctl_flush_tlb(uc);
+}
+static uc_err hv_remove_cache(uc_engine *uc, uint64_t begin, uint64_t end) {
+	return uc_ctl_remove_cache(uc, begin, end);
+}
+static uc_err hv_flush_code(uc_engine *uc) {
+	return uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0));
 }
 
 static uc_err hv_reg_read_batch(uc_engine *uc, int *regs, uint64_t *vals, int n) {
@@ -134,12 +353,105 @@ static uc_err hv_msr_write(uc_engine *uc, uint32_t id, uint64_t v) {
 	uc_x86_msr m = { id, v };
 	return uc_reg_write(uc, UC_X86_REG_MSR, &m);
 }
+
+// Calibration: find where this library keeps old_exception and hflags in
+// a saved context, by raising known exceptions on a scratch engine.
+typedef struct {
+	uc_context *ctx[4];
+	int n;
+} hv_cal;
+
+static void hv_cal_intr(uc_engine *uc, uint32_t intno, void *ud) {
+	hv_cal *k = (hv_cal *)ud;
+	if (k->n < 4) uc_context_save(uc, k->ctx[k->n++]);
+	uc_emu_stop(uc);
+}
+static void hv_cal_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud) {
+	uint64_t *left = (uint64_t *)ud;
+	if (*left > 0 && --*left == 0) uc_emu_stop(uc);
+}
+
+// hv_calibrate returns 0 and the two offsets, or a negative step number.
+static int hv_calibrate(int *off_old, int *off_hflags, size_t *ctx_size) {
+	uc_engine *uc;
+	if (uc_open(UC_ARCH_X86, UC_MODE_64, &uc) != UC_ERR_OK) return -1;
+	int rc = -2;
+	hv_cal k;
+	memset(&k, 0, sizeof k);
+	uc_context *before = NULL, *sti1 = NULL, *sti2 = NULL;
+	uc_hook hi, hb;
+	uint64_t left = 0;
+	static const uint8_t code[] = {
+		0x31, 0xc9, 0xf7, 0xf1, 0xf4,             // 0x1000: xor ecx,ecx; div ecx (#DE)
+		0x66, 0xb8, 0xf8, 0xff, 0x0f, 0x00, 0xd0, 0xf4, // 0x1005: mov ax,0xfff8; lldt ax (#GP -> #DF)
+		0xfb, 0x90, 0x90, 0xf4,                   // 0x100d: sti; nop; nop; hlt
+	};
+	if (uc_mem_map(uc, 0x1000, 0x1000, UC_PROT_ALL) != UC_ERR_OK) goto out;
+	if (uc_mem_write(uc, 0x1000, code, sizeof code) != UC_ERR_OK) goto out;
+	for (int i = 0; i < 4; i++) if (uc_context_alloc(uc, &k.ctx[i]) != UC_ERR_OK) goto out;
+	if (uc_context_alloc(uc, &before) || uc_context_alloc(uc, &sti1) || uc_context_alloc(uc, &sti2)) goto out;
+	if (uc_hook_add(uc, &hi, UC_HOOK_INTR, (void *)hv_cal_intr, &k, 1, 0) != UC_ERR_OK) goto out;
+	if (uc_hook_add(uc, &hb, UC_HOOK_BLOCK, (void *)hv_cal_block, &left, 1, 0) != UC_ERR_OK) goto out;
+	uint64_t rax = 0x1122334455667788ULL;
+	uc_reg_write(uc, UC_X86_REG_RAX, &rax);
+	uc_context_save(uc, before);
+	rc = -3;
+	if (memcmp(hv_ctx_data(before), &rax, 8) != 0) goto out;
+	uc_emu_start(uc, 0x1000, 0x1005, 0, 0);
+	uc_emu_start(uc, 0x1005, 0x100d, 0, 0);
+	rc = -4;
+	if (k.n != 2) goto out;
+	size_t size = hv_ctx_size(before);
+	int found = -1, count = 0;
+	for (size_t off = 0; off + 4 <= size; off += 4) {
+		int32_t a, b, c;
+		memcpy(&a, hv_ctx_data(before) + off, 4);
+		memcpy(&b, hv_ctx_data(k.ctx[0]) + off, 4);
+		memcpy(&c, hv_ctx_data(k.ctx[1]) + off, 4);
+		if (a == -1 && b == 0 && c == 8) { found = (int)off; count++; }
+	}
+	rc = -5;
+	if (count != 1) goto out;
+	// hflags follows regs[16], eip, eflags, cc_dst, cc_src, cc_src2 (8
+	// bytes each), cc_op and df (4 each) in CPUX86State.
+	int hf = 16 * 8 + 8 + 8 + 3 * 8 + 4 + 4;
+	uint32_t h0, h1, h2;
+	memcpy(&h0, hv_ctx_data(before) + hf, 4);
+	rc = -6;
+	if ((h0 & (3u << 14)) != (3u << 14)) goto out; // HF_LMA | HF_CS64 in long mode
+	// A block hook that stops the engine runs before its block: a stop
+	// requested at the second block leaves the engine just past the sti.
+	left = 2;
+	uc_emu_start(uc, 0x100d, 0x1011, 0, 0);
+	uc_context_save(uc, sti1);
+	left = 2;
+	uint64_t rip;
+	uc_reg_read(uc, UC_X86_REG_RIP, &rip);
+	uc_emu_start(uc, rip, 0x1011, 0, 0);
+	uc_context_save(uc, sti2);
+	memcpy(&h1, hv_ctx_data(sti1) + hf, 4);
+	memcpy(&h2, hv_ctx_data(sti2) + hf, 4);
+	rc = -7;
+	if (!(h1 & HV_HF_INHIBIT_IRQ) || (h2 & HV_HF_INHIBIT_IRQ)) goto out;
+	*off_old = found;
+	*off_hflags = hf;
+	*ctx_size = size;
+	rc = 0;
+out:
+	for (int i = 0; i < 4; i++) if (k.ctx[i]) uc_context_free(k.ctx[i]);
+	if (before) uc_context_free(before);
+	if (sti1) uc_context_free(sti1);
+	if (sti2) uc_context_free(sti2);
+	uc_close(uc);
+	return rc;
+}
 */
 import "C"
 
 import (
 	"fmt"
 	"runtime/cgo"
+	"sync"
 	"unsafe"
 )
 
@@ -168,11 +480,23 @@ func check(op string, err C.uc_err) error {
 	return &Error{Op: op, Code: int(err), Msg: C.GoString(C.uc_strerror(err))}
 }
 
-// Version reports the linked Unicorn library's version as "major.minor".
+// Version reports the linked Unicorn library's version as
+// "major.minor.patch". Replicas must run the same one: translation-block
+// boundaries, and so the epoch clock, differ between versions.
 func Version() string {
 	var major, minor C.uint
-	C.uc_version(&major, &minor)
-	return fmt.Sprintf("%d.%d", major, minor)
+	v := C.uc_version(&major, &minor)
+	return fmt.Sprintf("%d.%d.%d", major, minor, (v>>8)&0xff)
+}
+
+// RequireVersion fails unless the linked library is at least major.minor.
+func RequireVersion(major, minor uint) error {
+	var ma, mi C.uint
+	C.uc_version(&ma, &mi)
+	if uint(ma) < major || (uint(ma) == major && uint(mi) < minor) {
+		return fmt.Errorf("libunicorn %s is too old: hvft needs %d.%d or newer (make deps installs it)", Version(), major, minor)
+	}
+	return nil
 }
 
 // Prot is a set of memory permissions.
@@ -187,33 +511,24 @@ const (
 	ProtAll   Prot = Prot(C.UC_PROT_ALL)
 )
 
-// Access is the kind of a memory access reported to a memory hook.
+// Access is the kind of a memory access.
 type Access int
 
-// Memory access kinds reported to Handler.Mem.
+// Memory access kinds a refused access reports.
 const (
-	ReadUnmapped  Access = Access(C.UC_MEM_READ_UNMAPPED)
-	WriteUnmapped Access = Access(C.UC_MEM_WRITE_UNMAPPED)
-	FetchUnmapped Access = Access(C.UC_MEM_FETCH_UNMAPPED)
-	ReadProt      Access = Access(C.UC_MEM_READ_PROT)
-	WriteProt     Access = Access(C.UC_MEM_WRITE_PROT)
-	FetchProt     Access = Access(C.UC_MEM_FETCH_PROT)
+	Read  Access = Access(C.UC_MEM_READ_UNMAPPED)
+	Write Access = Access(C.UC_MEM_WRITE_UNMAPPED)
+	Fetch Access = Access(C.UC_MEM_FETCH_UNMAPPED)
 )
 
 func (a Access) String() string {
 	switch a {
-	case ReadUnmapped:
+	case Read:
 		return "read of unmapped memory"
-	case WriteUnmapped:
+	case Write:
 		return "write to unmapped memory"
-	case FetchUnmapped:
+	case Fetch:
 		return "fetch from unmapped memory"
-	case ReadProt:
-		return "read of protected memory"
-	case WriteProt:
-		return "write to protected memory"
-	case FetchProt:
-		return "fetch from protected memory"
 	}
 	return fmt.Sprintf("memory access %d", int(a))
 }
@@ -228,15 +543,11 @@ type Handler interface {
 	// CPUID handles a CPUID instruction; it returns true when it has set
 	// RAX..RDX itself and Unicorn must not execute the instruction.
 	CPUID() bool
-	// Interrupt receives a CPU exception or software interrupt.
+	// Interrupt receives every CPU exception (#UD included) and software
+	// interrupt, with RIP at the faulting instruction (after an INT n: past
+	// it). Once it returns, the engine clears the exception-in-flight state
+	// and the interrupt shadow, as a CPU does on entering a handler.
 	Interrupt(intno uint32)
-	// InvalidInstruction receives an invalid opcode (Unicorn does not raise
-	// #UD through Interrupt); it returns true to go on, typically after
-	// redirecting RIP.
-	InvalidInstruction() bool
-	// Mem handles an access to unmapped or protected memory; it returns
-	// true when the access should be retried.
-	Mem(access Access, addr uint64, size int, value int64) bool
 }
 
 // Engine is one Unicorn x86-64 instance.
@@ -245,15 +556,46 @@ type Engine struct {
 	ctx    *C.hv_ctx
 	handle cgo.Handle
 	hooks  []C.uc_hook
+	taken  []C.uint32_t // scratch for TakeWritten
 }
+
+// layout is where this library keeps CPU state that has no register; it is
+// a property of the linked library, computed once.
+type layout struct {
+	oldException, hflags int
+	contextSize          int
+}
+
+var calibrated = sync.OnceValues(func() (layout, error) {
+	var old, hf C.int
+	var size C.size_t
+	if rc := C.hv_calibrate(&old, &hf, &size); rc != 0 {
+		return layout{}, fmt.Errorf("libunicorn %s: its CPU state layout is not the one hvft knows (calibration step %d failed); hvft supports Unicorn 2.1", Version(), -rc)
+	}
+	return layout{oldException: int(old), hflags: int(hf), contextSize: int(size)}, nil
+})
 
 // Open creates an x86-64 engine with no hooks.
 func Open() (*Engine, error) {
+	if err := RequireVersion(2, 1); err != nil {
+		return nil, err
+	}
+	lay, err := calibrated()
+	if err != nil {
+		return nil, err
+	}
 	var h *C.uc_engine
 	if err := check("open", C.uc_open(C.UC_ARCH_X86, C.UC_MODE_64, &h)); err != nil {
 		return nil, err
 	}
 	ctx := (*C.hv_ctx)(C.calloc(1, C.sizeof_hv_ctx))
+	ctx.off_old_exception = C.int(lay.oldException)
+	ctx.off_hflags = C.int(lay.hflags)
+	if err := check("context_alloc", C.uc_context_alloc(h, &ctx.scratch)); err != nil {
+		C.free(unsafe.Pointer(ctx))
+		C.uc_close(h)
+		return nil, err
+	}
 	return &Engine{h: h, ctx: ctx}, nil
 }
 
@@ -264,7 +606,14 @@ func (e *Engine) Close() error {
 	}
 	err := check("close", C.uc_close(e.h))
 	e.h = nil
-	C.free(unsafe.Pointer(e.ctx))
+	c := e.ctx
+	C.uc_context_free(c.scratch)
+	for _, p := range []unsafe.Pointer{unsafe.Pointer(c.slot_page), unsafe.Pointer(c.slot_tick),
+		unsafe.Pointer(c.resident), unsafe.Pointer(c.wmap), unsafe.Pointer(c.wlist),
+		unsafe.Pointer(c.dmap), unsafe.Pointer(c.dlist)} {
+		C.free(p)
+	}
+	C.free(unsafe.Pointer(c))
 	e.ctx = nil
 	if e.handle != 0 {
 		e.handle.Delete()
@@ -273,9 +622,8 @@ func (e *Engine) Close() error {
 	return err
 }
 
-// Hooks installs h for IN, OUT, CPUID, interrupts and the given unmapped or
-// protected memory accesses (memTypes: any of the Hook* constants), and the
-// C block hook that drives the block clock. It may be called once.
+// Hooks installs h for IN, OUT, CPUID and exceptions, and the C block hook
+// that drives the block clock. It may be called once.
 func (e *Engine) Hooks(h Handler) error {
 	if e.handle != 0 {
 		return fmt.Errorf("unicorn hooks: already installed")
@@ -305,11 +653,155 @@ func (e *Engine) Hooks(h Handler) error {
 	if err := add("hook invalid instructions", C.hv_hook_invalid(e.h, &hk, e.ctx)); err != nil {
 		return err
 	}
-	memTypes := C.int(C.UC_HOOK_MEM_UNMAPPED | C.UC_HOOK_MEM_PROT)
-	if err := add("hook memory faults", C.hv_hook_mem(e.h, &hk, e.ctx, memTypes)); err != nil {
+	return add("hook blocks", C.hv_hook_block(e.h, &hk, e.ctx))
+}
+
+// Policy is the modelled TLB's replacement policy.
+type Policy int
+
+// Replacement policies of the modelled TLB.
+const (
+	PolicyRandom Policy = iota
+	PolicyFIFO
+	PolicyLRU
+)
+
+// SoftTLB configures the software-managed TLB.
+type SoftTLB struct {
+	// RAMSize bounds guest-physical memory: an access at or above it is
+	// refused (the run stops; FillFault says where).
+	RAMSize uint64
+	// EntrySize and Entries model the hypervisor's TLB: a miss that finds
+	// Entries entries of EntrySize bytes in use evicts one by Policy and
+	// flushes Unicorn's TLB.
+	EntrySize uint64
+	Entries   int
+	Policy    Policy
+	Seed      uint64
+}
+
+// PageSize is the granularity of Unicorn's TLB and of dirty tracking.
+const PageSize = 4096
+
+// EnableSoftTLB switches Unicorn to its virtual TLB and installs the fill
+// hook. Translation is the identity below RAMSize; every page starts
+// without write permission, so the first store to it since the last flush
+// is seen (TakeWritten).
+func (e *Engine) EnableSoftTLB(t SoftTLB) error {
+	if e.ctx.tlb_on != 0 {
+		return fmt.Errorf("software TLB: already enabled")
+	}
+	if t.RAMSize == 0 || t.RAMSize%PageSize != 0 || t.RAMSize>>12 > 1<<32-1 {
+		return fmt.Errorf("software TLB: RAM size %#x must be a non-zero multiple of %d below 16 TiB", t.RAMSize, PageSize)
+	}
+	if t.EntrySize < PageSize || t.EntrySize&(t.EntrySize-1) != 0 || t.Entries < 1 {
+		return fmt.Errorf("software TLB: %d entries of %d bytes (want at least one entry of a power of two >= %d)", t.Entries, t.EntrySize, PageSize)
+	}
+	c := e.ctx
+	shift := 0
+	for uint64(1)<<shift < t.EntrySize {
+		shift++
+	}
+	pages := t.RAMSize / PageSize
+	modelled := (t.RAMSize + t.EntrySize - 1) >> shift
+	c.ram_size = C.uint64_t(t.RAMSize)
+	c.entry_shift = C.uint32_t(shift)
+	c.capacity = C.uint32_t(t.Entries)
+	c.policy = C.int(t.Policy)
+	c.rng = C.uint64_t(t.Seed*0x9E3779B97F4A7C15 | 1)
+	c.slot_page = (*C.uint64_t)(C.calloc(C.size_t(t.Entries), 8))
+	c.slot_tick = (*C.uint64_t)(C.calloc(C.size_t(t.Entries), 8))
+	c.resident = (*C.uint32_t)(C.calloc(C.size_t(modelled), 4))
+	c.wmap = (*C.uint8_t)(C.calloc(C.size_t(pages), 1))
+	c.wlist = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
+	c.dmap = (*C.uint8_t)(C.calloc(C.size_t(pages), 1))
+	c.dlist = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
+	if c.slot_page == nil || c.slot_tick == nil || c.resident == nil || c.wmap == nil || c.wlist == nil || c.dmap == nil || c.dlist == nil {
+		return fmt.Errorf("software TLB: out of memory for %d pages", pages)
+	}
+	e.taken = make([]C.uint32_t, pages)
+	var hk C.uc_hook
+	if err := check("hook TLB fill", C.hv_hook_tlb(e.h, &hk, c)); err != nil {
 		return err
 	}
-	return add("hook blocks", C.hv_hook_block(e.h, &hk, e.ctx))
+	e.hooks = append(e.hooks, hk)
+	if err := check("hook unmapped memory", C.hv_hook_unmapped(e.h, &hk, c)); err != nil {
+		return err
+	}
+	e.hooks = append(e.hooks, hk)
+	c.tlb_on = 1
+	return nil
+}
+
+// TLBStats counts the software TLB's work.
+type TLBStats struct {
+	Fills     uint64 // misses of Unicorn's TLB answered by the fill hook
+	Misses    uint64 // misses of the modelled TLB
+	Evictions uint64 // modelled entries evicted
+	Flushes   uint64 // flushes of Unicorn's TLB (evictions, re-arming, requests)
+}
+
+// TLBStats returns the counters.
+func (e *Engine) TLBStats() TLBStats {
+	c := e.ctx
+	return TLBStats{Fills: uint64(c.fills), Misses: uint64(c.misses), Evictions: uint64(c.evictions), Flushes: uint64(c.flushes)}
+}
+
+// FlushTLB drops every translation Unicorn caches.
+func (e *Engine) FlushTLB() error { return check("flush TLB", C.hv_flush_tlb(e.h, e.ctx)) }
+
+// TakeWritten calls fn with the base of every 4 KiB page the guest may have
+// written since the previous call, and starts a new interval. When more
+// than keep pages are held writable it flushes Unicorn's TLB, so that they
+// must be written through a fill again before they count.
+func (e *Engine) TakeWritten(keep int, fn func(page uint64)) {
+	if e.ctx.tlb_on == 0 {
+		return
+	}
+	n := C.hv_take_written(e.h, e.ctx, &e.taken[0], C.uint32_t(keep))
+	for _, pg := range e.taken[:n] {
+		fn(uint64(pg) * PageSize)
+	}
+}
+
+// FillFault reports an access outside RAM the engine refused since the
+// last ClearFillFault.
+func (e *Engine) FillFault() (addr uint64, access Access, ok bool) {
+	c := e.ctx
+	return uint64(c.fault_addr), Access(c.fault_type), c.fault != 0
+}
+
+// ClearFillFault forgets a refused fill.
+func (e *Engine) ClearFillFault() { e.ctx.fault = 0 }
+
+// InvalidateCode discards translations of guest code in [addr, addr+size):
+// a host write into guest RAM is invisible to code already translated
+// until this is called.
+func (e *Engine) InvalidateCode(addr, size uint64) error {
+	if size == 0 {
+		return nil
+	}
+	return check(fmt.Sprintf("invalidate code %#x+%#x", addr, size), C.hv_remove_cache(e.h, C.uint64_t(addr), C.uint64_t(addr+size)))
+}
+
+// FlushCode discards every translation.
+func (e *Engine) FlushCode() error { return check("flush code", C.hv_flush_code(e.h)) }
+
+// InterruptShadow reports whether the last instruction executed was STI or
+// MOV SS, which delay interrupts by one instruction.
+func (e *Engine) InterruptShadow() (bool, error) {
+	var on C.int
+	err := check("read interrupt shadow", C.hv_read_shadow(e.h, e.ctx, &on))
+	return on != 0, err
+}
+
+// SetInterruptShadow sets or clears the interrupt shadow (a restore).
+func (e *Engine) SetInterruptShadow(on bool) error {
+	v := C.int(0)
+	if on {
+		v = 1
+	}
+	return check("write interrupt shadow", C.hv_write_shadow(e.h, e.ctx, v))
 }
 
 // Blocks is the block clock: the number of translation blocks entered since
