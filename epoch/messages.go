@@ -64,8 +64,8 @@ type MachineConfig struct {
 	BoardVersion uint32
 	// Engine is the emulator library's version: translation-block
 	// boundaries, and so epoch boundaries, differ between versions.
-	Engine string
-	DiskSectors  uint64
+	Engine      string
+	DiskSectors uint64
 }
 
 // Hello opens a link: the backup's configuration, and whether it joins a

@@ -12,8 +12,8 @@ import (
 
 	"hvft/epoch"
 	"hvft/vm"
-	"hvft/vm/uc"
 	"hvft/vm/guestelf"
+	"hvft/vm/uc"
 )
 
 // Machine describes the guest and machine both replicas run.

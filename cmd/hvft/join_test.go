@@ -74,7 +74,8 @@ func TestJoinWhileGuestWritesRAM(t *testing.T) {
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	prep, brep := filepath.Join(dir, "p.json"), filepath.Join(dir, "b.json")
-	guest := []string{"ramwriter", "--", "4", "12"}
+	// Long enough (seconds on Unicorn 2.1) that the joiner connects mid-run.
+	guest := []string{"ramwriter", "--", "4", "3000"}
 	primary := startHvft(t, append([]string{"--log-level", "warn", "primary", "--listen", addr, "--backup-wait", "0", "--report", prep}, guest...)...)
 	// Join at once: the guest writes from its first instruction on.
 	b := hvft(t, "", append([]string{"--log-level", "warn", "backup", "--join", "--primary", addr, "--report", brep}, guest...)...)
