@@ -473,6 +473,16 @@ const (
 	ErrException     = int(C.UC_ERR_EXCEPTION)
 )
 
+// checkAt is check for an operation on an address or register: the
+// message is formatted only on failure, since these calls sit on the
+// per-epoch path.
+func checkAt(op string, at uint64, err C.uc_err) error {
+	if err == C.UC_ERR_OK {
+		return nil
+	}
+	return check(fmt.Sprintf("%s %#x", op, at), err)
+}
+
 func check(op string, err C.uc_err) error {
 	if err == C.UC_ERR_OK {
 		return nil
@@ -781,7 +791,7 @@ func (e *Engine) InvalidateCode(addr, size uint64) error {
 	if size == 0 {
 		return nil
 	}
-	return check(fmt.Sprintf("invalidate code %#x+%#x", addr, size), C.hv_remove_cache(e.h, C.uint64_t(addr), C.uint64_t(addr+size)))
+	return checkAt("invalidate code at", addr, C.hv_remove_cache(e.h, C.uint64_t(addr), C.uint64_t(addr+size)))
 }
 
 // FlushCode discards every translation.
@@ -830,25 +840,25 @@ func (e *Engine) LastBlock() (addr uint64, size uint32) {
 // MapPtr maps [addr, addr+size) onto caller-owned memory at ptr, which must
 // stay valid and unmoved until unmapped (memory outside the Go heap).
 func (e *Engine) MapPtr(addr, size uint64, prot Prot, ptr unsafe.Pointer) error {
-	return check(fmt.Sprintf("map %#x+%#x", addr, size),
+	return checkAt("map", addr,
 		C.uc_mem_map_ptr(e.h, C.uint64_t(addr), C.size_t(size), C.uint32_t(prot), ptr))
 }
 
 // Map maps [addr, addr+size) onto memory Unicorn allocates.
 func (e *Engine) Map(addr, size uint64, prot Prot) error {
-	return check(fmt.Sprintf("map %#x+%#x", addr, size),
+	return checkAt("map", addr,
 		C.uc_mem_map(e.h, C.uint64_t(addr), C.size_t(size), C.uint32_t(prot)))
 }
 
 // Unmap removes [addr, addr+size) from the map.
 func (e *Engine) Unmap(addr, size uint64) error {
-	return check(fmt.Sprintf("unmap %#x+%#x", addr, size),
+	return checkAt("unmap", addr,
 		C.uc_mem_unmap(e.h, C.uint64_t(addr), C.size_t(size)))
 }
 
 // Protect changes the permissions of a mapped range.
 func (e *Engine) Protect(addr, size uint64, prot Prot) error {
-	return check(fmt.Sprintf("protect %#x+%#x", addr, size),
+	return checkAt("protect", addr,
 		C.uc_mem_protect(e.h, C.uint64_t(addr), C.size_t(size), C.uint32_t(prot)))
 }
 
@@ -857,7 +867,7 @@ func (e *Engine) MemRead(addr uint64, buf []byte) error {
 	if len(buf) == 0 {
 		return nil
 	}
-	return check(fmt.Sprintf("read %#x+%d", addr, len(buf)),
+	return checkAt("read memory at", addr,
 		C.uc_mem_read(e.h, C.uint64_t(addr), unsafe.Pointer(&buf[0]), C.size_t(len(buf))))
 }
 
@@ -866,21 +876,21 @@ func (e *Engine) MemWrite(addr uint64, data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
-	return check(fmt.Sprintf("write %#x+%d", addr, len(data)),
+	return checkAt("write memory at", addr,
 		C.uc_mem_write(e.h, C.uint64_t(addr), unsafe.Pointer(&data[0]), C.size_t(len(data))))
 }
 
 // RegRead reads a register of at most 64 bits.
 func (e *Engine) RegRead(reg Reg) (uint64, error) {
 	var v C.uint64_t
-	err := check(fmt.Sprintf("read register %d", reg), C.uc_reg_read(e.h, C.int(reg), unsafe.Pointer(&v)))
+	err := checkAt("read register", uint64(reg), C.uc_reg_read(e.h, C.int(reg), unsafe.Pointer(&v)))
 	return uint64(v), err
 }
 
 // RegWrite writes a register of at most 64 bits.
 func (e *Engine) RegWrite(reg Reg, v uint64) error {
 	cv := C.uint64_t(v)
-	return check(fmt.Sprintf("write register %d", reg), C.uc_reg_write(e.h, C.int(reg), unsafe.Pointer(&cv)))
+	return checkAt("write register", uint64(reg), C.uc_reg_write(e.h, C.int(reg), unsafe.Pointer(&cv)))
 }
 
 // RegReadBatch reads regs into vals (same length, at most 64).
@@ -929,7 +939,7 @@ func (e *Engine) RegReadBytes(reg Reg, buf []byte) error {
 		return fmt.Errorf("unicorn read register %d: buffer of %d bytes, need 16", reg, len(buf))
 	}
 	var tmp [32]byte
-	if err := check(fmt.Sprintf("read register %d", reg), C.uc_reg_read(e.h, C.int(reg), unsafe.Pointer(&tmp[0]))); err != nil {
+	if err := checkAt("read register", uint64(reg), C.uc_reg_read(e.h, C.int(reg), unsafe.Pointer(&tmp[0]))); err != nil {
 		return err
 	}
 	copy(buf, tmp[:16])
@@ -959,7 +969,7 @@ func (e *Engine) RegWriteBytes(reg Reg, buf []byte) error {
 	}
 	var tmp [32]byte
 	copy(tmp[:], buf[:16])
-	return check(fmt.Sprintf("write register %d", reg), C.uc_reg_write(e.h, C.int(reg), unsafe.Pointer(&tmp[0])))
+	return checkAt("write register", uint64(reg), C.uc_reg_write(e.h, C.int(reg), unsafe.Pointer(&tmp[0])))
 }
 
 // MMR is an x86 memory-management register (GDTR, IDTR, LDTR, TR).
@@ -975,26 +985,26 @@ func (e *Engine) ReadMMR(reg Reg) (MMR, error) {
 	var base C.uint64_t
 	var limit, flags C.uint32_t
 	var sel C.uint16_t
-	err := check(fmt.Sprintf("read register %d", reg), C.hv_mmr_read(e.h, C.int(reg), &base, &limit, &sel, &flags))
+	err := checkAt("read register", uint64(reg), C.hv_mmr_read(e.h, C.int(reg), &base, &limit, &sel, &flags))
 	return MMR{Selector: uint16(sel), Base: uint64(base), Limit: uint32(limit), Flags: uint32(flags)}, err
 }
 
 // WriteMMR writes GDTR, IDTR, LDTR or TR.
 func (e *Engine) WriteMMR(reg Reg, m MMR) error {
-	return check(fmt.Sprintf("write register %d", reg),
+	return checkAt("write register", uint64(reg),
 		C.hv_mmr_write(e.h, C.int(reg), C.uint64_t(m.Base), C.uint32_t(m.Limit), C.uint16_t(m.Selector), C.uint32_t(m.Flags)))
 }
 
 // ReadMSR reads a model-specific register.
 func (e *Engine) ReadMSR(id uint32) (uint64, error) {
 	var v C.uint64_t
-	err := check(fmt.Sprintf("read MSR %#x", id), C.hv_msr_read(e.h, C.uint32_t(id), &v))
+	err := checkAt("read MSR", uint64(id), C.hv_msr_read(e.h, C.uint32_t(id), &v))
 	return uint64(v), err
 }
 
 // WriteMSR writes a model-specific register.
 func (e *Engine) WriteMSR(id uint32, v uint64) error {
-	return check(fmt.Sprintf("write MSR %#x", id), C.hv_msr_write(e.h, C.uint32_t(id), C.uint64_t(v)))
+	return checkAt("write MSR", uint64(id), C.hv_msr_write(e.h, C.uint32_t(id), C.uint64_t(v)))
 }
 
 // Start runs from begin until the guest reaches until, Stop is called, a
