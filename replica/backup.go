@@ -13,6 +13,7 @@ import (
 
 	"hvft/epoch"
 	"hvft/vm"
+	"hvft/vm/uc"
 )
 
 // BackupOptions configure the backup.
@@ -78,7 +79,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	start := time.Now()
 	b := &backup{opt: opt, log: opt.Log, proto: epoch.NewBackup()}
 	b.cond = sync.NewCond(&b.mu)
-	b.report.Role = "backup"
+	b.report.Role, b.report.Engine = "backup", uc.Version()
 	dctx, cancel := context.WithTimeout(ctx, opt.ConnectTimeout)
 	link, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig(), opt.Join, opt.Auth, b.log)
 	cancel()

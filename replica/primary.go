@@ -13,6 +13,7 @@ import (
 
 	"hvft/epoch"
 	"hvft/vm"
+	"hvft/vm/uc"
 )
 
 // Options configure a replica of either role.
@@ -159,7 +160,7 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 func newPrimary(opt PrimaryOptions) *primary {
 	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag), joins: make(chan *Link, 1)}
 	p.cond = sync.NewCond(&p.mu)
-	p.report.Role = "primary"
+	p.report.Role, p.report.Engine = "primary", uc.Version()
 	return p
 }
 

@@ -3,6 +3,7 @@ package replica
 // Report is the JSON summary `hvft primary` and `hvft backup` write.
 type Report struct {
 	Role           string `json:"role"`
+	Engine         string `json:"engine"` // libunicorn version
 	BecamePrimary  bool   `json:"became_primary"`
 	Epochs         uint64 `json:"epochs"`
 	FinalHash      string `json:"final_hash"`

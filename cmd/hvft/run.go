@@ -15,12 +15,14 @@ import (
 	"hvft/replica"
 	"hvft/vm"
 	"hvft/vm/guestelf"
+	"hvft/vm/uc"
 )
 
 // runReport is the JSON that --report writes.
 type runReport struct {
 	Guest       string `json:"guest"`
 	ImageDigest string `json:"image_digest"`
+	Engine      string `json:"engine"` // libunicorn version
 	FinalHash   string `json:"final_hash"`
 	Epochs      uint64 `json:"epochs"`
 	Blocks      uint64 `json:"blocks"`
@@ -63,7 +65,7 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	rep := runReport{Guest: label, ImageDigest: fmt.Sprintf("%x", mach.Image.Digest), TLBSeed: mach.Config.TLB.Seed}
+	rep := runReport{Guest: label, ImageDigest: fmt.Sprintf("%x", mach.Image.Digest), Engine: uc.Version(), TLBSeed: mach.Config.TLB.Seed}
 	logBoot(log, label, mach)
 
 	ctx := c.Context
