@@ -5,13 +5,15 @@
 #                a short fuzz run
 #   make bench   the go benchmarks, then hvft bench (plots into docs/)
 #   make chaos   the long chaos run (500 trials; CHAOS_TRIALS=N for another count)
+#   make soak    exception- and interrupt-heavy guests on the smallest TLB
+#                for 10 minutes (SOAK=30m for longer)
 #   make guests  rebuild the guest images in guests/images
 
 GO      ?= go
 HVFT    := ./hvft
 FUZZTIME ?= 10s
 
-.PHONY: all deps build run test fuzz bench chaos guests clean
+.PHONY: all deps build run test fuzz bench chaos soak guests clean
 
 all: build
 
@@ -45,6 +47,10 @@ bench: build
 CHAOS_TRIALS ?= 500
 chaos: deps
 	HVFT_CHAOS_TRIALS=$(CHAOS_TRIALS) $(GO) test -count=1 -timeout 120m -run '^TestChaos$$' -v ./cmd/hvft | grep -E '^(=== RUN|--- FAIL|ok|FAIL)|chaos:'
+
+SOAK ?= 10m
+soak: deps
+	HVFT_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v ./vm | grep -E '^(=== RUN|--- |ok|FAIL)|soak|runs'
 
 guests:
 	$(MAKE) -C guests
