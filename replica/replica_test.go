@@ -47,6 +47,7 @@ type pairConfig struct {
 	primaryTLB   tlb.Config
 	backupTLB    tlb.Config
 	mode         epoch.Mode
+	epochBlocks  uint64 // 0: machine's default
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
 }
 
@@ -67,7 +68,11 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 	defer cancel()
 	p, b = &side{}, &side{}
 	opts := func(s *side, tlbCfg tlb.Config) Options {
-		return Options{Machine: machine(t, c.guest, c.args, tlbCfg), Sink: NewPlainSink(&s.out), CPU: cpu,
+		m := machine(t, c.guest, c.args, tlbCfg)
+		if c.epochBlocks != 0 {
+			m.EpochBlocks = c.epochBlocks
+		}
+		return Options{Machine: m, Sink: NewPlainSink(&s.out), CPU: cpu,
 			TimerJitter: 200 * time.Microsecond, OnEpoch: func(st vm.Stop) { s.trail = append(s.trail, st) }}
 	}
 	var wg sync.WaitGroup
@@ -97,6 +102,11 @@ func TestPairReplicates(t *testing.T) {
 		{guest: "ticker", args: []string{"30", "2000"}, primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, backupTLB: tlb.Config{PageSize: 16 << 10, Entries: 4, Policy: tlb.FIFO, Seed: 2}},
 		{guest: "tlbstress", args: []string{"4", "2"}, primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 8, Seed: 3}, backupTLB: tlb.Config{PageSize: 16 << 10, Entries: 64, Policy: tlb.LRU, Seed: 4}},
 		{guest: "ticker", args: []string{"10", "2000"}, primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 5}, backupTLB: tlb.Config{PageSize: 16 << 10, Entries: 4, Seed: 6}, mode: epoch.Strict},
+		// The machine's determinism classes (vm/determinism_test.go).
+		{guest: "smc", primaryTLB: tlb.Config{PageSize: 4 << 10, Entries: 4, Seed: 7}, backupTLB: tlb.Config{PageSize: 1 << 20, Entries: 64, Policy: tlb.LRU, Seed: 8}},
+		{guest: "nestexc", args: []string{"3000"}, epochBlocks: 900, primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 9}, backupTLB: tlb.Config{PageSize: 4 << 10, Entries: 4, Policy: tlb.FIFO, Seed: 10}},
+		{guest: "stishadow", args: []string{"500"}, epochBlocks: 41, primaryTLB: tlb.Config{PageSize: 4 << 10, Entries: 4, Seed: 11}, backupTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Policy: tlb.LRU, Seed: 12}},
+		{guest: "cpustate", args: []string{"5000"}, primaryTLB: tlb.Config{PageSize: 16 << 10, Entries: 8, Seed: 13}, backupTLB: tlb.Config{PageSize: 4 << 10, Entries: 4, Policy: tlb.FIFO, Seed: 14}},
 	} {
 		t.Run(c.guest+"-"+c.mode.String(), func(t *testing.T) {
 			p, b := runPair(t, c)
@@ -125,6 +135,9 @@ func TestPairReplicates(t *testing.T) {
 			}
 			if c.guest == "ticker" && strings.Count(p.out.String(), "tick ") != atoi(c.args[0]) {
 				t.Errorf("primary console:\n%s", p.out.String())
+			}
+			if c.guest != "ticker" && c.guest != "tlbstress" && !strings.Contains(p.out.String(), c.guest+" ok\n") {
+				t.Errorf("the guest's own check failed:\n%s", p.out.String())
 			}
 			t.Logf("%d epochs, misses primary %d backup %d, log %d bytes", len(p.trail), p.rep.TLBMisses, b.rep.TLBMisses, p.rep.LogBytes)
 		})
