@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -155,3 +156,103 @@ func TestReplayCatchesDamage(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// logFrames splits a log file into its header and its frames, each frame
+// as the bytes on disk and the message it decodes to.
+func logFrames(t *testing.T, data []byte) (header []byte, raw [][]byte, msgs []epoch.Message) {
+	t.Helper()
+	off := len(logMagic) + 4 + int(binary.LittleEndian.Uint32(data[len(logMagic):]))
+	header = data[:off]
+	for off < len(data) {
+		n := int(binary.LittleEndian.Uint32(data[off:]))
+		m, err := epoch.DecodeFrame(data[off+4 : off+4+n])
+		if err != nil {
+			t.Fatalf("frame at offset %d: %v", off, err)
+		}
+		raw, msgs = append(raw, data[off:off+4+n]), append(msgs, m)
+		off += 4 + n
+	}
+	return header, raw, msgs
+}
+
+// editEnd copies the log at path with the end of epoch e changed by edit
+// (its checksum recomputed: a forgery, not damage) and returns the copy.
+func editEnd(t *testing.T, path string, e uint64, edit func(*epoch.EpochEnd)) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	header, raw, msgs := logFrames(t, data)
+	out := append([]byte(nil), header...)
+	found := false
+	for i, m := range msgs {
+		if m.Type == epoch.TypeEpochEnd && m.EpochEnd.Epoch == e {
+			edit(m.EpochEnd)
+			if out, err = epoch.AppendFrame(out, m); err != nil {
+				t.Fatal(err)
+			}
+			found = true
+			continue
+		}
+		out = append(out, raw[i]...)
+	}
+	if !found {
+		t.Fatalf("the log has no end of epoch %d", e)
+	}
+	p := filepath.Join(t.TempDir(), "edited.log")
+	if err := os.WriteFile(p, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestReplayCatchesAForgedHashInAnyEpoch: a forged state hash is a
+// divergence at its epoch wherever it is, the power-off epoch included
+// (whose divergence a powered-off guest once excused), and the epochs
+// before it are the ones that matched.
+func TestReplayCatchesAForgedHashInAnyEpoch(t *testing.T) {
+	path, trail, _ := recordRun(t, "ticker", []string{"12", "1000"}, false)
+	last := uint64(len(trail))
+	for _, e := range []uint64{1, 3, 4, last} {
+		p := editEnd(t, path, e, func(w *epoch.EpochEnd) { w.Hash[0] ^= 1 })
+		res, _, err := replayFile(t, p, 0)
+		var div *vm.DivergenceError
+		if !errors.As(err, &div) || div.At.Epoch != e || !strings.Contains(div.Detail, "state hash") {
+			t.Errorf("hash of epoch %d of %d forged: replay error %v, want a state-hash divergence at epoch %d", e, last, err, e)
+			continue
+		}
+		if res == nil || res.Matched != e-1 {
+			t.Errorf("hash of epoch %d forged: result %+v, want %d hashes matched", e, res, e-1)
+		}
+	}
+}
+
+// TestReplayCountsOnlyComparedHashes: Matched counts recorded state hashes
+// compared with the replay's and found equal, not the replay's own. An
+// epoch end recorded without a hash, or hashed over other things than the
+// replay's (RAM or not), cannot be compared: that is a divergence at its
+// epoch, never a match.
+func TestReplayCountsOnlyComparedHashes(t *testing.T) {
+	path, trail, _ := recordRun(t, "ticker", []string{"12", "1000"}, false)
+	for _, c := range []struct {
+		name  string
+		epoch uint64
+		edit  func(*epoch.EpochEnd)
+	}{
+		{"no hash", 3, func(w *epoch.EpochEnd) { w.Hash = [16]byte{} }},
+		{"RAM hashed flag flipped", 3, func(w *epoch.EpochEnd) { w.RAMHashed = !w.RAMHashed }},
+		{"power-off epoch without a hash", uint64(len(trail)), func(w *epoch.EpochEnd) { w.Hash = [16]byte{} }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			res, _, err := replayFile(t, editEnd(t, path, c.epoch, c.edit), 0)
+			var div *vm.DivergenceError
+			if !errors.As(err, &div) || div.At.Epoch != c.epoch {
+				t.Fatalf("replay error %v (result %+v), want a divergence at epoch %d of %d", err, res, c.epoch, len(trail))
+			}
+			if res.Matched != c.epoch-1 {
+				t.Errorf("%d hashes matched, want %d: the uncompared epoch was counted", res.Matched, c.epoch-1)
+			}
+		})
+	}
+}
