@@ -36,7 +36,9 @@ type ReplayResult struct {
 // state hash against the recorded one; a mismatch, in any epoch, the
 // power-off epoch included, is a vm.DivergenceError naming the epoch.
 // A replay returns no error only when every epoch it ran matched the log,
-// and it ran every whole epoch the log holds (or stopped at UntilEpoch).
+// and it ran every whole epoch the log holds (or stopped at UntilEpoch);
+// a damaged log (LoadedLog.Damage) is a LogDamageError once the epochs
+// before the damage have replayed.
 func Replay(ctx context.Context, opt ReplayOptions) (*ReplayResult, error) {
 	h := opt.Log.Header
 	if got := fmt.Sprintf("%x", opt.Image.Digest); got != h.ImageDigest {
@@ -88,7 +90,22 @@ func Replay(ctx context.Context, opt ReplayOptions) (*ReplayResult, error) {
 	if runErr == nil && opt.Dump != nil {
 		runErr = opt.Dump(m)
 	}
+	if runErr == nil && opt.Log.Damage != "" {
+		runErr = &LogDamageError{Damage: opt.Log.Damage, Replayed: res.Epochs}
+	}
 	return res, runErr
+}
+
+// LogDamageError is a replay's verdict on a damaged log: it replayed the
+// whole epochs before the damage, and they matched, but the log claims
+// more than it could check.
+type LogDamageError struct {
+	Damage   string // LoadedLog.Damage
+	Replayed uint64
+}
+
+func (e *LogDamageError) Error() string {
+	return fmt.Sprintf("%s; the %d whole epochs before it replayed and matched, the rest of the log could not be checked", e.Damage, e.Replayed)
 }
 
 // trackedSource remembers the last record it handed out, and counts them.
