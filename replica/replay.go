@@ -30,6 +30,7 @@ type ReplayResult struct {
 	PowerOff bool   `json:"powered_off"`
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Torn     string `json:"torn,omitempty"`
+	Damage   string `json:"damage,omitempty"`
 }
 
 // Replay re-executes a log with no host input, checking every epoch's
@@ -55,7 +56,7 @@ func Replay(ctx context.Context, opt ReplayOptions) (*ReplayResult, error) {
 		return nil, err
 	}
 	defer m.Close()
-	res := &ReplayResult{Torn: opt.Log.Torn}
+	res := &ReplayResult{Torn: opt.Log.Torn, Damage: opt.Log.Damage}
 	limit := opt.Log.Epochs
 	if opt.UntilEpoch > 0 && opt.UntilEpoch < limit {
 		limit = opt.UntilEpoch

@@ -130,6 +130,8 @@ func TestPairReplicates(t *testing.T) {
 			if b.out.Len() != 0 || b.rep.OutputsEmitted != 0 || b.rep.BecamePrimary {
 				t.Errorf("backup emitted %d bytes (%d outputs)", b.out.Len(), b.rep.OutputsEmitted)
 			}
+			// HashesCompared counts the primary's hashes compared with
+			// the backup's (see TestBackupCountsOnlyRealComparisons).
 			if b.rep.HashesCompared != uint64(len(b.trail)) {
 				t.Errorf("backup compared %d hashes over %d epochs", b.rep.HashesCompared, len(b.trail))
 			}
