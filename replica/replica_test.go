@@ -196,8 +196,12 @@ func TestBackupAnsweringFromItsOwnHostIsCaught(t *testing.T) {
 func endProxy(edit func(*epoch.EpochEnd)) func(t *testing.T, target string) string {
 	return func(t *testing.T, target string) string {
 		return relay(t, target, func(c, s net.Conn) {
-			go func() { io.Copy(s, c); s.(*net.TCPConn).CloseWrite() }()
-			defer c.Close()
+			// The backup's last words (its divergence) must reach the
+			// primary: the backup-to-primary copy runs to the end of
+			// what the backup sent, whatever stops the other direction.
+			done := make(chan struct{})
+			go func() { io.Copy(s, c); s.(*net.TCPConn).CloseWrite(); close(done) }()
+			defer func() { c.(*net.TCPConn).CloseWrite(); <-done; c.Close(); s.Close() }()
 			r := bufio.NewReader(s)
 			for {
 				var hdr [4]byte
@@ -247,7 +251,7 @@ func TestBackupCountsOnlyRealComparisons(t *testing.T) {
 			b.rep.HashesCompared, stripped-1, b.rep.Divergence, b.rep.BecamePrimary)
 	}
 	if p.err != nil || p.rep.Divergence == "" {
-		t.Errorf("primary: %v, divergence %q: the backup's verdict did not reach it", p.err, p.rep.Divergence)
+		t.Errorf("primary: %v, divergence %q: the backup's verdict did not reach it; report %+v", p.err, p.rep.Divergence, p.rep)
 	}
 }
 
