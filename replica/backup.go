@@ -65,7 +65,8 @@ type backup struct {
 	live      *vm.Live
 	disk      *vm.HostDisk
 	lastClock uint64
-	compared  uint64
+	lastEnd   *vm.EpochEnd // the primary's last epoch end replayed
+	compared  uint64       // its state hashes compared with this replica's, equal
 }
 
 // RunBackup connects to the primary and replays its log one epoch behind,
@@ -476,6 +477,9 @@ func (b *backup) Next(ctx context.Context) (vm.Record, error) {
 	}
 	r := b.queue[0]
 	b.queue = b.queue[1:]
+	if r.End != nil {
+		b.lastEnd = r.End
+	}
 	if rec := b.opt.Record; rec != nil {
 		// The backup's log holds every record its run consumed.
 		if r.Answer != nil {
@@ -603,7 +607,12 @@ func (b *backup) EndEpoch(ctx context.Context, end *vm.EpochEnd, wake vm.Wake) (
 	if b.live == nil {
 		evs, err := b.replay.EndEpoch(ctx, end, wake)
 		if !b.exhausted(err) {
-			if err == nil && !end.Hash.IsZero() {
+			if err == nil {
+				// Count the primary's hash compared with ours; one that
+				// cannot be compared is a divergence, never a match.
+				if err = compareHash(b.lastEnd, end); err != nil {
+					return nil, err
+				}
 				b.compared++
 			}
 			return evs, err

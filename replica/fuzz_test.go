@@ -11,8 +11,8 @@ import (
 	"hvft/vm/tlb"
 )
 
-// FuzzReadLog: no log file makes the reader panic, and what it returns
-// always ends on a whole epoch.
+// FuzzReadLog: no log file makes the reader panic, what it returns always
+// ends on a whole epoch, and a tail is either torn or damaged, never both.
 func FuzzReadLog(f *testing.F) {
 	path, _, _ := recordRunF(f)
 	data, err := os.ReadFile(path)
@@ -29,6 +29,9 @@ func FuzzReadLog(f *testing.F) {
 		}
 		if n := len(l.Log.Records); n > 0 && l.Log.Records[n-1].End == nil {
 			t.Fatal("log does not end on an epoch end")
+		}
+		if l.Torn != "" && l.Damage != "" {
+			t.Fatalf("torn (%s) and damaged (%s)", l.Torn, l.Damage)
 		}
 	})
 }

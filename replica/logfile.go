@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 
 	"hvft/epoch"
@@ -159,9 +161,13 @@ func (rs recorders) RecordEpochEnd(e vm.EpochEnd) error {
 type LoadedLog struct {
 	Header LogHeader
 	Log    vm.Log
-	// Torn describes a tail that was cut (empty when the file ended on a
-	// whole epoch).
+	// Torn describes a tail that was cut: what a crash leaves (empty when
+	// the file ended on a whole epoch).
 	Torn string
+	// Damage describes a record that is not what the writer wrote (empty
+	// when there is none). The log ends, for replay, at the last whole
+	// epoch before it, but it claims more: a replay of it cannot pass.
+	Damage string
 	// Epochs is the last whole epoch.
 	Epochs uint64
 }
@@ -178,8 +184,16 @@ func ReadLog(path string) (*LoadedLog, error) {
 }
 
 // ReadLogFrom reads a log from r; name labels errors.
+//
+// The writer only appends, so a crash leaves a file that ends inside a
+// record (a process that died mid-write), or one whose last records are
+// zeros (blocks the file system allocated but a host crash left
+// unwritten): a torn tail, cut at the last whole epoch and described in
+// Torn. Any other record that fails its checksum or is no record a log
+// holds is damage, wherever it is, described in Damage: the log is cut
+// before it too, but a replay of it fails.
 func ReadLogFrom(src io.Reader, path string) (*LoadedLog, error) {
-	r := bufio.NewReader(src)
+	r := &countingReader{r: bufio.NewReader(src)}
 	magic := make([]byte, len(logMagic)+4)
 	if _, err := io.ReadFull(r, magic); err != nil || string(magic[:len(logMagic)]) != logMagic {
 		return nil, fmt.Errorf("%s is not an hvft log", path)
@@ -201,34 +215,123 @@ func ReadLogFrom(src io.Reader, path string) (*LoadedLog, error) {
 	}
 	whole := 0 // records up to the last epoch end
 	for {
-		m, err := epoch.ReadFrame(r)
+		at := r.n
+		m, err := readRecord(r)
 		if errors.Is(err, io.EOF) {
 			break
 		}
-		if err != nil {
-			l.Torn = fmt.Sprintf("log damaged or torn after epoch %d: %v", l.Epochs, err)
-			break
-		}
-		switch m.Type {
-		case epoch.TypeAnswer:
+		var torn tornError
+		switch {
+		case errors.As(err, &torn):
+			l.Torn = fmt.Sprintf("%s has a tail torn by a crash after epoch %d: %s", path, l.Epochs, torn.what)
+		case errors.Is(err, epoch.ErrFrame):
+			l.Damage = fmt.Sprintf("%s is damaged after epoch %d: its record at byte %d: %v", path, l.Epochs, at, err)
+		case err != nil:
+			return nil, fmt.Errorf("reading %s: %w", path, err)
+		case m.Type == epoch.TypeAnswer:
 			a := fromWireAnswer(m.Answer)
 			l.Log.Records = append(l.Log.Records, vm.Record{Answer: &a})
-		case epoch.TypeEpochEnd:
+		case m.Type == epoch.TypeEpochEnd:
 			e := fromWireEnd(m.EpochEnd)
 			l.Log.Records = append(l.Log.Records, vm.Record{End: &e})
 			whole, l.Epochs = len(l.Log.Records), e.Epoch
 		default:
-			l.Torn = fmt.Sprintf("unexpected %v record after epoch %d", m.Type, l.Epochs)
+			l.Damage = fmt.Sprintf("%s is damaged after epoch %d: its record at byte %d is a %v message, which no log holds", path, l.Epochs, at, m.Type)
 		}
-		if l.Torn != "" {
+		if l.Torn != "" || l.Damage != "" {
 			break
 		}
 	}
-	if cut := len(l.Log.Records) - whole; cut > 0 && l.Torn == "" {
-		l.Torn = fmt.Sprintf("%d answers after epoch %d belong to an epoch the log does not end", cut, l.Epochs)
+	if cut := len(l.Log.Records) - whole; cut > 0 && l.Torn == "" && l.Damage == "" {
+		l.Torn = fmt.Sprintf("%s has a tail torn by a crash after epoch %d: %d answers after it belong to an epoch the log does not end", path, l.Epochs, cut)
 	}
 	l.Log.Records = l.Log.Records[:whole]
 	return l, nil
+}
+
+// tornError is a record a crash cut short.
+type tornError struct{ what string }
+
+func (e tornError) Error() string { return e.what }
+
+// readRecord reads one record. It returns io.EOF at the end of the file, a
+// tornError for a record the file ends inside or one that is the start of
+// unwritten zeros, and an error wrapping epoch.ErrFrame for a damaged one.
+func readRecord(r io.Reader) (epoch.Message, error) {
+	var hdr [4]byte
+	if k, err := io.ReadFull(r, hdr[:]); errors.Is(err, io.ErrUnexpectedEOF) {
+		return epoch.Message{}, tornError{fmt.Sprintf("the file ends %d bytes into a record's length", k)}
+	} else if err != nil {
+		return epoch.Message{}, err
+	}
+	n := binary.LittleEndian.Uint32(hdr[:])
+	if n > epoch.MaxFrame {
+		return epoch.Message{}, fmt.Errorf("%w: length %d exceeds %d", epoch.ErrFrame, n, epoch.MaxFrame)
+	}
+	body := make([]byte, n)
+	if k, err := io.ReadFull(r, body); errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return epoch.Message{}, tornError{fmt.Sprintf("the file ends inside a record (%d of its %d bytes)", 4+k, 4+n)}
+	} else if err != nil {
+		return epoch.Message{}, err
+	}
+	m, err := epoch.DecodeFrame(body)
+	if err == nil {
+		return m, nil
+	}
+	// Unwritten blocks read as zeros: a record whose checksum (or, for a
+	// length that cannot be, whose length) is zeros, followed by nothing
+	// but zeros, was never written. A record whose checksum was written
+	// and does not match, or one with anything after it, is damaged.
+	frame := append(hdr[:], body...)
+	if !allZero(frame[len(frame)-4:]) {
+		return epoch.Message{}, err
+	}
+	zeros, rerr := restIsZero(r)
+	if rerr != nil {
+		return epoch.Message{}, rerr
+	}
+	if !zeros {
+		return epoch.Message{}, err
+	}
+	return epoch.Message{}, tornError{"the file ends in zeros where a record should be (blocks a crash left unwritten)"}
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// restIsZero reads r to its end and reports whether all of it is zeros.
+func restIsZero(r io.Reader) (bool, error) {
+	buf := make([]byte, 32<<10)
+	for {
+		k, err := r.Read(buf)
+		if !allZero(buf[:k]) {
+			return false, nil
+		}
+		if errors.Is(err, io.EOF) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	c.n += int64(k)
+	return k, err
 }
 
 // MergeLogs joins the logs of a run that failed over: the old primary's
@@ -249,10 +352,16 @@ func MergeLogs(first, second *LoadedLog) (merged *LoadedLog, note string, err er
 	if i == 0 && len(a) > 0 && len(b) > 0 {
 		return nil, "", errors.New("the logs disagree from their first record: not the same run")
 	}
-	if i == len(b) {
-		return first, fmt.Sprintf("the second log is a prefix of the first (%d records)", i), nil
+	// Damage in either file stays with the merge: a replay of it fails.
+	damage := func(l *LoadedLog) *LoadedLog {
+		out := *l
+		out.Damage = strings.Join(slices.DeleteFunc([]string{first.Damage, second.Damage}, func(s string) bool { return s == "" }), "; ")
+		return &out
 	}
-	return second, fmt.Sprintf("the logs agree on %d records; the old primary's last %d were never acknowledged, the new primary's %d after them were its own",
+	if i == len(b) {
+		return damage(first), fmt.Sprintf("the second log is a prefix of the first (%d records)", i), nil
+	}
+	return damage(second), fmt.Sprintf("the logs agree on %d records; the old primary's last %d were never acknowledged, the new primary's %d after them were its own",
 		i, len(a)-i, len(b)-i), nil
 }
 

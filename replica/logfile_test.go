@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -80,6 +81,8 @@ func TestRecordThenReplay(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Matched counts comparisons with the log's hashes (see
+			// TestReplayCountsOnlyComparedHashes): every epoch's here.
 			if l.Torn != "" || res.Epochs != uint64(len(trail)) || res.Matched != uint64(len(trail)) {
 				t.Fatalf("replayed %d epochs, %d hashes matched, torn %q; the live run had %d", res.Epochs, res.Matched, l.Torn, len(trail))
 			}
@@ -90,10 +93,13 @@ func TestRecordThenReplay(t *testing.T) {
 	}
 }
 
-// TestReplayCatchesDamage: a flipped byte fails its frame's checksum and
-// the replay stops after the last whole epoch before it, saying so; a
-// forged answer (checksum recomputed) is caught at its epoch by the state
-// hash; a torn file replays up to its last whole epoch.
+// TestReplayCatchesDamage: a forged answer (checksum recomputed) is caught
+// at its epoch by the state hash. A damaged record (one that fails its
+// checksum, or is no record a log holds) is an error wherever it is: the
+// replay checks the whole epochs before it and then fails, for the log
+// claims more than it could check. A tail torn by a crash (the file ends
+// inside a record, or in blocks a crash left as zeros) is no damage: the
+// replay goes up to the last whole epoch and says so.
 func TestReplayCatchesDamage(t *testing.T) {
 	path, trail, _ := recordRun(t, "ticker", []string{"12", "1000"}, false)
 	data, _ := os.ReadFile(path)
@@ -120,37 +126,177 @@ func TestReplayCatchesDamage(t *testing.T) {
 	if at < 0 {
 		t.Fatal("answer frame not found in the file")
 	}
+	write := func(name string, parts ...[]byte) string {
+		p := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(p, bytes.Join(parts, nil), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	flip := func(off int) []byte {
+		b := append([]byte(nil), data...)
+		b[off] ^= 0x01
+		return b
+	}
+	heartbeat, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeHeartbeat})
+	zeros := make([]byte, 4096)
 
-	flipped := append([]byte(nil), data...)
-	flipped[at+20] ^= 0x01
-	p1 := filepath.Join(t.TempDir(), "flipped.log")
-	os.WriteFile(p1, flipped, 0o644)
-	res, fl, err := replayFile(t, p1, 0)
-	if err != nil || !strings.Contains(fl.Torn, "damaged or torn after epoch") || res.Epochs != answerEpoch-1 {
-		t.Fatalf("flipped byte: err %v, torn %q, replayed %d epochs, want %d", err, fl.Torn, res.Epochs, answerEpoch-1)
+	damaged := []struct {
+		name   string
+		path   string
+		epochs uint64 // whole epochs before the damage
+	}{
+		{"flipped byte in the middle", write("flipped.log", flip(at+20)), answerEpoch - 1},
+		{"flipped byte in the last record", write("flipped-last.log", flip(len(data)-10)), uint64(len(trail)) - 1},
+		{"a record no log holds", write("heartbeat.log", data[:at], heartbeat, data[at:]), answerEpoch - 1},
+		{"zeros in the middle", write("zeros-middle.log", data[:at], zeros, data[at:]), answerEpoch - 1},
+	}
+	for _, c := range damaged {
+		res, dl, err := replayFile(t, c.path, 0)
+		if err == nil || !strings.Contains(err.Error(), "damaged") {
+			t.Errorf("%s: replay error %v (torn %q), want one saying the log is damaged", c.name, err, dl.Torn)
+			continue
+		}
+		if res == nil || res.Epochs != c.epochs || res.Matched != c.epochs {
+			t.Errorf("%s: result %+v, want the %d whole epochs before the damage replayed and matched", c.name, res, c.epochs)
+		}
+		t.Logf("%s: %v", c.name, err)
+	}
+	// Damage stays with a merge, though the other log covers the epochs.
+	dl, _ := ReadLog(damaged[0].path)
+	if merged, _, err := MergeLogs(dl, l); err != nil || merged.Damage == "" || merged.Epochs != l.Epochs {
+		t.Errorf("merge of a damaged log with an intact one: %v, damage %q", err, merged.Damage)
 	}
 
 	forged := *l.Log.Records[idx].Answer
 	forged.Value ^= 0x40
 	forgedFrame, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeAnswer, Answer: ptr(toWireAnswer(forged))})
-	p2 := filepath.Join(t.TempDir(), "forged.log")
-	os.WriteFile(p2, append(append(append([]byte(nil), data[:at]...), forgedFrame...), data[at+len(frame):]...), 0o644)
-	_, _, err = replayFile(t, p2, 0)
+	_, _, err := replayFile(t, write("forged.log", data[:at], forgedFrame, data[at+len(frame):]), 0)
 	var div *vm.DivergenceError
 	if !errors.As(err, &div) || div.At.Epoch != answerEpoch {
 		t.Fatalf("forged answer in epoch %d: %v", answerEpoch, err)
 	}
 
-	p3 := filepath.Join(t.TempDir(), "torn.log")
-	os.WriteFile(p3, data[:at+len(frame)/2], 0o644)
-	res, tl, err := replayFile(t, p3, 0)
-	if err != nil || tl.Torn == "" || res.Epochs != answerEpoch-1 || res.PowerOff {
-		t.Fatalf("torn log: err %v, torn %q, %d epochs (want %d)", err, tl.Torn, res.Epochs, answerEpoch-1)
+	torn := []struct {
+		name string
+		path string
+	}{
+		{"cut inside a record", write("torn.log", data[:at+len(frame)/2])},
+		{"cut inside a record's length", write("torn-length.log", data[:at+2])},
+		{"unwritten blocks after a crash", write("zero-tail.log", data[:at], zeros)},
+		{"a record half written, then unwritten blocks", write("half-zero-tail.log", data[:at+len(frame)/2], zeros)},
 	}
-	res, _, err = replayFile(t, path, 4)
+	for _, c := range torn {
+		res, tl, err := replayFile(t, c.path, 0)
+		if err != nil || tl.Torn == "" || res.Epochs != answerEpoch-1 || res.Matched != answerEpoch-1 || res.PowerOff {
+			t.Errorf("%s: err %v, torn %q, result %+v (want %d epochs)", c.name, err, tl.Torn, res, answerEpoch-1)
+		}
+		t.Logf("%s: %s", c.name, tl.Torn)
+	}
+	res, _, err := replayFile(t, path, 4)
 	if err != nil || res.Epochs != 4 || res.Matched != 4 || res.FinalHash == trail[len(trail)-1].Hash.String() {
 		t.Fatalf("--until-epoch 4: %v, %+v", err, res)
 	}
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// logFrames splits a log file into its header and its frames, each frame
+// as the bytes on disk and the message it decodes to.
+func logFrames(t *testing.T, data []byte) (header []byte, raw [][]byte, msgs []epoch.Message) {
+	t.Helper()
+	off := len(logMagic) + 4 + int(binary.LittleEndian.Uint32(data[len(logMagic):]))
+	header = data[:off]
+	for off < len(data) {
+		n := int(binary.LittleEndian.Uint32(data[off:]))
+		m, err := epoch.DecodeFrame(data[off+4 : off+4+n])
+		if err != nil {
+			t.Fatalf("frame at offset %d: %v", off, err)
+		}
+		raw, msgs = append(raw, data[off:off+4+n]), append(msgs, m)
+		off += 4 + n
+	}
+	return header, raw, msgs
+}
+
+// editEnd copies the log at path with the end of epoch e changed by edit
+// (its checksum recomputed: a forgery, not damage) and returns the copy.
+func editEnd(t *testing.T, path string, e uint64, edit func(*epoch.EpochEnd)) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	header, raw, msgs := logFrames(t, data)
+	out := append([]byte(nil), header...)
+	found := false
+	for i, m := range msgs {
+		if m.Type == epoch.TypeEpochEnd && m.EpochEnd.Epoch == e {
+			edit(m.EpochEnd)
+			if out, err = epoch.AppendFrame(out, m); err != nil {
+				t.Fatal(err)
+			}
+			found = true
+			continue
+		}
+		out = append(out, raw[i]...)
+	}
+	if !found {
+		t.Fatalf("the log has no end of epoch %d", e)
+	}
+	p := filepath.Join(t.TempDir(), "edited.log")
+	if err := os.WriteFile(p, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestReplayCatchesAForgedHashInAnyEpoch: a forged state hash is a
+// divergence at its epoch wherever it is, the power-off epoch included
+// (whose divergence a powered-off guest once excused), and the epochs
+// before it are the ones that matched.
+func TestReplayCatchesAForgedHashInAnyEpoch(t *testing.T) {
+	path, trail, _ := recordRun(t, "ticker", []string{"12", "1000"}, false)
+	last := uint64(len(trail))
+	for _, e := range []uint64{1, 3, 4, last} {
+		p := editEnd(t, path, e, func(w *epoch.EpochEnd) { w.Hash[0] ^= 1 })
+		res, _, err := replayFile(t, p, 0)
+		var div *vm.DivergenceError
+		if !errors.As(err, &div) || div.At.Epoch != e || !strings.Contains(div.Detail, "state hash") {
+			t.Errorf("hash of epoch %d of %d forged: replay error %v, want a state-hash divergence at epoch %d", e, last, err, e)
+			continue
+		}
+		if res == nil || res.Matched != e-1 {
+			t.Errorf("hash of epoch %d forged: result %+v, want %d hashes matched", e, res, e-1)
+		}
+	}
+}
+
+// TestReplayCountsOnlyComparedHashes: Matched counts recorded state hashes
+// compared with the replay's and found equal, not the replay's own. An
+// epoch end recorded without a hash, or hashed over other things than the
+// replay's (RAM or not), cannot be compared: that is a divergence at its
+// epoch, never a match.
+func TestReplayCountsOnlyComparedHashes(t *testing.T) {
+	path, trail, _ := recordRun(t, "ticker", []string{"12", "1000"}, false)
+	for _, c := range []struct {
+		name  string
+		epoch uint64
+		edit  func(*epoch.EpochEnd)
+	}{
+		{"no hash", 3, func(w *epoch.EpochEnd) { w.Hash = [16]byte{} }},
+		{"RAM hashed flag flipped", 3, func(w *epoch.EpochEnd) { w.RAMHashed = !w.RAMHashed }},
+		{"power-off epoch without a hash", uint64(len(trail)), func(w *epoch.EpochEnd) { w.Hash = [16]byte{} }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			res, _, err := replayFile(t, editEnd(t, path, c.epoch, c.edit), 0)
+			var div *vm.DivergenceError
+			if !errors.As(err, &div) || div.At.Epoch != c.epoch {
+				t.Fatalf("replay error %v (result %+v), want a divergence at epoch %d of %d", err, res, c.epoch, len(trail))
+			}
+			if res.Matched != c.epoch-1 {
+				t.Errorf("%d hashes matched, want %d: the uncompared epoch was counted", res.Matched, c.epoch-1)
+			}
+		})
+	}
+}

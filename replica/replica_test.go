@@ -1,9 +1,12 @@
 package replica
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -49,6 +52,9 @@ type pairConfig struct {
 	mode         epoch.Mode
 	epochBlocks  uint64 // 0: machine's default
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
+	// proxy, if set, stands between the replicas: it is given the
+	// primary's address and returns the one the backup dials.
+	proxy func(t *testing.T, target string) string
 }
 
 // runPair runs a primary and a backup in this process over a real loopback
@@ -67,6 +73,10 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 	ctx, cancel := context.WithTimeout(context.Background(), pairTimeout)
 	defer cancel()
 	p, b = &side{}, &side{}
+	addr := ln.Addr().String()
+	if c.proxy != nil {
+		addr = c.proxy(t, addr)
+	}
 	opts := func(s *side, tlbCfg tlb.Config) Options {
 		m := machine(t, c.guest, c.args, tlbCfg)
 		if c.epochBlocks != 0 {
@@ -85,7 +95,7 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 		defer wg.Done()
 		o := opts(b, c.backupTLB)
 		o.mutateAnswer = c.mutateAnswer
-		b.rep, b.err = RunBackup(ctx, BackupOptions{Options: o, Primary: ln.Addr().String()})
+		b.rep, b.err = RunBackup(ctx, BackupOptions{Options: o, Primary: addr})
 	}()
 	wg.Wait()
 	if ctx.Err() != nil {
@@ -130,6 +140,8 @@ func TestPairReplicates(t *testing.T) {
 			if b.out.Len() != 0 || b.rep.OutputsEmitted != 0 || b.rep.BecamePrimary {
 				t.Errorf("backup emitted %d bytes (%d outputs)", b.out.Len(), b.rep.OutputsEmitted)
 			}
+			// HashesCompared counts the primary's hashes compared with
+			// the backup's (see TestBackupCountsOnlyRealComparisons).
 			if b.rep.HashesCompared != uint64(len(b.trail)) {
 				t.Errorf("backup compared %d hashes over %d epochs", b.rep.HashesCompared, len(b.trail))
 			}
@@ -189,6 +201,71 @@ func TestBackupAnsweringFromItsOwnHostIsCaught(t *testing.T) {
 		t.Errorf("backup report %+v: a diverged backup must stop, not take over", b.rep)
 	}
 	t.Logf("caught: %v", div)
+}
+
+// endProxy forwards a connection, passing every epoch end the primary
+// sends through edit and re-encoding it (a fresh checksum: what a primary
+// that sent it would send); every other frame passes as it came.
+func endProxy(edit func(*epoch.EpochEnd)) func(t *testing.T, target string) string {
+	return func(t *testing.T, target string) string {
+		return relay(t, target, func(c, s net.Conn) {
+			// The backup's last words (its divergence) must reach the
+			// primary: the backup-to-primary copy runs to the end of
+			// what the backup sent, whatever stops the other direction.
+			done := make(chan struct{})
+			go func() { io.Copy(s, c); s.(*net.TCPConn).CloseWrite(); close(done) }()
+			defer func() { c.(*net.TCPConn).CloseWrite(); <-done; c.Close(); s.Close() }()
+			r := bufio.NewReader(s)
+			for {
+				var hdr [4]byte
+				if _, err := io.ReadFull(r, hdr[:]); err != nil {
+					return
+				}
+				body := make([]byte, binary.LittleEndian.Uint32(hdr[:]))
+				if _, err := io.ReadFull(r, body); err != nil {
+					return
+				}
+				out := append(hdr[:], body...)
+				if m, err := epoch.DecodeFrame(body); err == nil && m.Type == epoch.TypeEpochEnd {
+					edit(m.EpochEnd)
+					if out, err = epoch.AppendFrame(nil, m); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+				if _, err := c.Write(out); err != nil {
+					return
+				}
+			}
+		})
+	}
+}
+
+// TestBackupCountsOnlyRealComparisons: HashesCompared counts the primary's
+// state hashes the backup compared with its own and found equal, not the
+// backup's own hashes. An epoch end from the primary that carries no hash
+// cannot be compared: the backup stops on it as on a divergence, having
+// compared the epochs before it, and tells the primary.
+func TestBackupCountsOnlyRealComparisons(t *testing.T) {
+	const stripped = 3
+	p, b := runPair(t, pairConfig{guest: "ticker", args: []string{"10", "2000"},
+		primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, backupTLB: tlb.Config{PageSize: 16 << 10, Entries: 8, Seed: 2},
+		proxy: endProxy(func(e *epoch.EpochEnd) {
+			if e.Epoch == stripped {
+				e.Hash = [16]byte{}
+			}
+		})})
+	var div *vm.DivergenceError
+	if !errors.As(b.err, &div) || div.At.Epoch != stripped {
+		t.Fatalf("backup error %v (report %+v), want a divergence at epoch %d, whose hash the primary did not send", b.err, b.rep, stripped)
+	}
+	if b.rep.HashesCompared != stripped-1 || b.rep.Divergence == "" || b.rep.BecamePrimary {
+		t.Errorf("backup report: %d hashes compared (want %d), divergence %q, became primary %v",
+			b.rep.HashesCompared, stripped-1, b.rep.Divergence, b.rep.BecamePrimary)
+	}
+	if p.err != nil || p.rep.Divergence == "" {
+		t.Errorf("primary: %v, divergence %q: the backup's verdict did not reach it; report %+v", p.err, p.rep.Divergence, p.rep)
+	}
 }
 
 // TestRdtscDiverges: the rdtsc guest reads host cycles the hypervisor

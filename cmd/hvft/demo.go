@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,7 +31,8 @@ func demoCommand() *cli.Command {
 		Description: "Starts `hvft primary` and `hvft backup` as separate processes on loopback, shows the\n" +
 			"guest's console as one stream (each output sequence number once), SIGKILLs the primary\n" +
 			"after --kill-after, and shows the backup taking over with the output going on without a\n" +
-			"gap. Ends with a summary: failover timings, epochs replayed, hashes compared.",
+			"gap. Ends with a summary: failover timings, epochs replayed, hashes compared, read\n" +
+			"from each replica's report. Exits 125 when any replica reported a divergence.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "kill-after", Value: "1s", Usage: "when to SIGKILL the primary: a duration (1s, 800ms) or a number of epochs (40); \"never\" to let it finish"},
 			&cli.StringFlag{Name: "protocol", Value: "bounded", Usage: "bounded or strict (see hvft primary --help)"},
@@ -339,6 +341,9 @@ func demoAction(c *cli.Context) error {
 			return err
 		}
 	}
+	if err := divergences(sum.Replicas); err != nil {
+		return err
+	}
 	switch {
 	case gapErr != nil:
 		return gapErr
@@ -410,6 +415,54 @@ func prefix(w io.Writer, label string, r io.Reader) {
 	}
 }
 
+// replicaVerdict is what a replica's report says it found: for a backup,
+// the state hashes it compared with its primary's and whether they were
+// all equal; for either role, any divergence it reported ("" for a
+// primary with nothing to say).
+func replicaVerdict(rep *replica.Report) string {
+	own := rep.Divergence != "" && rep.Error != "" // its own run stopped on it
+	if rep.Role != "backup" {
+		if rep.Divergence == "" {
+			return ""
+		}
+		return fmt.Sprintf("its backup DIVERGED: %s; it went on alone", rep.Divergence)
+	}
+	if own {
+		v := fmt.Sprintf("DIVERGED after %d state hashes compared equal with its primary's: %s; it stopped", rep.HashesCompared, rep.Divergence)
+		if rep.BecamePrimary {
+			v += " (it had become primary)"
+		}
+		return v
+	}
+	v := "no state hash compared with its primary's"
+	if rep.HashesCompared > 0 {
+		v = fmt.Sprintf("%d state hashes compared with its primary's, all equal", rep.HashesCompared)
+	}
+	v += fmt.Sprintf(", over %d epochs; became primary: %v", rep.Epochs, rep.BecamePrimary)
+	if rep.Divergence != "" {
+		v += "; then its backup DIVERGED: " + rep.Divergence
+	}
+	if rep.Error != "" {
+		v += "; then it failed: " + rep.Error
+	}
+	return v
+}
+
+// divergences is the demo's verdict from every report: an error naming
+// each replica that reported a divergence, or nil.
+func divergences(reps []demoReplica) error {
+	var found []string
+	for _, r := range reps {
+		if r.Report.Divergence != "" {
+			found = append(found, fmt.Sprintf("the %s reported: %s", r.Label, r.Report.Divergence))
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	return fmt.Errorf("the replicas diverged: %s", strings.Join(found, "; "))
+}
+
 func printSummary(w io.Writer, s demoSummary) {
 	fmt.Fprintf(w, "\n== hvft demo summary (%s) ==\n", s.Guest)
 	fmt.Fprintf(w, "console      %d bytes, every sequence number exactly once (%d repeats dropped, %d gaps)\n", s.ConsoleBytes, s.Duplicates, s.Gaps)
@@ -438,8 +491,8 @@ func printSummary(w io.Writer, s demoSummary) {
 				fmt.Fprintf(w, "             served by %s: pre-copy %.0f ms, pause %.1f ms, %d bytes (%d re-sent at the stop)\n", r.Label, j.PrecopyMS, j.PauseMS, j.Bytes, j.DirtyBytes)
 			}
 		}
-		if rep.Role == "backup" {
-			fmt.Fprintf(w, "replica      %s: %d epochs, %d state hashes compared with its primary's, all equal; became primary: %v\n", r.Label, rep.Epochs, rep.HashesCompared, rep.BecamePrimary)
+		if line := replicaVerdict(rep); line != "" {
+			fmt.Fprintf(w, "replica      %s: %s\n", r.Label, line)
 		}
 	}
 	if b := s.Backup; b != nil {

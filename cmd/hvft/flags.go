@@ -107,3 +107,24 @@ func diskConfig(c *cli.Context) (path string, sectors uint64, sync vm.DiskSync, 
 	}
 	return path, sectors, sync, nil
 }
+
+// refuseNegativeDurations makes every duration flag of these commands (and
+// of their subcommands) refuse a negative value before the command runs:
+// no duration hvft takes means anything below zero.
+func refuseNegativeDurations(cmds []*cli.Command) {
+	for _, cmd := range cmds {
+		refuseNegativeDurations(cmd.Subcommands)
+		cmd, before := cmd, cmd.Before
+		cmd.Before = func(c *cli.Context) error {
+			for _, f := range cmd.Flags {
+				if d, ok := f.(*cli.DurationFlag); ok && c.Duration(d.Name) < 0 {
+					return fmt.Errorf("--%s %v: a duration must not be negative", d.Name, c.Duration(d.Name))
+				}
+			}
+			if before != nil {
+				return before(c)
+			}
+			return nil
+		}
+	}
+}

@@ -47,7 +47,7 @@ type exitCode int
 func (c exitCode) Error() string { return fmt.Sprintf("exit code %d", int(c)) }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "hvft",
 		Usage: "hypervisor-based fault tolerance on an emulated x86-64 machine",
 		Description: "hvft runs a static x86-64 guest on a machine emulated by Unicorn. A hypervisor layer\n" +
@@ -72,6 +72,8 @@ func newApp() *cli.App {
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports errors once
 	}
+	refuseNegativeDurations(app.Commands)
+	return app
 }
 
 // newLogger builds the logger the global flags ask for; logs go to stderr,

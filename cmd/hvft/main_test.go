@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urfave/cli/v2"
+
 	"hvft/guests"
 )
 
@@ -224,5 +226,42 @@ func TestGuestMisbehaviourIsContained(t *testing.T) {
 	}
 	if b.code != exitFailure || b.stdout != "" {
 		t.Errorf("replicated flood, backup: exit %d, %d bytes out, %s", b.code, len(b.stdout), b.stderr)
+	}
+}
+
+// TestNegativeDurationsAreRefused: every duration flag of every command
+// (found in the app itself, so a new one is covered too) refuses a
+// negative value with an hvft: error naming the flag, before anything
+// runs. The other arguments make each command quick should it run.
+func TestNegativeDurationsAreRefused(t *testing.T) {
+	quick := map[string][]string{
+		"primary": {"--listen", "127.0.0.1:0", "--backup-wait", "0s"},
+		"backup":  {"--primary", "127.0.0.1:1", "--connect-timeout", "1s"},
+		"demo":    {"--kill-after", "never"},
+	}
+	n := 0
+	for _, cmd := range newApp().Commands {
+		for _, f := range cmd.Flags {
+			d, ok := f.(*cli.DurationFlag)
+			if !ok {
+				continue
+			}
+			n++
+			t.Run(cmd.Name+"--"+d.Name, func(t *testing.T) {
+				args := append(append([]string{"--log-level", "error", cmd.Name}, quick[cmd.Name]...), "--"+d.Name, "-1s", "hello")
+				r := hvft(t, "", args...)
+				if r.code != exitFailure || !strings.HasPrefix(r.stderr, "hvft: --"+d.Name) || !strings.Contains(r.stderr, "negative") {
+					t.Errorf("hvft %s: exit %d, want %d and an hvft: error refusing the negative --%s\nstdout %q\nstderr %s",
+						strings.Join(args, " "), r.code, exitFailure, d.Name, r.stdout, r.stderr)
+				}
+			})
+		}
+	}
+	if n < 8 {
+		t.Errorf("found %d duration flags: the commands' flags were not seen", n)
+	}
+	// The demo's --kill-after takes a duration or an epoch count.
+	if r := hvft(t, "", "demo", "--kill-after", "-1s", "hello"); r.code != exitFailure || !strings.HasPrefix(r.stderr, "hvft: --kill-after") {
+		t.Errorf("demo --kill-after -1s: exit %d\n%s", r.code, r.stderr)
 	}
 }

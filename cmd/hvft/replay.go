@@ -27,7 +27,11 @@ func replayCommand() *cli.Command {
 		Description: "LOG is a file written by --record (hvft run, primary or backup). GUEST is the image it\n" +
 			"ran (a built-in name or a path); by default the built-in whose digest the log names.\n" +
 			"A log whose tail was torn by a crash replays up to its last whole epoch and says so.\n" +
-			"For a run that failed over, give the old primary's log and --then the new primary's.",
+			"For a run that failed over, give the old primary's log and --then the new primary's.\n\n" +
+			"Exit status: 0 when every whole epoch the log holds (up to --until-epoch) replayed and its\n" +
+			"state hash matched the recorded one; 125 on any divergence (in any epoch, the power-off\n" +
+			"epoch included), on a recorded epoch end that carries no hash to compare, and on a damaged\n" +
+			"log (a record that fails its checksum, not a torn tail), after replaying what precedes it.",
 		Flags: append(machineFlags(),
 			&cli.StringFlag{Name: "then", Usage: "the new primary's log, after a failover: replay the old primary's up to the split, then this one"},
 			&cli.Uint64Flag{Name: "until-epoch", Usage: "stop after this epoch"},
@@ -59,7 +63,10 @@ func replayAction(c *cli.Context) error {
 		fmt.Fprintf(c.App.ErrWriter, "hvft: %s\n", note)
 	}
 	if log.Torn != "" {
-		fmt.Fprintf(c.App.ErrWriter, "hvft: %s: replaying up to epoch %d\n", log.Torn, log.Epochs)
+		fmt.Fprintf(c.App.ErrWriter, "hvft: %s: replaying up to epoch %d, the last whole one\n", log.Torn, log.Epochs)
+	}
+	if log.Damage != "" {
+		fmt.Fprintf(c.App.ErrWriter, "hvft: %s: replaying the %d whole epochs before it; the replay fails\n", log.Damage, log.Epochs)
 	}
 	img, err := replayImage(c.Args().Get(1), log.Header)
 	if err != nil {
@@ -79,7 +86,20 @@ func replayAction(c *cli.Context) error {
 	}
 	res, err := replica.Replay(c.Context, opt)
 	if res != nil {
-		fmt.Fprintf(c.App.ErrWriter, "hvft: replayed %d epochs, %d state hashes matched the log; final hash %s\n", res.Epochs, res.Matched, res.FinalHash)
+		var end string
+		switch {
+		case err != nil:
+		case res.PowerOff:
+			end = fmt.Sprintf("; the guest powered off (exit code %d)", *res.ExitCode)
+		case res.Epochs < log.Epochs:
+			end = "; stopped at --until-epoch"
+		case log.Torn != "":
+			end = "; the torn tail after it was not replayed"
+		default:
+			end = "; the log ends there, without a power-off"
+		}
+		fmt.Fprintf(c.App.ErrWriter, "hvft: replayed %d epochs, %d of %d state hashes matched the log's; final hash %s%s\n",
+			res.Epochs, res.Matched, res.Epochs, res.FinalHash, end)
 		if path := c.String("report"); path != "" {
 			if werr := writeJSON(path, res); werr != nil && err == nil {
 				err = werr

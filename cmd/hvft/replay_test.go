@@ -1,11 +1,15 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"hvft/epoch"
 )
 
 // TestReplayAfterFailover: a primary and a backup record their logs; the
@@ -64,5 +68,123 @@ func TestReplayAfterFailover(t *testing.T) {
 		if r := hvft(t, "", bad...); r.code != exitFailure {
 			t.Errorf("%v: exit %d\n%s", bad, r.code, r.stderr)
 		}
+	}
+}
+
+// forgeEnd copies a log file's bytes with the end of epoch e edited
+// (re-encoded with a fresh checksum: a forgery, not damage); e 0 edits the
+// last one. It returns the copy, the offset of the edited frame in it and
+// the number of the log's last epoch.
+func forgeEnd(t *testing.T, data []byte, e uint64, edit func(*epoch.EpochEnd)) (out []byte, at int, last uint64) {
+	t.Helper()
+	hdrLen := len("HVFTLOG1") + 4 + int(binary.LittleEndian.Uint32(data[len("HVFTLOG1"):]))
+	off := hdrLen
+	type frame struct {
+		raw []byte
+		m   epoch.Message
+	}
+	var frames []frame
+	for off < len(data) {
+		n := int(binary.LittleEndian.Uint32(data[off:]))
+		m, err := epoch.DecodeFrame(data[off+4 : off+4+n])
+		if err != nil {
+			t.Fatalf("frame at offset %d: %v", off, err)
+		}
+		if m.Type == epoch.TypeEpochEnd {
+			last = m.EpochEnd.Epoch
+		}
+		frames = append(frames, frame{data[off : off+4+n], m})
+		off += 4 + n
+	}
+	if e == 0 {
+		e = last
+	}
+	out = append([]byte(nil), data[:hdrLen]...)
+	at = -1
+	for _, f := range frames {
+		if f.m.Type == epoch.TypeEpochEnd && f.m.EpochEnd.Epoch == e {
+			edit(f.m.EpochEnd)
+			at = len(out)
+			var err error
+			if out, err = epoch.AppendFrame(out, f.m); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		out = append(out, f.raw...)
+	}
+	if at < 0 {
+		t.Fatalf("no end of epoch %d in the log", e)
+	}
+	return out, at, last
+}
+
+// TestReplayExitStatus: hvft replay exits 0 only when it checked every
+// whole epoch the log holds and every recorded state hash matched. A
+// forged hash in any epoch (the power-off epoch included), a record
+// without a hash and a damaged record are each exit 125 with an hvft:
+// error naming what differed; a tail torn by a crash is reported and is
+// not a failure.
+func TestReplayExitStatus(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "run.log")
+	if r := hvft(t, "", "--log-level", "warn", "run", "--epoch-blocks", "20000", "--record", logPath, "ticker", "--", "12", "1000"); r.code != 0 {
+		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+	}
+	data, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, last := forgeEnd(t, data, 0, func(*epoch.EpochEnd) {})
+	lastLine := func(s string) string {
+		lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+		return lines[len(lines)-1]
+	}
+
+	report := filepath.Join(dir, "replay.json")
+	r := hvft(t, "", "replay", "--report", report, logPath)
+	var res struct {
+		Epochs  uint64 `json:"epochs"`
+		Matched uint64 `json:"hashes_matched"`
+	}
+	rd, _ := os.ReadFile(report)
+	json.Unmarshal(rd, &res)
+	if r.code != 0 || res.Epochs != last || res.Matched != last {
+		t.Fatalf("intact log of %d epochs: exit %d, report %s\n%s", last, r.code, rd, r.stderr)
+	}
+
+	flipHash := func(e *epoch.EpochEnd) { e.Hash[3] ^= 0x10 }
+	poweroff, _, _ := forgeEnd(t, data, last, flipHash)
+	middle, at, _ := forgeEnd(t, data, 3, flipHash)
+	nohash, _, _ := forgeEnd(t, data, 5, func(e *epoch.EpochEnd) { e.Hash = [16]byte{} })
+	damaged := append([]byte(nil), data...)
+	damaged[at+10] ^= 0x01 // inside the end of epoch 3: its checksum fails
+	for _, c := range []struct {
+		name string
+		data []byte
+		want []string
+	}{
+		{"forged hash in the power-off epoch", poweroff, []string{fmt.Sprintf("epoch %d,", last), "state hash"}},
+		{"forged hash in epoch 3", middle, []string{"epoch 3,", "state hash"}},
+		{"no hash recorded for epoch 5", nohash, []string{"epoch 5,", "no state hash"}},
+		{"damaged record after epoch 2", damaged, []string{"damaged", "after epoch 2", "checksum"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := hvft(t, "", "replay", writeFile(t, "bad.log", c.data))
+			line := lastLine(r.stderr)
+			if r.code != exitFailure || !strings.HasPrefix(line, "hvft: ") {
+				t.Fatalf("exit %d, want %d with an hvft: error last\n%s", r.code, exitFailure, r.stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(line, w) {
+					t.Errorf("the error does not say %q:\n%s", w, r.stderr)
+				}
+			}
+		})
+	}
+
+	r = hvft(t, "", "replay", writeFile(t, "torn.log", data[:at+7]))
+	if r.code != 0 || !strings.Contains(r.stderr, "torn") || !strings.Contains(r.stderr, "replayed 2 epochs") {
+		t.Errorf("torn log: exit %d, want 0 with the torn tail reported\n%s", r.code, r.stderr)
 	}
 }

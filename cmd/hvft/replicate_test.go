@@ -431,3 +431,42 @@ func fileLines(path string) int {
 	data, _ := os.ReadFile(path)
 	return strings.Count(string(data), "\n")
 }
+
+// TestDemoReportsABackupDivergence: rdtsc diverges when replicated (it
+// reads host cycles the hypervisor cannot trap). The demo's summary says
+// what the backup found, read from its report: the divergence and how many
+// hashes it compared, never "all equal"; and the demo exits 125.
+func TestDemoReportsABackupDivergence(t *testing.T) {
+	report := filepath.Join(t.TempDir(), "demo.json")
+	r := hvft(t, "", "--log-level", "error", "demo", "--kill-after", "never", "--report", report, "rdtsc")
+	var rep struct {
+		Replicas []struct {
+			Label  string `json:"label"`
+			Report struct {
+				Role           string `json:"role"`
+				HashesCompared uint64 `json:"hashes_compared"`
+				Divergence     string `json:"divergence"`
+			} `json:"report"`
+		} `json:"replicas"`
+	}
+	data, _ := os.ReadFile(report)
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatalf("demo report: %v\n%s", err, r.stderr)
+	}
+	var backup string
+	for _, x := range rep.Replicas {
+		if x.Report.Role == "backup" {
+			backup = x.Report.Divergence
+		}
+	}
+	if backup == "" {
+		t.Fatalf("the backup's report names no divergence: %s", data)
+	}
+	summary := r.stderr[strings.Index(r.stderr, "== hvft demo summary"):]
+	if strings.Contains(summary, "all equal") || !strings.Contains(summary, "DIVERGED") || !strings.Contains(summary, "0 state hashes compared equal") {
+		t.Errorf("the summary does not report the backup's divergence:\n%s", summary)
+	}
+	if r.code != exitFailure || !strings.Contains(r.stderr, "hvft: ") || !strings.Contains(r.stderr[strings.LastIndex(r.stderr, "hvft: "):], "diverged") {
+		t.Errorf("demo exit %d, want %d with an hvft: error saying the backup diverged\n%s", r.code, exitFailure, r.stderr)
+	}
+}
