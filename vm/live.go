@@ -275,6 +275,11 @@ func (l *Live) programTimer(periodMicros uint32) {
 		l.timer = nil
 	}
 	l.timerOn = periodMicros != 0
+	if !l.timerOn {
+		// A stopped timer has no tick to deliver, not even one that came
+		// before the stop and was not yet taken.
+		l.ticked = false
+	}
 	if !l.timerOn || l.closed {
 		return
 	}
@@ -304,8 +309,16 @@ func (l *Live) tick(ctx context.Context, period time.Duration) {
 			}
 		}
 		l.mu.Lock()
-		l.ticked = true
+		// programTimer cancels under l.mu: a tick that lost the race with a
+		// reprogramming must not land after it.
+		stale := ctx.Err() != nil
+		if !stale {
+			l.ticked = true
+		}
 		l.mu.Unlock()
+		if stale {
+			return
+		}
 		l.signal()
 	}
 }
