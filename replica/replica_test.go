@@ -285,6 +285,35 @@ func TestRdtscDiverges(t *testing.T) {
 	}
 }
 
+// TestRdtscInRAMDiverges: rdtscram keeps an RDTSC value only in RAM; the
+// backup reports the divergence long before the guest prints it, without
+// taking over or emitting anything (vm's TestRdtscInRAMIsCaughtInItsEpoch
+// pins the epoch).
+func TestRdtscInRAMDiverges(t *testing.T) {
+	cfg := tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}
+	p, b := runPair(t, pairConfig{guest: "rdtscram", args: []string{"4000000"}, primaryTLB: cfg, backupTLB: cfg})
+	var div *vm.DivergenceError
+	if !errors.As(b.err, &div) {
+		t.Fatalf("backup error %v, want a divergence", b.err)
+	}
+	if p.err != nil || uint64(len(p.trail)) < 10*div.At.Epoch {
+		t.Fatalf("primary: %v after %d epochs; divergence at epoch %d (want it in the first tenth of the run)", p.err, len(p.trail), div.At.Epoch)
+	}
+	if b.rep.BecamePrimary || b.rep.OutputsEmitted != 0 {
+		t.Errorf("backup took over %v, emitted %d", b.rep.BecamePrimary, b.rep.OutputsEmitted)
+	}
+}
+
+// TestJoinCarriesCPUState: a backup joins a primary running cpustate
+// (MSRs, swapgs, debug registers, x87 and SSE state rewritten every
+// iteration, waiting for the timer between iterations): the joined state
+// verifies and both end on the same final hash. The first version's
+// snapshot left the MSRs and debug registers out, and a joined backup
+// diverged a few epochs after "state hash verified".
+func TestJoinCarriesCPUState(t *testing.T) {
+	joinOnce(t, 16<<20, "cpustate", []string{"ticks", "1500", "500"})
+}
+
 // TestJoinInProcess: a backup joins a primary that runs ramwriter alone;
 // the joined state is verified by hash, the pages written during the
 // pre-copy are re-sent, and both end on the same final hash (joinOnce

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -173,4 +174,50 @@ func TestDeterministicGuestsLive(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRdtscInRAMIsCaughtInItsEpoch: rdtscram prints "rdtscram: storing",
+// stores an RDTSC value in RAM, clears every register it touched and spins
+// for many epochs. Replayed, RDTSC reads another value, so only RAM
+// differs; the replay must report the divergence at the end of the epoch of
+// the store (the one of the marker, or the next if a boundary fell between
+// the two), since every epoch's hash covers RAM.
+func TestRdtscInRAMIsCaughtInItsEpoch(t *testing.T) {
+	log := &Log{}
+	var line []byte
+	marker := uint64(0)
+	live, err := NewLive(LiveConfig{Recorder: log, CPU: sharedCPU(t), OnOutput: func(o Output) error {
+		line = append(line, byte(o.Value))
+		if o.Value == '\n' {
+			if string(line) == "rdtscram: storing\n" && marker == 0 {
+				marker = o.At.Epoch
+			}
+			line = line[:0]
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{TLB: tlbConfig(64<<10, 32, tlb.Random, 3)}
+	const epochLen = 3_000
+	r := runGuest(t, "rdtscram", []string{"2000000"}, cfg, live, nil, epochLen)
+	live.Close()
+	if r.err != nil || r.res.ExitCode != 0 || marker == 0 {
+		t.Fatalf("live rdtscram: exit %d, %v, marker at epoch %d", r.res.ExitCode, r.err, marker)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	rep := runGuest(t, "rdtscram", []string{"2000000"}, cfg, NewReplay(ctx, NewLogSource(log)), nil, epochLen)
+	var div *DivergenceError
+	if !errors.As(rep.err, &div) {
+		t.Fatalf("replay: %v, want a divergence", rep.err)
+	}
+	if div.At.Epoch != marker && div.At.Epoch != marker+1 {
+		t.Fatalf("divergence at epoch %d; the store follows the marker of epoch %d (of %d)", div.At.Epoch, marker, len(r.ends))
+	}
+	if uint64(len(r.ends)) < marker+100 {
+		t.Fatalf("the run has %d epochs after the store; too few to show anything", uint64(len(r.ends))-marker)
+	}
+	t.Logf("store after the marker of epoch %d, divergence at epoch %d, of %d", marker, div.At.Epoch, len(r.ends))
 }
