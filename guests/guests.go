@@ -42,6 +42,7 @@ var descriptions = map[string]string{
 	"diskbad":   "issues bad disk commands; each must fail cleanly (needs --disk)",
 	"ramwriter": "writes RAM without pause (state transfer under load) [MiB passes]",
 	"misbehave": "does what guests should not: write, storm or flood [mode]",
+	"smc":       "self-modifying code: patches stubs in its own page, far away and the next instruction [same|other|next|all iterations]",
 }
 
 // Guest is one built-in image.
