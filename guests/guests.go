@@ -43,6 +43,7 @@ var descriptions = map[string]string{
 	"ramwriter": "writes RAM without pause (state transfer under load) [MiB passes]",
 	"misbehave": "does what guests should not: write, storm or flood [mode]",
 	"smc":       "self-modifying code: patches stubs in its own page, far away and the next instruction [same|other|next|all iterations]",
+	"dmacode":   "DMA-reads code over code that has run, then calls it (needs --disk) [loads blobs]",
 }
 
 // Guest is one built-in image.
