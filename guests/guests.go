@@ -45,6 +45,7 @@ var descriptions = map[string]string{
 	"smc":       "self-modifying code: patches stubs in its own page, far away and the next instruction [same|other|next|all iterations]",
 	"dmacode":   "DMA-reads code over code that has run, then calls it (needs --disk) [loads blobs]",
 	"nestexc":   "thousands of #DE/#UD/#BP, nested in handlers and IRQs, timer running; none may arrive as #DF [iterations period-us]",
+	"stishadow": "no IRQ inside the STI shadow: sti;insn;cli windows and sti;hlt, short timer period [iterations hlts period-us]",
 }
 
 // Guest is one built-in image.
