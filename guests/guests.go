@@ -47,6 +47,7 @@ var descriptions = map[string]string{
 	"nestexc":   "thousands of #DE/#UD/#BP, nested in handlers and IRQs, timer running; none may arrive as #DF [iterations period-us]",
 	"stishadow": "no IRQ inside the STI shadow: sti;insn;cli windows and sti;hlt, short timer period [iterations hlts period-us]",
 	"cpustate":  "MSRs, swapgs, debug, x87 and SSE state read back and rewritten every iteration [iterations every | ticks n period-us every]",
+	"rdtscram":  "stores RDTSC in RAM only, then spins: replicas differ in RAM alone [spins]",
 }
 
 // Guest is one built-in image.
