@@ -48,6 +48,7 @@ var descriptions = map[string]string{
 	"stishadow": "no IRQ inside the STI shadow: sti;insn;cli windows and sti;hlt, short timer period [iterations hlts period-us]",
 	"cpustate":  "MSRs, swapgs, debug, x87 and SSE state read back and rewritten every iteration [iterations every | ticks n period-us every]",
 	"rdtscram":  "stores RDTSC in RAM only, then spins: replicas differ in RAM alone [spins]",
+	"branchy":   "CoreMark-class benchmark of short blocks: lists, state machine, CRCs, matrices [size iterations seed]",
 }
 
 // Guest is one built-in image.
