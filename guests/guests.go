@@ -42,6 +42,13 @@ var descriptions = map[string]string{
 	"diskbad":   "issues bad disk commands; each must fail cleanly (needs --disk)",
 	"ramwriter": "writes RAM without pause (state transfer under load) [MiB passes]",
 	"misbehave": "does what guests should not: write, storm or flood [mode]",
+	"smc":       "self-modifying code: patches stubs in its own page, far away and the next instruction [same|other|next|all iterations]",
+	"dmacode":   "DMA-reads code over code that has run, then calls it (needs --disk) [loads blobs]",
+	"nestexc":   "thousands of #DE/#UD/#BP, nested in handlers and IRQs, timer running; none may arrive as #DF [iterations period-us]",
+	"stishadow": "no IRQ inside the STI shadow: sti;insn;cli windows and sti;hlt, short timer period [iterations hlts period-us]",
+	"cpustate":  "MSRs, swapgs, debug, x87 and SSE state read back and rewritten every iteration [iterations every | ticks n period-us every]",
+	"rdtscram":  "stores RDTSC in RAM only, then spins: replicas differ in RAM alone [spins]",
+	"branchy":   "CoreMark-class benchmark of short blocks: lists, state machine, CRCs, matrices [size iterations seed]",
 }
 
 // Guest is one built-in image.
