@@ -19,6 +19,7 @@
  * checked against its closed form  S*K0 + STEP*S*(S-1)/2  (mod 2^64).
  *
  * Output:
+ *   rdtscram: storing                (just before the store)
  *   rdtscram: spins=<S> acc=0x<16 hex> want=0x<16 hex>
  *   rdtscram: stored=0x<16 hex>      (nondeterministic by design)
  *   rdtscram ok                      -> power off 0
@@ -36,6 +37,8 @@ int main(int argc, char **argv)
 	uint64_t s = argc > 1 ? hvft_atou(argv[1]) : 20000000;
 	uint64_t acc = 0, k = K0, n = s, half, want;
 
+	/* The store follows at once: a test locates its epoch by this line. */
+	hvft_puts("rdtscram: storing\n");
 	__asm__ volatile(
 		"rdtsc\n\t"
 		"shlq $32, %%rdx\n\t"
