@@ -48,12 +48,12 @@ func TestBenchQuick(t *testing.T) {
 		t.Fatalf("report is not JSON: %v\n%s", err, r.stdout)
 	}
 	want := map[string]bool{}
-	for _, g := range []string{"compute", "ticker", "tlbstress", "diskkv"} {
+	for _, g := range []string{"compute", "branchy", "ticker", "tlbstress", "diskkv"} {
 		for _, m := range []string{"run", "replicated", "strict"} {
 			want[g+"/"+m] = true
 		}
 	}
-	want["compute/bare"], want["tlbstress/bare"] = true, true
+	want["compute/bare"], want["branchy/bare"], want["tlbstress/bare"] = true, true, true
 	for _, row := range rep.Rows {
 		key := row.Guest + "/" + row.Mode
 		if !want[key] {

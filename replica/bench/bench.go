@@ -146,9 +146,20 @@ type workload struct {
 
 var workloads = []workload{
 	{guest: "compute", args: []string{"4", "1"}, quick: []string{"1", "1"}, bare: true},
+	{guest: "branchy", args: []string{"64", "3000"}, quick: []string{"64", "500"}, bare: true},
 	{guest: "ticker", args: []string{"100", "1000"}, quick: []string{"30", "1000"}},
 	{guest: "tlbstress", args: []string{"8", "2"}, quick: []string{"4", "1"}, bare: true},
 	{guest: "diskkv", args: []string{"run", "100", "1", "8"}, quick: []string{"run", "30", "1", "8"}, disk: true},
+}
+
+// workloadNamed returns the workload of a guest in workloads.
+func workloadNamed(guest string) workload {
+	for _, w := range workloads {
+		if w.guest == guest {
+			return w
+		}
+	}
+	panic("bench: no workload " + guest)
 }
 
 // defaultEpoch is hvft's default epoch length.
@@ -312,7 +323,7 @@ func (e *runner) sweep(ctx context.Context) ([]SweepPoint, error) {
 		lengths = []uint64{4_000, 64_000, 1_000_000}
 	}
 	var pts []SweepPoint
-	for _, w := range []workload{workloads[0], workloads[1]} {
+	for _, w := range []workload{workloadNamed("compute"), workloadNamed("ticker")} {
 		base, label := 0.0, "bare Unicorn"
 		m, err := e.machine(w, defaultEpoch)
 		if err != nil {

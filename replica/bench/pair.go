@@ -191,7 +191,7 @@ func median(xs []float64) float64 { return distOf(xs).Median }
 // Kills times with a closed link and Kills times silently, and reports
 // the distributions.
 func (e *runner) failovers(ctx context.Context) ([]FailoverStats, error) {
-	w := workloads[1] // ticker
+	w := workloadNamed("ticker")
 	var out []FailoverStats
 	for _, silent := range []bool{false, true} {
 		kind := "closed link"
