@@ -150,7 +150,7 @@ func BenchmarkJoin(b *testing.B) {
 		for _, g := range []struct {
 			name string
 			args []string
-		}{{"ticker", []string{"600", "5000"}}, {"ramwriter", []string{"4", "60"}}} {
+		}{{"ticker", []string{"600", "5000"}}, {"ramwriter", []string{"4", "1500"}}} {
 			b.Run(fmt.Sprintf("%dMiB/%s", ram>>20, g.name), func(b *testing.B) {
 				var pause, precopy float64
 				var bytes, dirty uint64

@@ -282,20 +282,27 @@ func (m *Machine) Restore(r io.Reader) error {
 		if _, err := io.ReadFull(r, body); err != nil {
 			return fmt.Errorf("reading snapshot state: %w", err)
 		}
-		ram := make([]byte, m.cfg.RAMSize)
-		if _, err := io.ReadFull(r, ram); err != nil {
+		// RAM first: loading segment selectors reads the GDT. It is read in
+		// place: a restore that fails past this point leaves the machine
+		// unusable, and it refuses to run.
+		if _, err := io.ReadFull(r, m.mem); err != nil {
+			m.fault = fmt.Errorf("a restore failed while reading RAM: %w", err)
 			return fmt.Errorf("reading snapshot RAM: %w", err)
 		}
-		// RAM first: loading segment selectors reads the GDT.
-		copy(m.mem, ram)
-		if err := m.eng.FlushCode(); err != nil {
+		// Invalidating the range costs a walk of the pages with code;
+		// Unicorn's whole-cache flush (tb_flush) costs seconds with 256 MiB.
+		if err := m.eng.InvalidateCode(0, m.cfg.RAMSize); err != nil {
 			return err
 		}
 		if err := m.eng.FlushTLB(); err != nil {
 			return err
 		}
 		m.ram.init(m.mem)
-		return m.restoreState(body)
+		if err := m.restoreState(body); err != nil {
+			m.fault = fmt.Errorf("a restore failed: %w", err)
+			return err
+		}
+		return nil
 	})
 }
 
