@@ -107,7 +107,6 @@ type Machine struct {
 	// Set by hooks during a run.
 	fault     error
 	powerStop bool
-	resume    bool
 	hookErr   error
 }
 
@@ -369,40 +368,35 @@ func (m *Machine) runEpoch(ctx context.Context, limit uint64) (Stop, error) {
 func (m *Machine) execute(limit uint64) (StopReason, error) {
 	m.eng.SetBlockLimit(m.eng.Blocks() + limit)
 	defer m.eng.SetBlockLimit(0)
-	for {
-		m.powerStop, m.resume, m.hookErr = false, false, nil
-		rip, err := m.eng.RegRead(uc.RIP)
-		if err != nil {
-			return 0, err
-		}
-		runErr := m.eng.Start(rip, never, 0, 0)
-		switch {
-		case m.hookErr != nil:
-			// The environment failed (or saw a divergence): not a guest fault.
-			return 0, m.hookErr
-		case m.fault != nil:
-			return StopFault, nil
-		case runErr != nil:
-			m.fault = m.describeFault(runErr)
-			return StopFault, nil
-		case m.powerStop:
-			return StopPowerOff, nil
-		case m.eng.BlockLimitHit():
-			return StopLimit, nil
-		case m.resume:
-			continue
-		}
-		rip, err = m.eng.RegRead(uc.RIP)
-		if err != nil {
-			return 0, err
-		}
-		if rip > 0 && rip <= m.cfg.RAMSize && m.mem[rip-1] == 0xF4 {
-			m.halted = true
-			return StopHalt, nil
-		}
-		m.fault = fmt.Errorf("emulation stopped for no known reason at RIP %#x", rip)
-		return StopFault, nil
+	m.powerStop, m.hookErr = false, nil
+	rip, err := m.eng.RegRead(uc.RIP)
+	if err != nil {
+		return 0, err
 	}
+	runErr := m.eng.Start(rip, never, 0, 0)
+	switch {
+	case m.hookErr != nil:
+		// The environment failed (or saw a divergence): not a guest fault.
+		return 0, m.hookErr
+	case m.fault != nil:
+		return StopFault, nil
+	case runErr != nil:
+		m.fault = m.describeFault(runErr)
+		return StopFault, nil
+	case m.powerStop:
+		return StopPowerOff, nil
+	case m.eng.BlockLimitHit():
+		return StopLimit, nil
+	}
+	if rip, err = m.eng.RegRead(uc.RIP); err != nil {
+		return 0, err
+	}
+	if rip > 0 && rip <= m.cfg.RAMSize && m.mem[rip-1] == 0xF4 {
+		m.halted = true
+		return StopHalt, nil
+	}
+	m.fault = fmt.Errorf("emulation stopped for no known reason at RIP %#x", rip)
+	return StopFault, nil
 }
 
 func (m *Machine) describeFault(err error) error {

@@ -305,9 +305,6 @@ static uc_err hv_flush_tlb(uc_engine *uc, hv_ctx *c) {
 static uc_err hv_remove_cache(uc_engine *uc, uint64_t begin, uint64_t end) {
 	return uc_ctl_remove_cache(uc, begin, end);
 }
-static uc_err hv_flush_code(uc_engine *uc) {
-	return uc_ctl(uc, UC_CTL_WRITE(UC_CTL_TB_FLUSH, 0));
-}
 
 static uc_err hv_reg_read_batch(uc_engine *uc, int *regs, uint64_t *vals, int n) {
 	void *ptrs[64];
@@ -464,14 +461,8 @@ type Error struct {
 
 func (e *Error) Error() string { return fmt.Sprintf("unicorn %s: %s (code %d)", e.Op, e.Msg, e.Code) }
 
-// Unicorn error codes the hypervisor distinguishes.
-const (
-	ErrReadUnmapped  = int(C.UC_ERR_READ_UNMAPPED)
-	ErrWriteUnmapped = int(C.UC_ERR_WRITE_UNMAPPED)
-	ErrFetchUnmapped = int(C.UC_ERR_FETCH_UNMAPPED)
-	ErrInsnInvalid   = int(C.UC_ERR_INSN_INVALID)
-	ErrException     = int(C.UC_ERR_EXCEPTION)
-)
+// ErrInsnInvalid is Unicorn's code for an instruction it cannot decode.
+const ErrInsnInvalid = int(C.UC_ERR_INSN_INVALID)
 
 // checkAt is check for an operation on an address or register: the
 // message is formatted only on failure, since these calls sit on the
@@ -794,9 +785,6 @@ func (e *Engine) InvalidateCode(addr, size uint64) error {
 	return checkAt("invalidate code at", addr, C.hv_remove_cache(e.h, C.uint64_t(addr), C.uint64_t(addr+size)))
 }
 
-// FlushCode discards every translation.
-func (e *Engine) FlushCode() error { return check("flush code", C.hv_flush_code(e.h)) }
-
 // InterruptShadow reports whether the last instruction executed was STI or
 // MOV SS, which delay interrupts by one instruction.
 func (e *Engine) InterruptShadow() (bool, error) {
@@ -848,18 +836,6 @@ func (e *Engine) MapPtr(addr, size uint64, prot Prot, ptr unsafe.Pointer) error 
 func (e *Engine) Map(addr, size uint64, prot Prot) error {
 	return checkAt("map", addr,
 		C.uc_mem_map(e.h, C.uint64_t(addr), C.size_t(size), C.uint32_t(prot)))
-}
-
-// Unmap removes [addr, addr+size) from the map.
-func (e *Engine) Unmap(addr, size uint64) error {
-	return checkAt("unmap", addr,
-		C.uc_mem_unmap(e.h, C.uint64_t(addr), C.size_t(size)))
-}
-
-// Protect changes the permissions of a mapped range.
-func (e *Engine) Protect(addr, size uint64, prot Prot) error {
-	return checkAt("protect", addr,
-		C.uc_mem_protect(e.h, C.uint64_t(addr), C.size_t(size), C.uint32_t(prot)))
 }
 
 // MemRead reads mapped guest memory into buf.
