@@ -115,6 +115,20 @@ func TestRdtscGuestSeesNoTSC(t *testing.T) {
 	}
 }
 
+// TestTinyEpochs: the shortest epochs still make progress and deliver
+// every interrupt (the first version never finished with one-block epochs,
+// and printed 118-443 ticks for 5 with two-block epochs).
+func TestTinyEpochs(t *testing.T) {
+	r := hvft(t, "", "--log-level", "warn", "run", "--epoch-blocks", "1", "hello", "--", "tiny")
+	if r.code != 0 || !strings.Contains(r.stdout, "arg[1]=tiny") {
+		t.Fatalf("one-block epochs: exit %d stdout %q stderr %s", r.code, r.stdout, r.stderr)
+	}
+	r = hvft(t, "", "--log-level", "warn", "run", "--epoch-blocks", "2", "ticker", "--", "5", "1000")
+	if err := guests.CheckTicker(r.stdout, 5); r.code != 0 || err != nil {
+		t.Fatalf("two-block epochs: exit %d, %v\n%s%s", r.code, err, r.stdout, r.stderr)
+	}
+}
+
 func TestTickerDefault(t *testing.T) {
 	r := hvft(t, "", "--log-format", "json", "run", "ticker", "--", "5", "2000")
 	if r.code != 0 || strings.Count(r.stdout, "tick ") != 5 {
