@@ -26,19 +26,7 @@ func TestDemoRejoinThreeKills(t *testing.T) {
 	}
 	var rep struct {
 		Kills    []json.RawMessage `json:"kills"`
-		Replicas []struct {
-			Label  string `json:"label"`
-			Report struct {
-				Role           string `json:"role"`
-				HashesCompared uint64 `json:"hashes_compared"`
-				Divergence     string `json:"divergence"`
-				Joins          []struct {
-					Verified bool    `json:"verified"`
-					PauseMS  float64 `json:"pause_ms"`
-					AtEpoch  uint64  `json:"at_epoch"`
-				} `json:"joins"`
-			} `json:"report"`
-		} `json:"replicas"`
+		Replicas []demoReplica     `json:"replicas"`
 	}
 	data, _ := os.ReadFile(report)
 	if err := json.Unmarshal(data, &rep); err != nil {

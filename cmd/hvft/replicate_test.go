@@ -440,14 +440,7 @@ func TestDemoReportsABackupDivergence(t *testing.T) {
 	report := filepath.Join(t.TempDir(), "demo.json")
 	r := hvft(t, "", "--log-level", "error", "demo", "--kill-after", "never", "--report", report, "rdtsc")
 	var rep struct {
-		Replicas []struct {
-			Label  string `json:"label"`
-			Report struct {
-				Role           string `json:"role"`
-				HashesCompared uint64 `json:"hashes_compared"`
-				Divergence     string `json:"divergence"`
-			} `json:"report"`
-		} `json:"replicas"`
+		Replicas []demoReplica `json:"replicas"`
 	}
 	data, _ := os.ReadFile(report)
 	if err := json.Unmarshal(data, &rep); err != nil {
