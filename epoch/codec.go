@@ -155,6 +155,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		}
 		buf = le.AppendUint32(buf, m.Goodbye.ExitCode)
 		buf = append(buf, m.Goodbye.Hash[:]...)
+		buf = appendString(buf, m.Goodbye.Stopped)
 	case TypeJoinRAM:
 		if m.JoinRAM == nil {
 			return buf, missing
@@ -261,6 +262,7 @@ func DecodeFrame(body []byte) (Message, error) {
 	case TypeGoodbye:
 		g := &Goodbye{ExitCode: d.u32()}
 		copy(g.Hash[:], d.bytes(16))
+		g.Stopped = d.string()
 		m.Goodbye = g
 	case TypeJoinRAM:
 		j := &JoinRAM{Offset: d.u64()}

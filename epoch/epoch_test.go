@@ -20,6 +20,7 @@ func sampleMessages() []Message {
 		{Type: TypeRelease, Release: &Release{Output: 42}},
 		{Type: TypeDivergence, Divergence: &Divergence{Epoch: 4, Clock: 5, RIP: 6, Detail: "state hash differs"}},
 		{Type: TypeGoodbye, Goodbye: &Goodbye{ExitCode: 3, Hash: [16]byte{7, 7}}},
+		{Type: TypeGoodbye, Goodbye: &Goodbye{Hash: [16]byte{8}, Stopped: "the guest did not power off within the epoch budget"}},
 		{Type: TypeJoinRAM, JoinRAM: &JoinRAM{Offset: 1 << 20, Data: []byte("page")}},
 		{Type: TypeJoinState, JoinState: &JoinState{Epoch: 9, Answers: 40, Hash: [16]byte{1}, State: []byte("cpu and devices")}},
 	}

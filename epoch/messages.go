@@ -152,10 +152,12 @@ type Divergence struct {
 }
 
 // Goodbye says the run is over. From the primary: the guest powered off
-// with this exit code; finish the replay rather than take over. From the
-// backup, in answer: the replay reached the same end, with this final
-// state hash (RAM included).
+// with this exit code, or (Stopped set) the run stopped where any replica
+// of it stops too (a guest fault, the epoch budget); finish the replay
+// rather than take over. From the backup, in answer: the replay reached
+// the same end, with this final state hash (RAM included).
 type Goodbye struct {
 	ExitCode uint32
 	Hash     [16]byte
+	Stopped  string // why the run ended without a power-off ("" at power-off)
 }

@@ -221,6 +221,7 @@ type Backup struct {
 	primary   bool // failed over: now the primary
 	done      bool // the primary said goodbye
 	exitCode  uint32
+	stopped   string // the goodbye's reason for a run that ended without power-off
 }
 
 // NewBackup returns a backup that holds nothing yet.
@@ -242,6 +243,11 @@ func (b *Backup) Watermark() uint64 { return b.watermark }
 // PrimaryDone reports whether the primary ended the run on purpose, and
 // with which exit code.
 func (b *Backup) PrimaryDone() (bool, uint32) { return b.done, b.exitCode }
+
+// PrimaryStopped is why the primary's run ended without a power-off (a
+// guest fault, the epoch budget), or "" if it powered off or goes on. A
+// backup replays to the same stop and does not take over.
+func (b *Backup) PrimaryStopped() string { return b.stopped }
 
 // Receive takes one message from the primary. Answers and epoch ends must
 // arrive in order; anything else means the link or the primary is broken.
@@ -272,7 +278,7 @@ func (b *Backup) Receive(m Message) (*Message, error) {
 		b.pending = b.pending[n:]
 		return nil, nil
 	case TypeGoodbye:
-		b.done, b.exitCode = true, m.Goodbye.ExitCode
+		b.done, b.exitCode, b.stopped = true, m.Goodbye.ExitCode, m.Goodbye.Stopped
 		return nil, nil
 	case TypeHeartbeat:
 		return nil, nil

@@ -69,6 +69,10 @@ type backup struct {
 	compared  uint64       // its state hashes compared with this replica's, equal
 }
 
+// errPrimaryStopped ends a replay that reached the point where the
+// primary's run stopped without a power-off.
+var errPrimaryStopped = errors.New("the primary's run stopped")
+
 // RunBackup connects to the primary and replays its log one epoch behind,
 // comparing state hashes at every epoch end; if the primary dies it
 // finishes what it holds and goes on as the primary.
@@ -133,7 +137,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.mu.Unlock()
 	if p := b.as; p != nil {
 		if runErr == nil {
-			runErr = p.drain(ctx, res.ExitCode, b.finalHash())
+			runErr = p.drain(ctx, res.ExitCode, b.finalHash(), "")
 		}
 		p.mu.Lock()
 		p.ended = true
@@ -170,13 +174,18 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	}
 	b.mu.Lock()
 	done, _ := b.proto.PrimaryDone()
-	sendBye := done && runErr == nil && !b.proto.IsPrimary()
+	sameEnd := runErr == nil || b.proto.PrimaryStopped() != "" && (vm.StoppedByGuest(res, runErr) || errors.Is(runErr, errPrimaryStopped))
+	sendBye := done && sameEnd && !b.proto.IsPrimary()
 	finalHash := b.report.FinalHash
 	b.mu.Unlock()
 	if sendBye {
 		// Tell the primary the replay reached the same end.
 		final, _ := vm.ParseDigest(finalHash)
-		b.link.Send(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: &epoch.Goodbye{ExitCode: res.ExitCode, Hash: final}})
+		bye := &epoch.Goodbye{ExitCode: res.ExitCode, Hash: final}
+		if runErr != nil {
+			bye.Stopped = runErr.Error()
+		}
+		b.link.Send(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: bye})
 	}
 	b.link.CloseAfter(time.Second) // the verdict must reach the primary
 	b.opt.Sink.Flush()
@@ -411,6 +420,9 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 					return b.stepDown
 				}
 				if b.linkEnd && !b.proto.IsPrimary() {
+					if why := b.proto.PrimaryStopped(); why != "" {
+						return fmt.Errorf("%w after epoch %d: %s", errPrimaryStopped, e-1, why)
+					}
 					return fmt.Errorf("the primary finished, but the log ends before epoch %d", e)
 				}
 				b.cond.Wait()

@@ -127,8 +127,15 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	defer stopWake()
 
 	res, final, runErr := p.run(ctx)
-	if runErr == nil {
-		runErr = p.drain(ctx, res.ExitCode, final)
+	switch {
+	case runErr == nil:
+		runErr = p.drain(ctx, res.ExitCode, final, "")
+	case vm.StoppedByGuest(res, runErr):
+		// The backup meets the same stop: it must replay to it, not take
+		// over and run on (as it would if the link just closed).
+		if err := p.drain(ctx, res.ExitCode, final, runErr.Error()); err != nil {
+			p.log.Warn("ending the stopped run with the backup", zap.Error(err))
+		}
 	}
 	p.mu.Lock()
 	if p.fenced != nil {
@@ -431,7 +438,7 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 // lost), tells the backup the run is over, and waits for its verdict: its
 // own goodbye with its final hash, a divergence, or its loss. Each wait is
 // bounded by the failure detector.
-func (p *primary) drain(ctx context.Context, exitCode uint32, final vm.Digest) error {
+func (p *primary) drain(ctx context.Context, exitCode uint32, final vm.Digest, stopped string) error {
 	if p.link == nil {
 		return p.opt.Sink.Flush()
 	}
@@ -449,7 +456,7 @@ func (p *primary) drain(ctx context.Context, exitCode uint32, final vm.Digest) e
 	if p.proto.Alone() || p.fenced != nil {
 		return p.fenced
 	}
-	p.link.Send(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: &epoch.Goodbye{ExitCode: exitCode, Hash: final}})
+	p.link.Send(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: &epoch.Goodbye{ExitCode: exitCode, Hash: final, Stopped: stopped}})
 	for !p.proto.Alone() && p.backupEnd == nil {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("waiting for the backup to finish its replay: %w", err)

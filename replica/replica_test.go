@@ -51,6 +51,7 @@ type pairConfig struct {
 	backupTLB    tlb.Config
 	mode         epoch.Mode
 	epochBlocks  uint64 // 0: machine's default
+	maxEpochs    uint64 // both sides' epoch budget (0: none)
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
 	// proxy, if set, stands between the replicas: it is given the
 	// primary's address and returns the one the backup dials.
@@ -82,7 +83,7 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 		if c.epochBlocks != 0 {
 			m.EpochBlocks = c.epochBlocks
 		}
-		return Options{Machine: m, Sink: NewPlainSink(&s.out), CPU: cpu,
+		return Options{Machine: m, Sink: NewPlainSink(&s.out), CPU: cpu, MaxEpochs: c.maxEpochs,
 			TimerJitter: 200 * time.Microsecond, OnEpoch: func(st vm.Stop) { s.trail = append(s.trail, st) }}
 	}
 	var wg sync.WaitGroup
@@ -301,6 +302,28 @@ func TestRdtscInRAMDiverges(t *testing.T) {
 	}
 	if b.rep.BecamePrimary || b.rep.OutputsEmitted != 0 {
 		t.Errorf("backup took over %v, emitted %d", b.rep.BecamePrimary, b.rep.OutputsEmitted)
+	}
+}
+
+// TestStoppedRunIsNotTakenOver: a guest that floods the console until the
+// epoch budget stops the primary; the primary drains, says goodbye with
+// the reason, and the backup replays to the same stop and ends there with
+// the same final hash, emitting nothing. (Before, the primary just closed
+// the link, and a backup that lagged took over and wrote the flood.)
+func TestStoppedRunIsNotTakenOver(t *testing.T) {
+	cfg := tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}
+	p, b := runPair(t, pairConfig{guest: "misbehave", args: []string{"flood"}, maxEpochs: 30, primaryTLB: cfg, backupTLB: tlb.Config{PageSize: 4 << 10, Entries: 4, Seed: 2}})
+	if !errors.Is(p.err, vm.ErrMaxEpochs) || !errors.Is(b.err, vm.ErrMaxEpochs) {
+		t.Fatalf("primary %v, backup %v; want both stopped by the epoch budget", p.err, b.err)
+	}
+	if b.rep.BecamePrimary || b.rep.OutputsEmitted != 0 || b.out.Len() != 0 {
+		t.Fatalf("backup took over %v, emitted %d outputs", b.rep.BecamePrimary, b.rep.OutputsEmitted)
+	}
+	if p.rep.BackupFinalHash == "" || p.rep.BackupFinalHash != p.rep.FinalHash || p.rep.Divergence != "" {
+		t.Fatalf("primary: backup's final hash %q, own %q, divergence %q", p.rep.BackupFinalHash, p.rep.FinalHash, p.rep.Divergence)
+	}
+	if len(p.trail) != 30 || len(b.trail) != 30 {
+		t.Fatalf("%d and %d epochs, want 30", len(p.trail), len(b.trail))
 	}
 }
 

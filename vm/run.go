@@ -81,6 +81,13 @@ func (m *Machine) run(ctx context.Context, opt RunOptions) (Result, error) {
 	return res, fmt.Errorf("%w (%d epochs of %d blocks)", ErrMaxEpochs, opt.MaxEpochs, opt.EpochLength)
 }
 
+// StoppedByGuest reports whether a run's error is one that every replica
+// of the run meets at the same point: a guest fault or the epoch budget
+// (not a divergence, a timeout or a failed environment).
+func StoppedByGuest(res Result, err error) bool {
+	return err != nil && (errors.Is(err, ErrMaxEpochs) || res.Last.Reason == StopFault)
+}
+
 // Boundary gives a BeforeEpoch callback access to the machine at an epoch
 // boundary, on the machine's thread. It is valid only during the call.
 type Boundary struct{ m *Machine }
