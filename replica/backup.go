@@ -157,6 +157,16 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	}
 	b.mu.Lock()
 	b.stopped = true
+	// A replay that reached an end the primary reaches too (power-off, or a
+	// stop of the guest's) answers the primary's goodbye, which may still
+	// be on its way: it follows the release of the last outputs. The wait
+	// ends with the goodbye, or with the link (closed, or silent past the
+	// failure timeout).
+	if !b.proto.IsPrimary() && (runErr == nil || vm.StoppedByGuest(res, runErr) || errors.Is(runErr, errPrimaryStopped)) {
+		for !b.linkEnd && ctx.Err() == nil {
+			b.cond.Wait()
+		}
+	}
 	b.mu.Unlock()
 	if b.live != nil {
 		b.live.Close()
@@ -174,7 +184,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	}
 	b.mu.Lock()
 	done, _ := b.proto.PrimaryDone()
-	sameEnd := runErr == nil || b.proto.PrimaryStopped() != "" && (vm.StoppedByGuest(res, runErr) || errors.Is(runErr, errPrimaryStopped))
+	sameEnd := runErr == nil || vm.StoppedByGuest(res, runErr) || errors.Is(runErr, errPrimaryStopped)
 	sendBye := done && sameEnd && !b.proto.IsPrimary()
 	finalHash := b.report.FinalHash
 	b.mu.Unlock()
