@@ -16,6 +16,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"syscall"
 )
 
 //go:embed images/*.elf images/TOOLCHAIN
@@ -105,11 +106,18 @@ func Load(nameOrPath string) ([]byte, string, error) {
 			return nil, "", fmt.Errorf("guest %q is neither a built-in (%s) nor a file", nameOrPath, strings.Join(names, ", "))
 		}
 	}
-	f, err := os.Open(nameOrPath)
+	// Non-blocking, so that a FIFO or a device is refused instead of
+	// blocking the open for ever (no signal ends that wait).
+	f, err := os.OpenFile(nameOrPath, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, "", fmt.Errorf("reading guest image: %w", err)
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return nil, "", fmt.Errorf("reading guest image: %w", err)
+	} else if !st.Mode().IsRegular() {
+		return nil, "", fmt.Errorf("guest image %s is not a regular file", nameOrPath)
+	}
 	// Read one byte past the bound so that an oversized file is reported,
 	// not silently cut.
 	data, err := io.ReadAll(io.LimitReader(f, MaxImageSize+1))

@@ -2,9 +2,11 @@ package replica
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -230,6 +232,28 @@ type FileSink struct {
 	f      *os.File
 	last   uint64
 	opened bool
+}
+
+// CheckConsoleFile reports why path cannot be a console file: a directory,
+// or a file whose directory does not exist.
+func CheckConsoleFile(path string) error {
+	st, err := os.Stat(path)
+	switch {
+	case err == nil && st.Mode().IsRegular():
+		return nil
+	case err == nil:
+		return fmt.Errorf("%s is not a regular file", path)
+	case !errors.Is(err, os.ErrNotExist):
+		return err
+	}
+	dir, err := os.Stat(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("the directory of %s: %w", path, err)
+	}
+	if !dir.IsDir() {
+		return fmt.Errorf("the directory of %s is not a directory", path)
+	}
+	return nil
 }
 
 // NewFileSink writes to path. A fresh sink (the primary's, at the start of

@@ -59,6 +59,10 @@ type FileLease struct {
 	TTL  time.Duration
 }
 
+// MinLeaseTTL bounds a lease's time to live from below: its holder renews
+// it every third of it.
+const MinLeaseTTL = 30 * time.Millisecond
+
 const genPrefix = "gen-"
 
 // current returns the highest generation and its lease (0 when none).

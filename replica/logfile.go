@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 
 	"hvft/epoch"
 	"hvft/vm"
@@ -175,11 +176,18 @@ type LoadedLog struct {
 // ReadLog reads a log file, cutting a torn or partial tail at the last
 // whole epoch.
 func ReadLog(path string) (*LoadedLog, error) {
-	f, err := os.Open(path)
+	// Non-blocking, so that a FIFO or a device is refused instead of
+	// blocking the open for ever (no signal ends that wait).
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("reading the log: %w", err)
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return nil, fmt.Errorf("reading the log: %w", err)
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("log %s is not a regular file", path)
+	}
 	return ReadLogFrom(f, path)
 }
 

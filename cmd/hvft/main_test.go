@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -147,12 +148,21 @@ func TestBadInput(t *testing.T) {
 	phoff := int(outside[32]) | int(outside[33])<<8
 	// p_paddr of the first program header: far beyond 16 MiB of RAM.
 	copy(outside[phoff+24:], []byte{0, 0, 0, 0x40, 0, 0, 0, 0})
+	fifo := filepath.Join(t.TempDir(), "fifo.elf")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		args []string
 		want string
 	}{
 		{"missing file", []string{"run", "/nonexistent/guest.elf"}, "no such file"},
+		// Opening a FIFO blocks until a writer comes, and no signal ends
+		// that wait: both are refused before they are read.
+		{"guest is a FIFO", []string{"run", fifo}, "not a regular file"},
+		{"replay log is a FIFO", []string{"replay", fifo}, "not a regular file"},
+		{"guest is a directory", []string{"run", t.TempDir() + "/"}, "not a regular file"},
 		{"unknown builtin", []string{"run", "nosuchguest"}, "neither a built-in"},
 		{"truncated ELF", []string{"run", writeFile(t, "trunc.elf", helloImg[:200])}, "guest"},
 		{"garbage ELF", []string{"run", writeFile(t, "garbage.elf", bytes.Repeat([]byte("junk"), 300))}, "not an ELF"},

@@ -105,6 +105,11 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 	case c.String("console-out") != "" && c.Bool("console-stream"):
 		return nil, fmt.Errorf("--console-out and --console-stream exclude each other")
 	case c.String("console-out") != "":
+		// Checked now: a sink that fails at its first write would lose
+		// every output of the run.
+		if err := replica.CheckConsoleFile(c.String("console-out")); err != nil {
+			return nil, fmt.Errorf("--console-out: %w", err)
+		}
 		sink = replica.NewFileSink(c.String("console-out"), c.Command.Name == "primary")
 	case c.Bool("console-stream"):
 		sink = replica.NewStreamSink(c.App.Writer)
@@ -123,8 +128,8 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 	}
 	var lease replica.Arbiter
 	if path := c.String("lease"); path != "" {
-		if c.Duration("lease-ttl") <= 0 {
-			return nil, fmt.Errorf("--lease-ttl must be positive")
+		if ttl := c.Duration("lease-ttl"); ttl < replica.MinLeaseTTL {
+			return nil, fmt.Errorf("--lease-ttl %v: must be at least %v (the holder renews every third of it)", ttl, replica.MinLeaseTTL)
 		}
 		lease = &replica.FileLease{Path: path, TTL: c.Duration("lease-ttl")}
 	}

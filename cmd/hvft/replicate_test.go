@@ -463,3 +463,26 @@ func TestDemoReportsABackupDivergence(t *testing.T) {
 		t.Errorf("demo exit %d, want %d with an hvft: error saying the backup diverged\n%s", r.code, exitFailure, r.stderr)
 	}
 }
+
+// TestReplicaBadSetup: a replica refuses, before anything runs, a lease
+// TTL too short to renew (it panicked), and a --console-out it could never
+// write (every output was lost with exit 0).
+func TestReplicaBadSetup(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"tiny lease TTL", []string{"primary", "--listen", "127.0.0.1:0", "--backup-wait", "0", "--lease", filepath.Join(dir, "lease"), "--lease-ttl", "1ns"}, "--lease-ttl 1ns: must be at least"},
+		{"console file in a missing directory", []string{"primary", "--listen", "127.0.0.1:0", "--backup-wait", "0", "--console-out", filepath.Join(dir, "missing", "out.txt")}, "--console-out: the directory of"},
+		{"console file is a directory", []string{"backup", "--primary", "127.0.0.1:1", "--console-out", dir}, "is not a regular file"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := hvft(t, "", append(append([]string{"--log-level", "error"}, c.args...), "ticker", "--", "3", "1000")...)
+			if r.code != exitFailure || !strings.Contains(r.stderr, c.want) || r.stdout != "" {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want %d and %q", r.code, r.stdout, r.stderr, exitFailure, c.want)
+			}
+		})
+	}
+}
