@@ -48,6 +48,17 @@ func GenerateKey(path string) error {
 
 // LoadKey reads a link key file written by GenerateKey.
 func LoadKey(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the link key: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("link key %s is not a regular file", path)
+	}
+	// Whoever reads the key can join the link and read the guest's RAM.
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("link key %s is readable by others (mode %04o): chmod 600 it", path, perm)
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading the link key: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -36,6 +37,12 @@ func TestKeyFiles(t *testing.T) {
 	}
 	if _, err := LoadKey(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Error("missing key file accepted")
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadKey(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("a key readable by others: %v", err)
 	}
 	for addr, want := range map[string]bool{"127.0.0.1:1": true, "[::1]:2": true, "localhost:3": true, "10.0.0.1:4": false, "0.0.0.0:5": false, "bad": false} {
 		if IsLoopback(addr) != want {
