@@ -123,8 +123,12 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 		if auth, err = replica.NewAuth(key); err != nil {
 			return nil, err
 		}
-	} else if peer := linkAddr(c); !c.Bool("insecure") && !strings.HasPrefix(peer, "fd:") && !replica.IsLoopback(peer) {
-		return nil, fmt.Errorf("the replication link %s is not on loopback: give --key-file (hvft keygen writes one) to authenticate and encrypt it, or --insecure to run it in the clear", peer)
+	} else if !c.Bool("insecure") {
+		for _, peer := range linkAddrs(c) {
+			if !strings.HasPrefix(peer, "fd:") && !replica.IsLoopback(peer) {
+				return nil, fmt.Errorf("the replication link %s is not on loopback: give --key-file (hvft keygen writes one) to authenticate and encrypt it, or --insecure to run it in the clear", peer)
+			}
+		}
 	}
 	var lease replica.Arbiter
 	if path := c.String("lease"); path != "" {
@@ -248,11 +252,17 @@ func listen(addr string) (net.Listener, error) {
 }
 
 // linkAddr is the replication link's address on the command line.
-func linkAddr(c *cli.Context) string {
+// linkAddrs are the addresses a replica's links use: a primary's listener;
+// a backup's primary, and its own listener for joiners once it takes over.
+func linkAddrs(c *cli.Context) []string {
 	if c.Command.Name == "primary" {
-		return c.String("listen")
+		return []string{c.String("listen")}
 	}
-	return c.String("primary")
+	addrs := []string{c.String("primary")}
+	if l := c.String("listen"); l != "" {
+		addrs = append(addrs, l)
+	}
+	return addrs
 }
 
 func keygenCommand() *cli.Command {

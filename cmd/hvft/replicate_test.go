@@ -361,6 +361,12 @@ func TestLinkOffLoopbackNeedsAKey(t *testing.T) {
 	if r.code != exitFailure || !strings.Contains(r.stderr, "not on loopback") {
 		t.Errorf("backup off loopback without a key: exit %d %s", r.code, r.stderr)
 	}
+	// A backup's own listener serves joiners (the guest's whole RAM) once
+	// it takes over: it needs the key just the same.
+	r = hvft(t, "", "--log-level", "error", "backup", "--primary", "127.0.0.1:7", "--listen", "0.0.0.0:0", "hello")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "0.0.0.0:0 is not on loopback") {
+		t.Errorf("backup listening off loopback without a key: exit %d %s", r.code, r.stderr)
+	}
 	key := filepath.Join(t.TempDir(), "link.key")
 	if r := hvft(t, "", "keygen", key); r.code != 0 {
 		t.Fatalf("keygen: %d %s", r.code, r.stderr)
