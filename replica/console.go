@@ -256,6 +256,20 @@ func CheckConsoleFile(path string) error {
 	return nil
 }
 
+// ResetConsoleFile empties (or creates) the console file at the start of
+// a run, durably, so that no output of an earlier run survives it.
+func ResetConsoleFile(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 // NewFileSink writes to path. A fresh sink (the primary's, at the start of
 // a run) truncates the file when it first writes; otherwise (a backup's) it
 // appends after what the file holds then.

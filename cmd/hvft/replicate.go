@@ -110,7 +110,15 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 		if err := replica.CheckConsoleFile(c.String("console-out")); err != nil {
 			return nil, fmt.Errorf("--console-out: %w", err)
 		}
-		sink = replica.NewFileSink(c.String("console-out"), c.Command.Name == "primary")
+		// A primary empties the file when it starts, not at its first
+		// output: if it died before that one, the backup that took over
+		// would append after a previous run's output.
+		if c.Command.Name == "primary" {
+			if err := replica.ResetConsoleFile(c.String("console-out")); err != nil {
+				return nil, fmt.Errorf("--console-out: %w", err)
+			}
+		}
+		sink = replica.NewFileSink(c.String("console-out"), false)
 	case c.Bool("console-stream"):
 		sink = replica.NewStreamSink(c.App.Writer)
 	}

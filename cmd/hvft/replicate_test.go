@@ -492,3 +492,21 @@ func TestReplicaBadSetup(t *testing.T) {
 		})
 	}
 }
+
+// TestConsoleFileStartsEmpty: a primary empties --console-out when it
+// starts, not at its first output; before, a primary that died before
+// its first output left a previous run's lines for its backup to append
+// to (old and new ticks interleaved).
+func TestConsoleFileStartsEmpty(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "console.txt")
+	if err := os.WriteFile(out, []byte("tick 1 from an earlier run\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := hvft(t, "", "--log-level", "error", "primary", "--listen", "127.0.0.1:0", "--backup-wait", "0", "--console-out", out, "--max-epochs", "3", "spin")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "epoch budget") {
+		t.Fatalf("exit %d %s", r.code, r.stderr)
+	}
+	if data, err := os.ReadFile(out); err != nil || len(data) != 0 {
+		t.Fatalf("console file after a run without output: %q, %v", data, err)
+	}
+}
