@@ -46,11 +46,13 @@ bench: build
 # The long chaos run: 500 trials of faults against replicated pairs.
 CHAOS_TRIALS ?= 500
 chaos: deps
-	HVFT_CHAOS_TRIALS=$(CHAOS_TRIALS) $(GO) test -count=1 -timeout 120m -run '^TestChaos$$' -v ./cmd/hvft | grep -E '^(=== RUN|--- FAIL|ok|FAIL)|chaos:'
+	@log=$$(mktemp); HVFT_CHAOS_TRIALS=$(CHAOS_TRIALS) $(GO) test -count=1 -timeout 120m -run '^TestChaos$$' -v ./cmd/hvft > $$log 2>&1; status=$$?; \
+	grep -E '^(=== RUN|\s*--- FAIL|ok|FAIL)|chaos:|_test\.go:' $$log; rm -f $$log; exit $$status
 
 SOAK ?= 10m
 soak: deps
-	HVFT_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v ./vm | grep -E '^(=== RUN|--- |ok|FAIL)|soak|runs'
+	@log=$$(mktemp); HVFT_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -run '^TestSoak$$' -v ./vm > $$log 2>&1; status=$$?; \
+	grep -E '^(=== RUN|\s*--- |ok|FAIL)|soak|runs|_test\.go:' $$log; rm -f $$log; exit $$status
 
 guests:
 	$(MAKE) -C guests
