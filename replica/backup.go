@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -95,8 +96,22 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.log.Info("connected to the primary", zap.String("primary", opt.Primary), zap.Bool("join", opt.Join))
 	if opt.Join {
 		start := time.Now()
+		// The transfer has a failure detector too: a primary stopped in
+		// the middle of it would leave this replica waiting for ever. The
+		// heartbeats also tell the primary that this replica lives.
+		hctx, stopHeartbeat := context.WithCancel(ctx)
+		var silent atomic.Pointer[string]
+		go heartbeat(hctx, link, opt.Heartbeat, opt.FailureTimeout, func(reason string) bool {
+			silent.Store(&reason)
+			link.Close()
+			return true
+		})
 		ram, js, err := receiveState(link, opt.Machine.Config.RAMSize)
+		stopHeartbeat()
 		if err != nil {
+			if why := silent.Load(); why != nil {
+				err = fmt.Errorf("the primary went silent during the state transfer (%s): %w", *why, err)
+			}
 			link.Close()
 			return nil, err
 		}

@@ -348,3 +348,40 @@ func TestJoinInProcess(t *testing.T) {
 		t.Errorf("join %+v: the guest wrote during the pre-copy, so pages must be re-sent", j)
 	}
 }
+
+// TestJoinDetectsASilentPrimary: a primary that stops in the middle of a
+// state transfer (here a fake one that sends one piece of RAM and then
+// nothing, holding the connection open) is declared dead by the joiner's
+// failure detector; before, the joiner waited for ever.
+func TestJoinDetectsASilentPrimary(t *testing.T) {
+	m := machine(t, "ticker", nil, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), pairTimeout)
+	defer cancel()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		l := newLink(conn)
+		if hello, err := l.Recv(); err != nil || hello.Type != epoch.TypeHello || !hello.Hello.Join {
+			return
+		}
+		l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: true}},
+			epoch.Message{Type: epoch.TypeJoinRAM, JoinRAM: &epoch.JoinRAM{Offset: 0, Data: make([]byte, 4096)}})
+		<-ctx.Done() // stopped: says nothing, closes nothing
+	}()
+	_, err = RunBackup(ctx, BackupOptions{Options: Options{Machine: m, Sink: NewPlainSink(io.Discard),
+		Heartbeat: 20 * time.Millisecond, FailureTimeout: 200 * time.Millisecond}, Primary: ln.Addr().String(), Join: true})
+	if ctx.Err() != nil {
+		t.Fatal("the joiner was still waiting when the test's bound ran out")
+	}
+	if err == nil || !strings.Contains(err.Error(), "went silent during the state transfer") {
+		t.Fatalf("joiner: %v, want the primary declared silent", err)
+	}
+}
