@@ -82,6 +82,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		buf = le.AppendUint32(buf, c.BoardVersion)
 		buf = le.AppendUint64(buf, c.DiskSectors)
 		buf = appendString(buf, c.Engine)
+		buf = appendString(buf, c.Clock)
 		buf = appendBool(buf, m.Hello.Join)
 	case TypeWelcome:
 		if m.Welcome == nil {
@@ -225,6 +226,7 @@ func DecodeFrame(body []byte) (Message, error) {
 		c.BoardVersion = d.u32()
 		c.DiskSectors = d.u64()
 		c.Engine = d.string()
+		c.Clock = d.string()
 		m.Hello = &Hello{Config: c, Join: d.bool()}
 	case TypeWelcome:
 		m.Welcome = &Welcome{Accepted: d.bool(), Reason: d.string()}

@@ -173,7 +173,7 @@ func TestLagBounds(t *testing.T) {
 // TestBackupOrderAndFailover: rules 4 and 5.
 func TestBackupOrderAndFailover(t *testing.T) {
 	b := NewBackup()
-	if b.MayExecute(1) {
+	if b.MayExecute(1, false) {
 		t.Fatal("may execute epoch 1 before holding its end")
 	}
 	for _, m := range []Message{
@@ -195,7 +195,7 @@ func TestBackupOrderAndFailover(t *testing.T) {
 	if ack, ok := b.Ack(); !ok || ack.Ack.Executed != 1 {
 		t.Errorf("execution not acknowledged: %+v", ack.Ack)
 	}
-	if !b.MayExecute(1) || b.MayExecute(2) {
+	if !b.MayExecute(1, false) || b.MayExecute(2, false) {
 		t.Error("one epoch behind violated")
 	}
 	if _, err := b.Receive(Message{Type: TypeAnswer, Answer: &Answer{Seq: 5}}); err == nil {
@@ -214,10 +214,36 @@ func TestBackupOrderAndFailover(t *testing.T) {
 	if len(act.Release) != 2 || act.Release[0].Seq != 3 || act.Release[1].Seq != 4 {
 		t.Fatalf("failover re-emitted %+v, want outputs 3 and 4", act.Release)
 	}
-	if !b.MayExecute(99) {
+	if !b.MayExecute(99, false) {
 		t.Error("after failover the backup still waits for epoch ends")
 	}
 	if act := b.Output(out(5, 2, 2)); len(act.Release) != 1 {
 		t.Error("new primary does not release")
+	}
+}
+
+// TestQuietEpochRunsBesideThePrimary: rule 4a. A quiet epoch may run before
+// its end is held, but only the one right after the last end held, and
+// only once the epochs before it have been executed.
+func TestQuietEpochRunsBesideThePrimary(t *testing.T) {
+	b := NewBackup()
+	if !b.MayExecute(1, true) {
+		t.Fatal("a quiet first epoch must not wait for its end")
+	}
+	if b.MayExecute(2, true) {
+		t.Fatal("quiet epoch 2 may run while epoch 1's end is not held")
+	}
+	if _, err := b.Receive(Message{Type: TypeEpochEnd, EpochEnd: &EpochEnd{Epoch: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if b.MayExecute(2, true) {
+		t.Error("quiet epoch 2 may run before epoch 1 was executed")
+	}
+	b.Executed(1)
+	if !b.MayExecute(2, true) {
+		t.Error("quiet epoch 2 waits for its end")
+	}
+	if b.MayExecute(2, false) || b.MayExecute(3, true) {
+		t.Error("a counted epoch, or one two ahead, may run before its end is held")
 	}
 }

@@ -8,7 +8,7 @@ package epoch
 
 // Version is the wire protocol's version; a frame of another version is
 // refused.
-const Version = 2
+const Version = 3
 
 // Type names a message.
 type Type uint8
@@ -66,6 +66,8 @@ type MachineConfig struct {
 	// boundaries, and so epoch boundaries, differ between versions.
 	Engine      string
 	DiskSectors uint64
+	// Clock is the epoch clock ("always" or "adaptive"): where epochs end.
+	Clock string
 }
 
 // Hello opens a link: the backup's configuration, and whether it joins a

@@ -305,8 +305,18 @@ func (b *Backup) Executed(epoch uint64) {
 }
 
 // MayExecute reports whether the backup may run epoch: only once it holds
-// that epoch's end, one epoch behind (rule 4), until it fails over.
-func (b *Backup) MayExecute(epoch uint64) bool { return b.primary || epoch <= b.ends }
+// that epoch's end, one epoch behind (rule 4), until it fails over. A quiet
+// epoch (one that runs without the block clock: no interrupt can become
+// deliverable in it, and the guest's own execution fixes its end) may run
+// as soon as the one before it has been executed, beside the primary's
+// (rule 4a): nothing the primary could still send changes where it ends
+// or what it does, and its answers arrive as they happen (rule 1).
+func (b *Backup) MayExecute(epoch uint64, quiet bool) bool {
+	if b.primary || epoch <= b.ends {
+		return true
+	}
+	return quiet && epoch == b.ends+1 && b.executed == b.ends
+}
 
 // Output takes an output the backup's own replay produced. A backup
 // performs no output (rule 4) but keeps those past the primary's watermark,

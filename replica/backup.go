@@ -436,8 +436,10 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 			}
 			b.mu.Lock()
 			defer b.mu.Unlock()
-			// Rule 4: run epoch E only once its end record is held.
-			for !b.proto.MayExecute(e) {
+			// Rule 4: run epoch E only once its end record is held;
+			// rule 4a: a quiet epoch may run beside the primary's.
+			quiet := at.Quiet()
+			for !b.proto.MayExecute(e, quiet) {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -481,7 +483,7 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 	st := m.Stats()
 	final, _ := m.Hash()
 	b.mu.Lock()
-	b.report.Epochs, b.report.TLBMisses, b.report.FinalHash = st.Epochs, st.TLBMisses, final.String()
+	b.report.Epochs, b.report.QuietEpochs, b.report.TLBMisses, b.report.FinalHash = st.Epochs, st.QuietEpochs, st.TLBMisses, final.String()
 	if b.fo != nil && b.fo.ReplayMS == 0 {
 		b.fo.ReplayMS = ms(time.Since(b.foStart)) // finished before any live answer was needed
 	}

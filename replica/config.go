@@ -59,6 +59,7 @@ func (m Machine) wireConfig() epoch.MachineConfig {
 		BoardVersion: vm.BoardVersion,
 		Engine:       uc.Version(),
 		DiskSectors:  m.Config.DiskSectors,
+		Clock:        m.Config.Clock.String(),
 	}
 }
 
@@ -80,6 +81,9 @@ func compareConfigs(primary, backup epoch.MachineConfig) string {
 	}
 	if primary.Engine != backup.Engine {
 		why = append(why, fmt.Sprintf("emulator library differs (primary libunicorn %s, backup %s): their epoch clocks disagree", primary.Engine, backup.Engine))
+	}
+	if primary.Clock != backup.Clock {
+		why = append(why, fmt.Sprintf("epoch clock differs (primary %s, backup %s)", primary.Clock, backup.Clock))
 	}
 	if primary.DiskSectors != backup.DiskSectors {
 		why = append(why, fmt.Sprintf("disk size differs (primary %d, backup %d sectors)", primary.DiskSectors, backup.DiskSectors))

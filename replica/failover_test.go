@@ -79,7 +79,7 @@ func (l *connListener) cut() {
 // backwards (TestPairReplicates shows a backup that never takes over emits
 // nothing).
 func TestFailoverAtRandomInstants(t *testing.T) {
-	failoverAtRandomInstants(t, "ticker", []string{"30", "1000"}, 30*50, func(t *testing.T, console, img string) error {
+	failoverAtRandomInstants(t, "ticker", []string{"30", "1000"}, vm.ClockAlways, 30*50, func(t *testing.T, console, img string) error {
 		return guests.CheckTicker(console, 30)
 	})
 }
@@ -89,7 +89,40 @@ func TestFailoverAtRandomInstants(t *testing.T) {
 // image, which a cold boot verifies.
 func TestDiskFailoverAtRandomInstants(t *testing.T) {
 	const puts = 40
-	failoverAtRandomInstants(t, "diskkv", []string{"run", "40", "9", "4"}, puts*28, func(t *testing.T, console, img string) error {
+	diskFailover(t, vm.ClockAlways)
+}
+
+// TestAdaptiveClockFailoverAtRandomInstants repeats both with the adaptive
+// epoch clock, and adds a guest whose epochs are all quiet, so that the
+// primary dies while the backup runs beside it (rule 4a): ramwriter's
+// lines are a function of its arguments.
+func TestAdaptiveClockFailoverAtRandomInstants(t *testing.T) {
+	t.Run("ticker", func(t *testing.T) {
+		failoverAtRandomInstants(t, "ticker", []string{"30", "1000"}, vm.ClockAdaptive, 30*50, func(t *testing.T, console, img string) error {
+			return guests.CheckTicker(console, 30)
+		})
+	})
+	t.Run("diskkv", func(t *testing.T) { diskFailover(t, vm.ClockAdaptive) })
+	t.Run("ramwriter", func(t *testing.T) {
+		var want bytes.Buffer
+		cpu, _ := cpuModel()
+		args := []string{"1", "200"}
+		r, err := RunAlone(context.Background(), machine(t, "ramwriter", args, tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}), vm.LiveConfig{Console: &want, CPU: cpu}, vm.RunOptions{}, nil)
+		if err != nil || r.Result.ExitCode != 0 {
+			t.Fatalf("reference run: exit %d, %v", r.Result.ExitCode, err)
+		}
+		failoverAtRandomInstants(t, "ramwriter", args, vm.ClockAdaptive, want.Len(), func(t *testing.T, console, img string) error {
+			if console != want.String() {
+				return fmt.Errorf("console %q, want %q", console, want.String())
+			}
+			return nil
+		})
+	})
+}
+
+func diskFailover(t *testing.T, clock vm.EpochClock) {
+	const puts = 40
+	failoverAtRandomInstants(t, "diskkv", []string{"run", "40", "9", "4"}, clock, puts*28, func(t *testing.T, console, img string) error {
 		next := 1
 		for _, line := range strings.Split(console, "\n") {
 			if strings.HasPrefix(line, "put ") {
@@ -135,7 +168,7 @@ func coldBoot(t *testing.T, img string) string {
 	return out.String()
 }
 
-func failoverAtRandomInstants(t *testing.T, guest string, args []string, maxOutputs int, check func(t *testing.T, console, img string) error) {
+func failoverAtRandomInstants(t *testing.T, guest string, args []string, clock vm.EpochClock, maxOutputs int, check func(t *testing.T, console, img string) error) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 2))
@@ -166,6 +199,7 @@ func failoverAtRandomInstants(t *testing.T, guest string, args []string, maxOutp
 		}
 		mach := func(tlbCfg tlb.Config) Machine {
 			m := machine(t, guest, args, tlbCfg)
+			m.Config.Clock = clock
 			if guest == "diskkv" {
 				m.DiskPath, m.Config.DiskSectors = img, sectors
 			}

@@ -45,14 +45,17 @@ type LogHeader struct {
 	BoardVersion uint32   `json:"board_version"`
 	Engine       string   `json:"engine"` // libunicorn version
 	DiskSectors  uint64   `json:"disk_sectors"`
-	Role         string   `json:"role"`
+	// Clock is the epoch clock; a log without one was recorded with
+	// "always".
+	Clock string `json:"epoch_clock,omitempty"`
+	Role  string `json:"role"`
 }
 
 // HeaderFor describes a machine.
 func HeaderFor(m Machine, role string) LogHeader {
 	return LogHeader{Version: logVersion, ImageDigest: fmt.Sprintf("%x", m.Image.Digest), Args: m.Config.Args,
 		RAMSize: m.Config.RAMSize, EpochBlocks: m.EpochBlocks,
-		BoardVersion: vm.BoardVersion, Engine: uc.Version(), DiskSectors: m.Config.DiskSectors, Role: role}
+		BoardVersion: vm.BoardVersion, Engine: uc.Version(), DiskSectors: m.Config.DiskSectors, Clock: m.Config.Clock.String(), Role: role}
 }
 
 // LogWriter records a run to a file; it is a vm.Recorder.

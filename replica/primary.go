@@ -429,7 +429,7 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 	st := m.Stats()
 	final, _ := m.Hash()
 	p.mu.Lock()
-	p.report.Epochs, p.report.TLBMisses, p.report.FinalHash = st.Epochs, st.TLBMisses, final.String()
+	p.report.Epochs, p.report.QuietEpochs, p.report.TLBMisses, p.report.FinalHash = st.Epochs, st.QuietEpochs, st.TLBMisses, final.String()
 	p.mu.Unlock()
 	return res, final, err
 }

@@ -52,7 +52,11 @@ func Replay(ctx context.Context, opt ReplayOptions) (*ReplayResult, error) {
 	if h.Engine != uc.Version() {
 		return nil, fmt.Errorf("the log was recorded on libunicorn %s; this build runs %s, whose epoch boundaries differ", h.Engine, uc.Version())
 	}
-	cfg := vm.Config{RAMSize: h.RAMSize, TLB: opt.TLB, Args: h.Args, DiskSectors: h.DiskSectors}
+	clock, err := vm.ParseEpochClock(h.Clock)
+	if err != nil {
+		return nil, fmt.Errorf("the log's header: %w", err)
+	}
+	cfg := vm.Config{RAMSize: h.RAMSize, TLB: opt.TLB, Args: h.Args, DiskSectors: h.DiskSectors, Clock: clock}
 	src := &trackedSource{RecordSource: vm.NewLogSource(&opt.Log.Log)}
 	env := &replayEnv{Replay: vm.NewReplay(ctx, src), src: src}
 	m, err := vm.New(cfg, opt.Image, env, nil)

@@ -51,6 +51,7 @@ type pairConfig struct {
 	backupTLB    tlb.Config
 	mode         epoch.Mode
 	epochBlocks  uint64 // 0: machine's default
+	clock        vm.EpochClock
 	maxEpochs    uint64 // both sides' epoch budget (0: none)
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
 	// proxy, if set, stands between the replicas: it is given the
@@ -83,6 +84,7 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 		if c.epochBlocks != 0 {
 			m.EpochBlocks = c.epochBlocks
 		}
+		m.Config.Clock = c.clock
 		return Options{Machine: m, Sink: NewPlainSink(&s.out), CPU: cpu, MaxEpochs: c.maxEpochs,
 			TimerJitter: 200 * time.Microsecond, OnEpoch: func(st vm.Stop) { s.trail = append(s.trail, st) }}
 	}
@@ -153,6 +155,56 @@ func TestPairReplicates(t *testing.T) {
 				t.Errorf("the guest's own check failed:\n%s", p.out.String())
 			}
 			t.Logf("%d epochs, misses primary %d backup %d, log %d bytes", len(p.trail), p.rep.TLBMisses, b.rep.TLBMisses, p.rep.LogBytes)
+		})
+	}
+}
+
+// TestPairReplicatesAdaptive: with the adaptive epoch clock, quiet epochs
+// run on the backup beside the primary's (rule 4a) and still end at the
+// same points with equal hashes, under different TLBs; a guest that arms
+// its timer switches to counted epochs on both sides alike.
+func TestPairReplicatesAdaptive(t *testing.T) {
+	for _, c := range []pairConfig{
+		{guest: "cpustate", args: []string{"5000"}, primaryTLB: tlb.Config{PageSize: 16 << 10, Entries: 8, Seed: 13}, backupTLB: tlb.Config{PageSize: 4 << 10, Entries: 4, Policy: tlb.FIFO, Seed: 14}},
+		{guest: "smc", primaryTLB: tlb.Config{PageSize: 4 << 10, Entries: 4, Seed: 7}, backupTLB: tlb.Config{PageSize: 1 << 20, Entries: 64, Policy: tlb.LRU, Seed: 8}},
+		{guest: "tlbstress", args: []string{"4", "2"}, primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 8, Seed: 3}, backupTLB: tlb.Config{PageSize: 16 << 10, Entries: 64, Policy: tlb.LRU, Seed: 4}, mode: epoch.Strict},
+		{guest: "ticker", args: []string{"20", "2000"}, primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, backupTLB: tlb.Config{PageSize: 16 << 10, Entries: 4, Policy: tlb.FIFO, Seed: 2}},
+		{guest: "stishadow", args: []string{"500"}, epochBlocks: 41, primaryTLB: tlb.Config{PageSize: 4 << 10, Entries: 4, Seed: 11}, backupTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Policy: tlb.LRU, Seed: 12}},
+	} {
+		c.clock = vm.ClockAdaptive
+		t.Run(c.guest+"-"+c.mode.String(), func(t *testing.T) {
+			p, b := runPair(t, c)
+			if p.err != nil || b.err != nil {
+				t.Fatalf("primary: %v\nbackup: %v", p.err, b.err)
+			}
+			if len(p.trail) != len(b.trail) || len(p.trail) == 0 {
+				t.Fatalf("primary ran %d epochs, backup %d", len(p.trail), len(b.trail))
+			}
+			for i := range p.trail {
+				if p.trail[i].Hash != b.trail[i].Hash || p.trail[i].Clock != b.trail[i].Clock || p.trail[i].Reason != b.trail[i].Reason {
+					t.Fatalf("epoch %d: primary %v %v backup %v %v", i+1, p.trail[i].Reason, p.trail[i].Hash, b.trail[i].Reason, b.trail[i].Hash)
+				}
+			}
+			if p.rep.FinalHash != b.rep.FinalHash || *p.rep.ExitCode != 0 || *b.rep.ExitCode != 0 {
+				t.Fatalf("final: primary %s exit %v, backup %s exit %v", p.rep.FinalHash, *p.rep.ExitCode, b.rep.FinalHash, *b.rep.ExitCode)
+			}
+			if p.rep.QuietEpochs == 0 || p.rep.QuietEpochs != b.rep.QuietEpochs {
+				t.Errorf("quiet epochs: primary %d, backup %d", p.rep.QuietEpochs, b.rep.QuietEpochs)
+			}
+			// The ticker arms its timer: from then on every epoch counts.
+			if c.guest == "ticker" && p.rep.QuietEpochs*2 > p.rep.Epochs {
+				t.Errorf("ticker: %d of %d epochs quiet", p.rep.QuietEpochs, p.rep.Epochs)
+			}
+			if b.rep.HashesCompared != uint64(len(b.trail)) || b.out.Len() != 0 {
+				t.Errorf("backup compared %d hashes over %d epochs, emitted %d bytes", b.rep.HashesCompared, len(b.trail), b.out.Len())
+			}
+			if c.guest == "ticker" && strings.Count(p.out.String(), "tick ") != atoi(c.args[0]) {
+				t.Errorf("primary console:\n%s", p.out.String())
+			}
+			if c.guest != "ticker" && c.guest != "tlbstress" && !strings.Contains(p.out.String(), c.guest+" ok\n") {
+				t.Errorf("the guest's own check failed:\n%s", p.out.String())
+			}
+			t.Logf("%d epochs (%d quiet), misses primary %d backup %d", len(p.trail), p.rep.QuietEpochs, p.rep.TLBMisses, b.rep.TLBMisses)
 		})
 	}
 }

@@ -2,10 +2,13 @@ package replica
 
 // Report is the JSON summary `hvft primary` and `hvft backup` write.
 type Report struct {
-	Role           string `json:"role"`
-	Engine         string `json:"engine"` // libunicorn version
-	BecamePrimary  bool   `json:"became_primary"`
-	Epochs         uint64 `json:"epochs"`
+	Role          string `json:"role"`
+	Engine        string `json:"engine"` // libunicorn version
+	BecamePrimary bool   `json:"became_primary"`
+	Epochs        uint64 `json:"epochs"`
+	// QuietEpochs counts the epochs run without the block clock
+	// (--epoch-clock adaptive).
+	QuietEpochs    uint64 `json:"quiet_epochs"`
 	FinalHash      string `json:"final_hash"`
 	ExitCode       *int   `json:"exit_code"`
 	OutputsEmitted uint64 `json:"outputs_emitted"`

@@ -17,12 +17,14 @@ import (
 // shadow with short epochs, and CPU state outside the general registers.
 // Each checks itself and powers off with 0 only if the machine behaved as
 // x86 defines.
-var determinismGuests = []struct {
+type determinismGuest struct {
 	name     string
 	args     []string
 	disk     bool
 	epochLen uint64
-}{
+}
+
+var determinismGuests = []determinismGuest{
 	{"smc", nil, false, 5_000},
 	{"dmacode", []string{"60"}, true, 5_000},
 	{"nestexc", []string{"1500"}, false, 700},
@@ -90,7 +92,8 @@ func recordGuest(t *testing.T, name string, args []string, disk bool, epochLen u
 // reach every epoch boundary at the same clock with the same state hash
 // (RAM included), end with the same final hash and power off with 0, and
 // the miss counts must differ between configurations (proof that the
-// nondeterminism was there).
+// nondeterminism was there). Both epoch clocks: with the adaptive one,
+// quiet epochs end at environment instructions the replay must find again.
 func TestDeterminismUnderEveryTLB(t *testing.T) {
 	matrix := tlbMatrix()
 	if len(matrix) < 48 {
@@ -99,33 +102,38 @@ func TestDeterminismUnderEveryTLB(t *testing.T) {
 	if testing.Short() {
 		matrix = everyNth(matrix, 8)
 	}
-	for _, g := range determinismGuests {
-		t.Run(g.name, func(t *testing.T) {
-			cfg := Config{TLB: tlbConfig(64<<10, 32, tlb.Random, 3)}
-			log, live := recordGuest(t, g.name, g.args, g.disk, g.epochLen, cfg)
-			if len(live.ends) < 10 {
-				t.Fatalf("live run of %d epochs is too short to mean anything", len(live.ends))
-			}
-			misses := map[uint64]bool{live.stats.TLBMisses: true}
-			for _, tc := range matrix {
-				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-				rcfg := Config{TLB: tc, DiskSectors: map[bool]uint64{true: 2048}[g.disk]}
-				rep := runGuest(t, g.name, g.args, rcfg, NewReplay(ctx, NewLogSource(log)), nil, g.epochLen)
-				cancel()
-				where := fmt.Sprintf("%s, TLB %d x %d %v seed %d", g.name, tc.Entries, tc.PageSize, tc.Policy, tc.Seed)
-				if rep.err != nil || rep.res.ExitCode != 0 {
-					t.Fatalf("%s: replay exit %d, %v", where, rep.res.ExitCode, rep.err)
-				}
-				if err := sameTrail(live, rep); err != nil {
-					t.Fatalf("%s: %v", where, err)
-				}
-				misses[rep.stats.TLBMisses] = true
-			}
-			if len(misses) < 3 {
-				t.Errorf("miss counts %v: the TLB configurations did not vary the misses", misses)
-			}
-		})
+	for _, clock := range []EpochClock{ClockAlways, ClockAdaptive} {
+		for _, g := range determinismGuests {
+			t.Run(g.name+"/"+clock.String(), func(t *testing.T) { determinismUnderEveryTLB(t, g, clock, matrix) })
+		}
 	}
+}
+
+func determinismUnderEveryTLB(t *testing.T, g determinismGuest, clock EpochClock, matrix []tlb.Config) {
+	cfg := Config{TLB: tlbConfig(64<<10, 32, tlb.Random, 3), Clock: clock}
+	log, live := recordGuest(t, g.name, g.args, g.disk, g.epochLen, cfg)
+	if clock == ClockAlways && len(live.ends) < 10 {
+		t.Fatalf("live run of %d epochs is too short to mean anything", len(live.ends))
+	}
+	misses := map[uint64]bool{live.stats.TLBMisses: true}
+	for _, tc := range matrix {
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		rcfg := Config{TLB: tc, DiskSectors: map[bool]uint64{true: 2048}[g.disk], Clock: clock}
+		rep := runGuest(t, g.name, g.args, rcfg, NewReplay(ctx, NewLogSource(log)), nil, g.epochLen)
+		cancel()
+		where := fmt.Sprintf("%s, TLB %d x %d %v seed %d", g.name, tc.Entries, tc.PageSize, tc.Policy, tc.Seed)
+		if rep.err != nil || rep.res.ExitCode != 0 {
+			t.Fatalf("%s: replay exit %d, %v", where, rep.res.ExitCode, rep.err)
+		}
+		if err := sameTrail(live, rep); err != nil {
+			t.Fatalf("%s: %v", where, err)
+		}
+		misses[rep.stats.TLBMisses] = true
+	}
+	if len(misses) < 3 {
+		t.Errorf("miss counts %v: the TLB configurations did not vary the misses", misses)
+	}
+	t.Logf("%d epochs, %d quiet", len(live.ends), live.stats.QuietEpochs)
 }
 
 // sameTrail compares two runs epoch by epoch.
@@ -135,8 +143,8 @@ func sameTrail(want, got runResult) error {
 	}
 	for i := range want.ends {
 		w, g := want.ends[i], got.ends[i]
-		if g.Hash != w.Hash || g.Clock != w.Clock || g.RIP != w.RIP {
-			return fmt.Errorf("epoch %d: hash %v clock %d rip %#x, want %v clock %d rip %#x", i+1, g.Hash, g.Clock, g.RIP, w.Hash, w.Clock, w.RIP)
+		if g.Hash != w.Hash || g.Clock != w.Clock || g.RIP != w.RIP || g.Reason != w.Reason {
+			return fmt.Errorf("epoch %d: %v, hash %v clock %d rip %#x, want %v, %v clock %d rip %#x", i+1, g.Reason, g.Hash, g.Clock, g.RIP, w.Reason, w.Hash, w.Clock, w.RIP)
 		}
 	}
 	if got.final != want.final || got.stats.Blocks != want.stats.Blocks {

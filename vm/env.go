@@ -89,6 +89,9 @@ const (
 	StopHalt     StopReason = 2 // HLT
 	StopPowerOff StopReason = 3 // the guest powered off
 	StopFault    StopReason = 4 // a fatal fault; the machine cannot go on
+	// StopEnv: a quiet epoch (EpochClock) ended at an environment
+	// instruction.
+	StopEnv StopReason = 5
 )
 
 func (r StopReason) String() string {
@@ -101,6 +104,8 @@ func (r StopReason) String() string {
 		return "power-off"
 	case StopFault:
 		return "fault"
+	case StopEnv:
+		return "environment"
 	}
 	return fmt.Sprintf("reason(%d)", uint8(r))
 }

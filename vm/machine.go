@@ -50,6 +50,8 @@ type Config struct {
 	// DiskSectors is the size of the shared disk (0: no disk). The
 	// image itself is the environment's business.
 	DiskSectors uint64
+	// Clock says when the block clock runs; both replicas must agree.
+	Clock EpochClock
 }
 
 // DefaultRAMSize is the board's RAM unless configured otherwise.
@@ -80,6 +82,8 @@ type Stats struct {
 	TLBFlushes uint64
 	Interrupts uint64
 	Exceptions uint64
+	// QuietEpochs counts epochs run without the block clock.
+	QuietEpochs uint64
 	// PagesHashed counts 4 KiB pages re-hashed at epoch boundaries
 	// because they were written.
 	PagesHashed uint64
@@ -108,6 +112,11 @@ type Machine struct {
 	fault     error
 	powerStop bool
 	hookErr   error
+	// The epoch running without the block clock, its environment
+	// instructions so far, and whether one of them ended it.
+	quiet     bool
+	quietOps  int
+	quietStop bool
 }
 
 // New builds a machine, loads the image and boots it to its entry point.
@@ -366,8 +375,16 @@ func (m *Machine) runEpoch(ctx context.Context, limit uint64) (Stop, error) {
 
 // execute runs Unicorn until one of the hypervisor's stops.
 func (m *Machine) execute(limit uint64) (StopReason, error) {
-	m.eng.SetBlockLimit(m.eng.Blocks() + limit)
-	defer m.eng.SetBlockLimit(0)
+	m.quiet, m.quietOps, m.quietStop = m.nextQuiet(), 0, false
+	if err := m.eng.SetBlockClock(!m.quiet); err != nil {
+		return 0, err
+	}
+	if m.quiet {
+		m.stats.QuietEpochs++
+	} else {
+		m.eng.SetBlockLimit(m.eng.Blocks() + limit)
+		defer m.eng.SetBlockLimit(0)
+	}
 	m.powerStop, m.hookErr = false, nil
 	rip, err := m.eng.RegRead(uc.RIP)
 	if err != nil {
@@ -391,9 +408,16 @@ func (m *Machine) execute(limit uint64) (StopReason, error) {
 	if rip, err = m.eng.RegRead(uc.RIP); err != nil {
 		return 0, err
 	}
+	// A quiet epoch's end at an environment instruction lands at the next
+	// block; a HLT later in that instruction's block halts instead. (The
+	// byte before a block can be 0xF4 without a HLT having run: both
+	// replicas then take it for one alike.)
 	if rip > 0 && rip <= m.cfg.RAMSize && m.mem[rip-1] == 0xF4 {
 		m.halted = true
 		return StopHalt, nil
+	}
+	if m.quietStop {
+		return StopEnv, nil
 	}
 	m.fault = fmt.Errorf("emulation stopped for no known reason at RIP %#x", rip)
 	return StopFault, nil
@@ -436,6 +460,9 @@ func (m *Machine) wake() (Wake, error) {
 // point names the current position for hooks.
 func (m *Machine) point() Point {
 	addr, _ := m.eng.LastBlock()
+	if m.quiet { // no block hook records the block: Unicorn's RIP will do
+		addr, _ = m.eng.RegRead(uc.RIP)
+	}
 	return Point{Epoch: m.epoch + 1, Clock: m.eng.Blocks(), RIP: addr}
 }
 
@@ -460,6 +487,7 @@ func (m *Machine) In(port uint32, size int) uint32 {
 	}
 	m.seq = seq
 	v := m.board.completeIn(port, answer)
+	m.afterEnvOp()
 	switch size {
 	case 1:
 		v &= 0xFF
@@ -495,7 +523,9 @@ func (m *Machine) Out(port uint32, size int, value uint32) {
 	if effect == EffectPowerOff {
 		m.powerStop = true
 		m.eng.Stop()
+		return
 	}
+	m.afterEnvOp()
 }
 
 // CPUID implements uc.Handler: the environment answers.
@@ -518,7 +548,9 @@ func (m *Machine) CPUID() bool {
 	if err := m.eng.RegWriteBatch([]uc.Reg{uc.RAX, uc.RBX, uc.RCX, uc.RDX},
 		[]uint64{uint64(r[0]), uint64(r[1]), uint64(r[2]), uint64(r[3])}); err != nil {
 		m.failHook(err)
+		return true
 	}
+	m.afterEnvOp()
 	return true
 }
 

@@ -111,3 +111,7 @@ func (b *Boundary) State() ([]byte, error) {
 
 // Hash is the state hash.
 func (b *Boundary) Hash() (Digest, error) { return b.m.hash() }
+
+// Quiet reports whether the next epoch runs without the block clock
+// (EpochClock): its end is then fixed by the guest's own execution.
+func (b *Boundary) Quiet() bool { return !b.m.halted && b.m.nextQuiet() }

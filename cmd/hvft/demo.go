@@ -21,6 +21,7 @@ import (
 
 	"hvft/guests"
 	"hvft/replica"
+	"hvft/vm"
 )
 
 func demoCommand() *cli.Command {
@@ -37,6 +38,7 @@ func demoCommand() *cli.Command {
 			&cli.StringFlag{Name: "kill-after", Value: "1s", Usage: "when to SIGKILL the primary: a duration (1s, 800ms) or a number of epochs (40); \"never\" to let it finish"},
 			&cli.StringFlag{Name: "protocol", Value: "bounded", Usage: "bounded or strict (see hvft primary --help)"},
 			&cli.Uint64Flag{Name: "epoch-blocks", Value: 100_000, Usage: "epoch length in translation blocks"},
+			&cli.StringFlag{Name: "epoch-clock", Value: "always", Usage: "always or adaptive (see hvft run --help)"},
 			&cli.DurationFlag{Name: "heartbeat", Value: 50 * time.Millisecond, Usage: "heartbeat interval"},
 			&cli.DurationFlag{Name: "failure-timeout", Value: 500 * time.Millisecond, Usage: "silence after which a replica declares its peer dead"},
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Minute, Usage: "give up on the demo after this long"},
@@ -159,7 +161,10 @@ func demoAction(c *cli.Context) error {
 	if err := replica.GenerateKey(keyFile); err != nil {
 		return err
 	}
-	shared := []string{"--console-stream", "--key-file", keyFile, "--epoch-blocks", strconv.FormatUint(c.Uint64("epoch-blocks"), 10),
+	if _, err := vm.ParseEpochClock(c.String("epoch-clock")); err != nil {
+		return fmt.Errorf("--epoch-clock: %w", err)
+	}
+	shared := []string{"--console-stream", "--key-file", keyFile, "--epoch-blocks", strconv.FormatUint(c.Uint64("epoch-blocks"), 10), "--epoch-clock", c.String("epoch-clock"),
 		"--heartbeat", c.Duration("heartbeat").String(), "--failure-timeout", c.Duration("failure-timeout").String()}
 	if disk := c.String("disk"); disk != "" {
 		// Created here, once, so the replicas cannot race to create it.

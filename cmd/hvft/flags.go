@@ -23,6 +23,7 @@ func machineFlags() []cli.Flag {
 		&cli.StringFlag{Name: "tlb-policy", Value: "random", Usage: "TLB replacement: random, fifo or lru"},
 		&cli.Uint64Flag{Name: "tlb-seed", Usage: "seed of the random policy (0: drawn from the host and logged)"},
 		&cli.Uint64Flag{Name: "epoch-blocks", Value: 100_000, Usage: "epoch length in translation blocks (the epoch clock's unit); every epoch's state hash covers registers, devices and RAM"},
+		&cli.StringFlag{Name: "epoch-clock", Value: "always", Usage: "always: count every block, so every epoch is --epoch-blocks long; adaptive: count blocks only while an interrupt can arrive (a timer, input or a disk operation unmasked), and otherwise end epochs at the guest's environment instructions (IN, OUT, CPUID), which costs almost nothing per block (docs/performance.md)"},
 		&cli.StringFlag{Name: "disk", Usage: "disk image file for the block device (the shared disk: primary and backup name the same one); created when absent"},
 		&cli.StringFlag{Name: "disk-size", Value: "4MiB", Usage: "size of a disk image that --disk creates"},
 		&cli.StringFlag{Name: "disk-sync", Value: "always", Usage: "always (a write completes once fsync'd: durable) or never (left to the OS)"},
@@ -76,6 +77,9 @@ func machineConfig(c *cli.Context) (vm.Config, error) {
 	}
 	if err := cfg.TLB.Validate(); err != nil {
 		return cfg, err
+	}
+	if cfg.Clock, err = vm.ParseEpochClock(c.String("epoch-clock")); err != nil {
+		return cfg, fmt.Errorf("--epoch-clock: %w", err)
 	}
 	if c.Uint64("epoch-blocks") == 0 {
 		return cfg, fmt.Errorf("--epoch-blocks must be positive")

@@ -25,6 +25,7 @@ type runReport struct {
 	Engine      string `json:"engine"` // libunicorn version
 	FinalHash   string `json:"final_hash"`
 	Epochs      uint64 `json:"epochs"`
+	QuietEpochs uint64 `json:"quiet_epochs"` // run without the block clock (--epoch-clock adaptive)
 	Blocks      uint64 `json:"blocks"`
 	Answers     uint64 `json:"answers"`
 	TLBMisses   uint64 `json:"tlb_misses"`
@@ -87,7 +88,7 @@ func runAction(c *cli.Context) error {
 		vm.RunOptions{MaxEpochs: c.Uint64("max-epochs")}, log)
 	res, st := run.Result, run.Stats
 	rep.DurationMS = run.Elapsed.Milliseconds()
-	rep.Epochs, rep.Blocks, rep.Answers = st.Epochs, st.Blocks, st.Answers
+	rep.Epochs, rep.QuietEpochs, rep.Blocks, rep.Answers = st.Epochs, st.QuietEpochs, st.Blocks, st.Answers
 	rep.TLBMisses, rep.TLBEvicts, rep.Interrupts = st.TLBMisses, st.Evictions, st.Interrupts
 	rep.Stop, rep.StopRIP = res.Last.Reason.String(), fmt.Sprintf("%#x", res.Last.RIP)
 	if !run.Final.IsZero() {

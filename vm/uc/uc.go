@@ -27,6 +27,11 @@ typedef struct {
 	uint64_t last_addr;
 	uint32_t last_size;
 	int limit_hit;
+	// The block hook is installed only while the clock runs (clock_on):
+	// it is compiled into every translation, so switching it means
+	// retranslating.
+	int clock_on;
+	uc_hook block_hook;
 
 	// The software-managed TLB (UC_TLB_VIRTUAL with a fill hook). Unicorn's
 	// own TLB caches 4 KiB translations; the hypervisor answers its misses
@@ -284,8 +289,20 @@ static uc_err hv_hook_intr(uc_engine *uc, uc_hook *h, hv_ctx *c) {
 static uc_err hv_hook_invalid(uc_engine *uc, uc_hook *h, hv_ctx *c) {
 	return uc_hook_add(uc, h, UC_HOOK_INSN_INVALID, (void *)tr_invalid, c, 1, 0);
 }
-static uc_err hv_hook_block(uc_engine *uc, uc_hook *h, hv_ctx *c) {
-	return uc_hook_add(uc, h, UC_HOOK_BLOCK, (void *)hv_block, c, 1, 0);
+// hv_set_clock installs or removes the block hook. Translations made
+// before carry the old choice compiled in, so all of them are dropped.
+static uc_err hv_set_clock(uc_engine *uc, hv_ctx *c, int on) {
+	if (on == c->clock_on) return UC_ERR_OK;
+	uc_err err;
+	if (on) {
+		err = uc_hook_add(uc, &c->block_hook, UC_HOOK_BLOCK, (void *)hv_block, c, 1, 0);
+	} else {
+		err = uc_hook_del(uc, c->block_hook);
+	}
+	if (err != UC_ERR_OK) return err;
+	c->clock_on = on;
+	if (on && c->ram_size) return uc_ctl_remove_cache(uc, 0, c->ram_size);
+	return UC_ERR_OK;
 }
 static uc_err hv_hook_tlb(uc_engine *uc, uc_hook *h, hv_ctx *c) {
 	uc_err err = uc_ctl_tlb_mode(uc, UC_TLB_VIRTUAL);
@@ -654,8 +671,24 @@ func (e *Engine) Hooks(h Handler) error {
 	if err := add("hook invalid instructions", C.hv_hook_invalid(e.h, &hk, e.ctx)); err != nil {
 		return err
 	}
-	return add("hook blocks", C.hv_hook_block(e.h, &hk, e.ctx))
+	return check("hook blocks", C.hv_set_clock(e.h, e.ctx, 1))
 }
+
+// SetBlockClock starts or stops the block clock. A running clock costs a
+// call per translation block entered; a stopped one costs nothing, but the
+// clock does not advance and no block limit applies. Switching drops every
+// translation (the hook is compiled into them): it costs a retranslation
+// of the code the guest runs next.
+func (e *Engine) SetBlockClock(on bool) error {
+	v := C.int(0)
+	if on {
+		v = 1
+	}
+	return check("switch the block clock", C.hv_set_clock(e.h, e.ctx, v))
+}
+
+// BlockClockOn reports whether the block clock runs.
+func (e *Engine) BlockClockOn() bool { return e.ctx.clock_on != 0 }
 
 // Policy is the modelled TLB's replacement policy.
 type Policy int
