@@ -23,6 +23,10 @@ type BareResult struct {
 // final HLT, where the run ends). A non-zero count makes Unicorn count
 // instructions itself, with its own per-instruction hook.
 func RunBare(img *guestelf.Image, ramSize uint64, args []string, count uint64) (BareResult, error) {
+	return runBare(img, ramSize, args, count, false)
+}
+
+func runBare(img *guestelf.Image, ramSize uint64, args []string, count uint64, clock bool) (BareResult, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	ram, err := syscall.Mmap(-1, 0, int(ramSize), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
@@ -37,6 +41,11 @@ func RunBare(img *guestelf.Image, ramSize uint64, args []string, count uint64) (
 	defer eng.Close()
 	if err := eng.MapPtr(0, ramSize, uc.ProtAll, unsafe.Pointer(&ram[0])); err != nil {
 		return BareResult{}, err
+	}
+	if clock {
+		if err := eng.Hooks(bareHandler{}); err != nil {
+			return BareResult{}, err
+		}
 	}
 	for _, s := range img.Segments {
 		copy(ram[s.Addr:], s.Data)
@@ -58,3 +67,18 @@ func RunBare(img *guestelf.Image, ramSize uint64, args []string, count uint64) (
 	}
 	return BareResult{Elapsed: elapsed, RIP: rip}, nil
 }
+
+// RunBareWithClock is RunBare with the epoch clock's block hook installed
+// and nothing else: the cost of counting blocks alone. Ports read all ones
+// and OUT is ignored, as on bare Unicorn.
+func RunBareWithClock(img *guestelf.Image, ramSize uint64, args []string) (BareResult, error) {
+	return runBare(img, ramSize, args, 0, true)
+}
+
+// bareHandler answers nothing: a bare run has no devices.
+type bareHandler struct{}
+
+func (bareHandler) In(uint32, int) uint32   { return 0xFFFFFFFF }
+func (bareHandler) Out(uint32, int, uint32) {}
+func (bareHandler) CPUID() bool             { return false }
+func (bareHandler) Interrupt(uint32)        {}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/urfave/cli/v2"
 
@@ -24,8 +25,12 @@ func benchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
 			&cli.BoolFlag{Name: "csv", Usage: "print the matrix as CSV"},
 			&cli.StringFlag{Name: "out", Value: "hvft-bench", Usage: "folder for the plots (epoch-sweep.svg, epoch-sweep.png)"},
+			&cli.StringFlag{Name: "instructions-of", Hidden: true, Usage: "MODE:GUEST: run one guest once (the child bench runs under callgrind)"},
 		},
 		Action: func(c *cli.Context) error {
+			if spec := c.String("instructions-of"); spec != "" {
+				return bench.RunOne(c.Context, spec, c.App.Writer)
+			}
 			if c.Bool("json") && c.Bool("csv") {
 				return fmt.Errorf("--json and --csv exclude each other")
 			}
@@ -37,8 +42,12 @@ func benchCommand() *cli.Command {
 				return err
 			}
 			sugar := log.Sugar()
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("finding the hvft executable for callgrind: %w", err)
+			}
 			r, err := bench.Run(c.Context, bench.Options{Quick: c.Bool("quick"), Reps: c.Int("reps"), Kills: c.Int("kills"),
-				OutDir: c.String("out"), Progress: sugar.Infof})
+				OutDir: c.String("out"), Executable: exe, Progress: sugar.Infof})
 			if err != nil {
 				return err
 			}

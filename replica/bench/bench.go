@@ -28,6 +28,9 @@ type Options struct {
 	Reps   int    // repetitions per figure (median taken)
 	Kills  int    // failovers per kind
 	OutDir string // where plots and disk images go
+	// Executable is the hvft binary, run under callgrind for instruction
+	// counts ("" skips them).
+	Executable string
 	// Progress, if set, hears what is being measured.
 	Progress func(format string, args ...any)
 }
@@ -35,9 +38,6 @@ type Options struct {
 func (o *Options) defaults() {
 	if o.Reps <= 0 {
 		o.Reps = 5
-		if o.Quick {
-			o.Reps = 2
-		}
 	}
 	if o.Kills <= 0 {
 		o.Kills = 20
@@ -112,7 +112,11 @@ func distOf(xs []float64) Dist {
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
 	p99 := s[(len(s)*99+99)/100-1]
-	return Dist{Min: s[0], Median: s[len(s)/2], P99: p99, Max: s[len(s)-1]}
+	med := s[len(s)/2]
+	if len(s)%2 == 0 { // a true median: the mean of the middle two
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return Dist{Min: s[0], Median: med, P99: p99, Max: s[len(s)-1]}
 }
 
 // FailoverStats summarises the failovers of one kind.
@@ -133,7 +137,45 @@ type Report struct {
 	Rows     []Row           `json:"rows"`
 	Sweep    []SweepPoint    `json:"sweep"`
 	Failover []FailoverStats `json:"failover"`
-	Plots    []string        `json:"plots"`
+	// EpochCost is the fixed cost of one epoch boundary.
+	EpochCost EpochCost `json:"epoch_cost"`
+	// Join is a backup joining a primary whose guest writes RAM.
+	Join JoinStats `json:"join"`
+	// Instructions are host-instruction counts under callgrind (absent
+	// where valgrind is not installed).
+	Instructions []InstructionCount `json:"instructions,omitempty"`
+	Plots        []string           `json:"plots"`
+}
+
+// EpochCost is the per-epoch fixed cost (stop, hash, record, restart):
+// compute run unreplicated with short epochs against the same run with
+// long ones, in one run, the difference divided by the extra epochs.
+type EpochCost struct {
+	ShortBlocks, LongBlocks uint64
+	ShortEpochs, LongEpochs uint64
+	// Micros is the cost of one epoch in microseconds, per repetition.
+	Micros Stat `json:"micros"`
+}
+
+// JoinStats is the guest's pause for the stop-and-copy of a join, writing
+// RAM without pause, beside the pause of an idle guest of the same RAM
+// size (the baseline).
+type JoinStats struct {
+	RAMBytes    uint64  `json:"ram_bytes"`
+	PauseMS     Stat    `json:"pause_ms"`
+	IdlePauseMS Stat    `json:"idle_pause_ms"`
+	PrecopyMS   Stat    `json:"precopy_ms"`
+	ResentMiB   float64 `json:"resent_mib"` // median bytes re-sent at the stop
+}
+
+// InstructionCount is the host instructions spent inside Unicorn's run
+// calls (hooks included) per guest translation block, counted by callgrind:
+// a figure that does not move with the machine's load.
+type InstructionCount struct {
+	Guest    string  `json:"guest"`
+	Mode     string  `json:"mode"` // bare, clock (bare + the block hook), run, run-adaptive
+	Total    uint64  `json:"instructions"`
+	PerBlock float64 `json:"per_block"`
 }
 
 // workload is a guest and its arguments, full and quick.
@@ -146,8 +188,8 @@ type workload struct {
 
 var workloads = []workload{
 	{guest: "compute", args: []string{"4", "1"}, quick: []string{"1", "1"}, bare: true},
-	{guest: "branchy", args: []string{"64", "3000"}, quick: []string{"64", "500"}, bare: true},
-	{guest: "ticker", args: []string{"100", "1000"}, quick: []string{"30", "1000"}},
+	{guest: "branchy", args: []string{"64", "3000"}, quick: []string{"64", "300"}, bare: true},
+	{guest: "ticker", args: []string{"100", "1000"}, quick: []string{"20", "1000"}},
 	{guest: "tlbstress", args: []string{"8", "2"}, quick: []string{"4", "1"}, bare: true},
 	{guest: "diskkv", args: []string{"run", "100", "1", "8"}, quick: []string{"run", "30", "1", "8"}, disk: true},
 }
@@ -186,6 +228,15 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		}
 		r.Rows = append(r.Rows, rows...)
 	}
+	if r.EpochCost, err = env.epochCost(ctx); err != nil {
+		return nil, fmt.Errorf("epoch cost: %w", err)
+	}
+	if r.Join, err = env.join(ctx); err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	if r.Instructions, err = instructionCounts(ctx, opt); err != nil {
+		return nil, fmt.Errorf("callgrind: %w", err)
+	}
 	if r.Sweep, err = env.sweep(ctx); err != nil {
 		return nil, fmt.Errorf("epoch sweep: %w", err)
 	}
@@ -204,6 +255,10 @@ type runner struct {
 }
 
 func (e *runner) machine(w workload, epochBlocks uint64) (replica.Machine, error) {
+	return e.clocked(w, epochBlocks, vm.ClockAlways)
+}
+
+func (e *runner) clocked(w workload, epochBlocks uint64, clock vm.EpochClock) (replica.Machine, error) {
 	data, ok := guests.Builtin(w.guest)
 	if !ok {
 		return replica.Machine{}, fmt.Errorf("no built-in guest %s", w.guest)
@@ -217,7 +272,7 @@ func (e *runner) machine(w workload, epochBlocks uint64) (replica.Machine, error
 		args = w.quick
 	}
 	m := replica.Machine{Image: img, EpochBlocks: epochBlocks, Config: vm.Config{RAMSize: vm.DefaultRAMSize,
-		TLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, Args: append([]string{w.guest}, args...)}}
+		TLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, Args: append([]string{w.guest}, args...), Clock: clock}}
 	if w.disk {
 		m.DiskPath = filepath.Join(e.opt.OutDir, fmt.Sprintf("disk-%d.img", time.Now().UnixNano()))
 		if m.Config.DiskSectors, err = vm.DiskSectorsOf(m.DiskPath, 1<<20); err != nil {
@@ -241,9 +296,9 @@ func (e *runner) solo(ctx context.Context, m replica.Machine) (time.Duration, vm
 
 // matrix measures one workload in every mode.
 func (e *runner) matrix(ctx context.Context, w workload) ([]Row, error) {
-	var bare, run, bounded, strict []float64
+	var bare, run, bounded, strict, arun, abounded []float64
 	var runStats vm.Stats
-	var pb, ps pairResult
+	var pb, ps, pa pairResult
 	for rep := 0; rep < e.opt.Reps; rep++ {
 		e.opt.Progress("%s: repetition %d of %d", w.guest, rep+1, e.opt.Reps)
 		m, err := e.machine(w, defaultEpoch)
@@ -263,6 +318,25 @@ func (e *runner) matrix(ctx context.Context, w workload) ([]Row, error) {
 			return nil, err
 		}
 		run, runStats = append(run, d.Seconds()), st
+		am, err := e.clocked(w, defaultEpoch, vm.ClockAdaptive)
+		if err != nil {
+			return nil, err
+		}
+		d, _, err = e.solo(ctx, am)
+		cleanup(am)
+		if err != nil {
+			return nil, err
+		}
+		arun = append(arun, d.Seconds())
+		if am, err = e.clocked(w, defaultEpoch, vm.ClockAdaptive); err != nil {
+			return nil, err
+		}
+		p, err := e.pair(ctx, am, epoch.Bounded, nil)
+		cleanup(am)
+		if err != nil {
+			return nil, err
+		}
+		abounded, pa = append(abounded, p.seconds), p
 		for _, mode := range []epoch.Mode{epoch.Bounded, epoch.Strict} {
 			m, err := e.machine(w, defaultEpoch)
 			if err != nil {
@@ -287,7 +361,12 @@ func (e *runner) matrix(ctx context.Context, w workload) ([]Row, error) {
 			r.RatioToBare = st.Median / statOf(bare).Median
 		}
 		if mode != "bare" {
-			r.RatioToRun = st.Median / statOf(run).Median
+			// Replication's cost is against hvft run with the same clock.
+			base := run
+			if mode == "run-adaptive" || mode == "repl-adaptive" {
+				base = arun
+			}
+			r.RatioToRun = st.Median / statOf(base).Median
 			r.Epochs, r.EpochsPerSec, r.TLBMisses = runStats.Epochs, float64(runStats.Epochs)/st.Median, runStats.TLBMisses
 		}
 		return r
@@ -297,11 +376,14 @@ func (e *runner) matrix(ctx context.Context, w workload) ([]Row, error) {
 		rows = append(rows, row("bare", bare))
 	}
 	rows = append(rows, row("run", run))
+	ar := row("run-adaptive", arun)
+	ar.Epochs, ar.EpochsPerSec = pa.epochs, float64(pa.epochs)/ar.Seconds.Median
+	rows = append(rows, ar)
 	for _, c := range []struct {
 		mode string
 		secs []float64
 		p    pairResult
-	}{{"replicated", bounded, pb}, {"strict", strict, ps}} {
+	}{{"replicated", bounded, pb}, {"strict", strict, ps}, {"repl-adaptive", abounded, pa}} {
 		r := row(c.mode, c.secs)
 		r.Epochs, r.TLBMisses = c.p.epochs, c.p.misses
 		r.EpochsPerSec = float64(c.p.epochs) / r.Seconds.Median

@@ -41,6 +41,27 @@ func (r *Report) Table(w io.Writer) error {
 			row.LagEpochs, row.LagMS, row.TLBMisses)
 	}
 	tw.Flush()
+	c := r.EpochCost
+	fmt.Fprintf(w, "\nper-epoch fixed cost (compute, %d-block epochs against %d-block ones, %d against %d epochs): %.2f us (%.2f-%.2f)\n",
+		c.ShortBlocks, c.LongBlocks, c.ShortEpochs, c.LongEpochs, c.Micros.Median, c.Micros.Min, c.Micros.Max)
+	j := r.Join
+	fmt.Fprintf(w, "join pause, %d MiB, guest writing RAM: %.1f ms (%.1f-%.1f), pre-copy %.0f ms, %.1f MiB re-sent; idle guest (baseline): %.1f ms (%.1f-%.1f)\n",
+		j.RAMBytes>>20, j.PauseMS.Median, j.PauseMS.Min, j.PauseMS.Max, j.PrecopyMS.Median, j.ResentMiB, j.IdlePauseMS.Median, j.IdlePauseMS.Min, j.IdlePauseMS.Max)
+	if len(r.Instructions) > 0 {
+		fmt.Fprintf(w, "\nhost instructions inside Unicorn per guest block (callgrind; one run each, exact):\n")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "guest	mode	instructions	per block	x bare	")
+		bare := map[string]uint64{}
+		for _, n := range r.Instructions {
+			if n.Mode == "bare" {
+				bare[n.Guest] = n.Total
+			}
+		}
+		for _, n := range r.Instructions {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%.1f\t%.2fx\t\n", n.Guest, n.Mode, n.Total, n.PerBlock, float64(n.Total)/float64(max(bare[n.Guest], 1)))
+		}
+		tw.Flush()
+	}
 	fmt.Fprintf(w, "\nepoch-length sweep (run time / baseline):\n")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "guest\tprotocol\tepoch blocks\tnormalized\tbaseline\t")
