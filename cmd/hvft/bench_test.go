@@ -42,14 +42,28 @@ func TestBenchQuick(t *testing.T) {
 			Detect     map[string]float64 `json:"detect_ms"`
 			KillToLive map[string]float64 `json:"kill_to_live_ms"`
 		} `json:"failover"`
+		EpochCost struct {
+			Micros map[string]float64 `json:"micros"`
+		} `json:"epoch_cost"`
+		Join struct {
+			PauseMS map[string]float64 `json:"pause_ms"`
+		} `json:"join"`
 		Plots []string `json:"plots"`
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("report is not JSON: %v\n%s", err, r.stdout)
 	}
+	// A difference of two timings: on a busy host it may even be
+	// negative, so only its shape is checked.
+	if m := rep.EpochCost.Micros; !(m["min"] <= m["median"] && m["median"] <= m["max"]) || len(m) != 3 {
+		t.Errorf("epoch cost %v", m)
+	}
+	if p := rep.Join.PauseMS; !(p["min"] > 0 && p["min"] <= p["median"] && p["median"] <= p["max"]) {
+		t.Errorf("join pause %v", p)
+	}
 	want := map[string]bool{}
 	for _, g := range []string{"compute", "branchy", "ticker", "tlbstress", "diskkv"} {
-		for _, m := range []string{"run", "replicated", "strict"} {
+		for _, m := range []string{"run", "replicated", "strict", "run-adaptive", "repl-adaptive"} {
 			want[g+"/"+m] = true
 		}
 	}

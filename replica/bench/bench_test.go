@@ -70,12 +70,17 @@ func TestStatsAndDistributions(t *testing.T) {
 	if s != (Stat{Median: 2, Min: 1, Max: 3}) {
 		t.Errorf("statOf: %+v", s)
 	}
+	// A true median of an even count is the mean of the middle two, not
+	// the larger of them.
+	if s := statOf([]float64{4, 1}); s.Median != 2.5 {
+		t.Errorf("median of 1 and 4: %v", s.Median)
+	}
 	xs := make([]float64, 200)
 	for i := range xs {
 		xs[i] = float64(200 - i)
 	}
 	d := distOf(xs)
-	if d.Min != 1 || d.Max != 200 || d.Median != 101 || d.P99 != 198 {
+	if d.Min != 1 || d.Max != 200 || d.Median != 100.5 || d.P99 != 198 {
 		t.Errorf("distOf: %+v", d)
 	}
 	if (distOf(nil) != Dist{}) || (statOf(nil) != Stat{}) {
