@@ -103,6 +103,10 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		for _, r := range a.Regs {
 			buf = le.AppendUint32(buf, r)
 		}
+		if a.Kind == KindHost {
+			buf = le.AppendUint32(buf, uint32(len(a.Data)))
+			buf = append(buf, a.Data...)
+		}
 	case TypeEpochEnd:
 		e := m.EpochEnd
 		if e == nil {
@@ -234,6 +238,13 @@ func DecodeFrame(body []byte) (Message, error) {
 		a := &Answer{Seq: d.u64(), Kind: d.u8(), Size: d.u8(), Port: d.u32(), Sub: d.u32(), Value: d.u64()}
 		for i := range a.Regs {
 			a.Regs[i] = d.u32()
+		}
+		if a.Kind == KindHost {
+			n := d.u32()
+			if n > MaxFrame {
+				return Message{}, frameErr("answer with %d bytes of data", n)
+			}
+			a.Data = d.bytes(int(n))
 		}
 		m.Answer = a
 	case TypeEpochEnd:

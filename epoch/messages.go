@@ -110,7 +110,13 @@ type Answer struct {
 	Size  uint8
 	Value uint64
 	Regs  [4]uint32
+	// Data is the bytes of an answer of kind KindHost (a Linux program's
+	// request: a file's bytes, randomness); other kinds carry none.
+	Data []byte
 }
+
+// KindHost is the answer kind that carries Data on the wire.
+const KindHost = 3
 
 // Event is an interrupt delivered at an epoch boundary, with its data.
 type Event struct {

@@ -31,6 +31,16 @@ func RunAlone(ctx context.Context, m Machine, live vm.LiveConfig, opt vm.RunOpti
 		defer disk.Close()
 	}
 	live.Disk = disk
+	if live.Host == nil {
+		host, err := m.linuxHost(live.Input, live.Random)
+		if err != nil {
+			return out, err
+		}
+		if host != nil {
+			defer host.Close()
+			live.Host, live.Input = host, nil
+		}
+	}
 	env, err := vm.NewLive(live)
 	if err != nil {
 		return out, err

@@ -14,6 +14,7 @@ import (
 
 	"hvft/epoch"
 	"hvft/vm"
+	"hvft/vm/linux"
 	"hvft/vm/uc"
 )
 
@@ -614,6 +615,20 @@ func (b *backup) CPUID(at vm.Point, seq uint64, leaf, sub uint32) ([4]uint32, er
 		}
 	}
 	return b.live.CPUID(at, seq, leaf, sub)
+}
+
+// Host implements vm.Environment: a Linux program's request, from the log.
+func (b *backup) Host(at vm.Point, seq uint64, c linux.Call) (linux.Result, error) {
+	if b.live == nil {
+		r, err := b.replay.Host(at, seq, c)
+		if !b.exhausted(err) {
+			return r, err
+		}
+		if err := b.goLive(at); err != nil {
+			return r, err
+		}
+	}
+	return b.live.Host(at, seq, c)
 }
 
 // Out implements vm.Environment: the board keeps its state either way;

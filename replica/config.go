@@ -6,13 +6,16 @@
 package replica
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"strings"
 
 	"hvft/epoch"
 	"hvft/vm"
 	"hvft/vm/guestelf"
+	"hvft/vm/linux"
 	"hvft/vm/uc"
 )
 
@@ -25,6 +28,27 @@ type Machine struct {
 	// Only the primary opens it; a backup opens it when it takes over.
 	DiskPath string
 	DiskSync vm.DiskSync
+	// Root is the host directory a Linux program (Config.Linux) sees as
+	// "/"; the live side performs its file requests there. ProgramPath
+	// is the host file the program was loaded from.
+	Root        string
+	ProgramPath string
+}
+
+// linuxHost returns the host a Linux program's live side performs its
+// requests on, or nil for a board guest.
+func (m Machine) linuxHost(stdin, random io.Reader) (*linux.Host, error) {
+	if m.Config.Linux == nil {
+		return nil, nil
+	}
+	if random == nil {
+		random = rand.Reader
+	}
+	root := m.Root
+	if root == "" {
+		root = "/"
+	}
+	return linux.NewHost(root, stdin, random)
 }
 
 // openDisk opens the shared disk, if the machine has one.
@@ -48,6 +72,14 @@ func (m Machine) wireConfig() epoch.MachineConfig {
 	h := sha256.New()
 	for _, a := range m.Config.Args {
 		fmt.Fprintf(h, "%d:%s", len(a), a)
+	}
+	if l := m.Config.Linux; l != nil {
+		// A Linux program's environment, path and directory are part of
+		// what it computes from.
+		fmt.Fprintf(h, "linux:%d:%s:%d:%s:%d", len(l.Process.Exe), l.Process.Exe, len(l.Process.Cwd), l.Process.Cwd, len(l.Process.Env))
+		for _, e := range l.Process.Env {
+			fmt.Fprintf(h, "%d:%s", len(e), e)
+		}
 	}
 	var args [32]byte
 	copy(args[:], h.Sum(nil))
@@ -95,11 +127,11 @@ func compareConfigs(primary, backup epoch.MachineConfig) string {
 }
 
 func toWireAnswer(a vm.Answer) epoch.Answer {
-	return epoch.Answer{Seq: a.Seq, Kind: uint8(a.Kind), Port: a.Port, Sub: a.Sub, Size: a.Size, Value: a.Value, Regs: a.Regs}
+	return epoch.Answer{Seq: a.Seq, Kind: uint8(a.Kind), Port: a.Port, Sub: a.Sub, Size: a.Size, Value: a.Value, Regs: a.Regs, Data: a.Data}
 }
 
 func fromWireAnswer(a *epoch.Answer) vm.Answer {
-	return vm.Answer{Seq: a.Seq, Kind: vm.AnswerKind(a.Kind), Port: a.Port, Sub: a.Sub, Size: a.Size, Value: a.Value, Regs: a.Regs}
+	return vm.Answer{Seq: a.Seq, Kind: vm.AnswerKind(a.Kind), Port: a.Port, Sub: a.Sub, Size: a.Size, Value: a.Value, Regs: a.Regs, Data: a.Data}
 }
 
 func toWireEnd(e vm.EpochEnd) epoch.EpochEnd {

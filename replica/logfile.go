@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -49,13 +50,27 @@ type LogHeader struct {
 	// "always".
 	Clock string `json:"epoch_clock,omitempty"`
 	Role  string `json:"role"`
+	// Linux is set for a Linux program (hvft run --linux).
+	Linux *LinuxHeader `json:"linux,omitempty"`
+}
+
+// LinuxHeader is what a Linux program was started with beyond argv.
+type LinuxHeader struct {
+	Program string   `json:"program"` // the host path it was loaded from
+	Exe     string   `json:"exe"`
+	Cwd     string   `json:"cwd"`
+	Env     []string `json:"env"`
 }
 
 // HeaderFor describes a machine.
 func HeaderFor(m Machine, role string) LogHeader {
-	return LogHeader{Version: logVersion, ImageDigest: fmt.Sprintf("%x", m.Image.Digest), Args: m.Config.Args,
+	h := LogHeader{Version: logVersion, ImageDigest: fmt.Sprintf("%x", m.Image.Digest), Args: m.Config.Args,
 		RAMSize: m.Config.RAMSize, EpochBlocks: m.EpochBlocks,
 		BoardVersion: vm.BoardVersion, Engine: uc.Version(), DiskSectors: m.Config.DiskSectors, Clock: m.Config.Clock.String(), Role: role}
+	if l := m.Config.Linux; l != nil {
+		h.Linux = &LinuxHeader{Program: m.ProgramPath, Exe: l.Process.Exe, Cwd: l.Process.Cwd, Env: l.Process.Env}
+	}
+	return h
 }
 
 // LogWriter records a run to a file; it is a vm.Recorder.
@@ -379,7 +394,9 @@ func MergeLogs(first, second *LoadedLog) (merged *LoadedLog, note string, err er
 func sameRecord(x, y vm.Record) bool {
 	switch {
 	case x.Answer != nil && y.Answer != nil:
-		return *x.Answer == *y.Answer
+		a, b := x.Answer, y.Answer
+		return a.Seq == b.Seq && a.Kind == b.Kind && a.Port == b.Port && a.Sub == b.Sub && a.Size == b.Size &&
+			a.Value == b.Value && a.Regs == b.Regs && bytes.Equal(a.Data, b.Data)
 	case x.End != nil && y.End != nil:
 		return vm.CompareEnds(x.End, y.End) == nil && fmt.Sprint(x.End.Events) == fmt.Sprint(y.End.Events)
 	}

@@ -7,14 +7,18 @@ import (
 
 	"hvft/vm"
 	"hvft/vm/guestelf"
+	"hvft/vm/linux"
 	"hvft/vm/tlb"
 	"hvft/vm/uc"
 )
 
 // ReplayOptions configure a replay of a recorded log.
 type ReplayOptions struct {
-	Log        *LoadedLog
-	Image      *guestelf.Image
+	Log   *LoadedLog
+	Image *guestelf.Image
+	// Program is the Linux program a --linux log ran (Image then carries
+	// only its digest).
+	Program    *linux.Program
 	TLB        tlb.Config
 	UntilEpoch uint64 // stop after this epoch (0: the whole log)
 	// Dump, if set, is called with the machine where the replay stopped.
@@ -57,6 +61,12 @@ func Replay(ctx context.Context, opt ReplayOptions) (*ReplayResult, error) {
 		return nil, fmt.Errorf("the log's header: %w", err)
 	}
 	cfg := vm.Config{RAMSize: h.RAMSize, TLB: opt.TLB, Args: h.Args, DiskSectors: h.DiskSectors, Clock: clock}
+	if l := h.Linux; l != nil {
+		if opt.Program == nil {
+			return nil, errors.New("the log records a Linux program: give it (ReplayOptions.Program)")
+		}
+		cfg.Linux = &vm.LinuxSetup{Program: opt.Program, Process: linux.Config{Args: h.Args, Env: l.Env, Exe: l.Exe, Cwd: l.Cwd}}
+	}
 	src := &trackedSource{RecordSource: vm.NewLogSource(&opt.Log.Log)}
 	env := &replayEnv{Replay: vm.NewReplay(ctx, src), src: src}
 	m, err := vm.New(cfg, opt.Image, env, nil)

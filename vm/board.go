@@ -144,6 +144,7 @@ const (
 	EffectPowerOff         // the guest powered off
 	EffectDiskRead         // a disk read to perform
 	EffectDiskWrite        // a disk write to perform (an output)
+	EffectStream           // a Linux program wrote standard output or error (Output.Data)
 )
 
 // out applies an OUT to the board's state.

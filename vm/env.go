@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+
+	"hvft/vm/linux"
 )
 
 // Digest is a state hash.
@@ -32,6 +34,9 @@ type AnswerKind uint8
 const (
 	KindIn    AnswerKind = 1
 	KindCPUID AnswerKind = 2
+	// KindHost answers a Linux program's request of the outside world:
+	// Port holds the request (linux.Op), Value the result, Data its bytes.
+	KindHost AnswerKind = 3
 )
 
 func (k AnswerKind) String() string {
@@ -40,6 +45,8 @@ func (k AnswerKind) String() string {
 		return "IN"
 	case KindCPUID:
 		return "CPUID"
+	case KindHost:
+		return "host"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -70,6 +77,7 @@ type Answer struct {
 	Size  uint8
 	Value uint64
 	Regs  [4]uint32
+	Data  []byte // KindHost: the bytes of the answer
 }
 
 // Event is something the host raised during an epoch, delivered at its end:
@@ -135,6 +143,9 @@ type Output struct {
 	// Disk is set for a disk operation (Data holds a write's payload,
 	// taken from RAM when the guest issued the command).
 	Disk *DiskOp
+	// Data is a disk write's payload, or with EffectStream the bytes a
+	// Linux program wrote to standard output (Port 1) or error (Port 2);
+	// Seq then numbers the chunk's last byte among all such bytes.
 	Data []byte
 }
 
@@ -156,6 +167,10 @@ type Environment interface {
 	In(at Point, seq uint64, port uint32, size int, local uint64) (uint64, error)
 	// CPUID answers CPUID for leaf and subleaf.
 	CPUID(at Point, seq uint64, leaf, sub uint32) ([4]uint32, error)
+	// Host answers a Linux program's request of the outside world (a
+	// file's bytes, the clock, randomness): the live environment performs
+	// it, the replay returns the logged answer.
+	Host(at Point, seq uint64, c linux.Call) (linux.Result, error)
 	// Out performs an output (live) or discards it (replay).
 	Out(o Output, effect Effect, b *Board) error
 	// EndEpoch records (live) or checks (replay) the end of an epoch, and

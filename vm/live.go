@@ -11,6 +11,8 @@ import (
 	mrand "math/rand/v2"
 	"sync"
 	"time"
+
+	"hvft/vm/linux"
 )
 
 // MinTimerPeriod bounds how fast the host timer may tick, so that a guest
@@ -41,6 +43,11 @@ type LiveConfig struct {
 	// OnOutput set, disk writes go to OnOutput (the output rule decides
 	// when they happen) and the caller performs them with DiskWrite.
 	Disk *HostDisk
+	// Host performs a Linux program's requests (files, standard input,
+	// clock, randomness); Stderr receives its standard error (nil: it
+	// goes to Console).
+	Host   *linux.Host
+	Stderr io.Writer
 }
 
 // Live is the environment of a primary or an unreplicated run: host devices
@@ -190,9 +197,29 @@ func (l *Live) CPUID(at Point, seq uint64, leaf, sub uint32) ([4]uint32, error) 
 	return r, l.record(Answer{Seq: seq, Kind: KindCPUID, Port: leaf, Sub: sub, Regs: r})
 }
 
+// Host performs a Linux program's request and records the answer.
+func (l *Live) Host(at Point, seq uint64, c linux.Call) (linux.Result, error) {
+	if l.cfg.Host == nil {
+		return linux.Result{}, fmt.Errorf("at %v: a Linux program's %v request reached an environment without a host", at, c.Op)
+	}
+	if c.Op == linux.OpStdin {
+		// A prompt written before a read must be seen before the read waits.
+		if err := l.Flush(); err != nil {
+			return linux.Result{}, err
+		}
+	}
+	r := l.cfg.Host.Do(c)
+	return r, l.record(Answer{Seq: seq, Kind: KindHost, Port: uint32(c.Op), Value: uint64(r.Value), Data: r.Data})
+}
+
 // Out performs an output: a console byte is written, a timer reprogrammed.
 func (l *Live) Out(o Output, effect Effect, b *Board) error {
 	switch effect {
+	case EffectStream:
+		if l.cfg.OnOutput != nil {
+			return l.cfg.OnOutput(o)
+		}
+		return l.writeStream(o)
 	case EffectConsole:
 		if l.cfg.OnOutput != nil {
 			return l.cfg.OnOutput(o)
@@ -217,6 +244,29 @@ func (l *Live) Out(o Output, effect Effect, b *Board) error {
 	}
 	return nil
 }
+
+// writeStream writes a Linux program's standard output or error.
+func (l *Live) writeStream(o Output) error {
+	if o.Port == 2 && l.cfg.Stderr != nil {
+		if err := l.Flush(); err != nil {
+			return err
+		}
+		if _, err := l.cfg.Stderr.Write(o.Data); err != nil {
+			return fmt.Errorf("writing standard error: %w", err)
+		}
+		return nil
+	}
+	if l.out == nil {
+		return nil
+	}
+	if _, err := l.out.Write(o.Data); err != nil {
+		return fmt.Errorf("writing standard output: %w", err)
+	}
+	return nil
+}
+
+// WriteStream performs a standard-output write the output rule released.
+func (l *Live) WriteStream(o Output) error { return l.writeStream(o) }
 
 // DiskWrite performs a disk write the output rule released.
 func (l *Live) DiskWrite(o Output) { l.startDisk(*o.Disk, o.Data) }

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"hvft/vm/guestelf"
+	"hvft/vm/linux"
 	"hvft/vm/tlb"
 	"hvft/vm/uc"
 )
@@ -52,6 +53,9 @@ type Config struct {
 	DiskSectors uint64
 	// Clock says when the block clock runs; both replicas must agree.
 	Clock EpochClock
+	// Linux, when set, runs a Linux program in place of a board guest
+	// (the image passed to New is then ignored).
+	Linux *LinuxSetup
 }
 
 // DefaultRAMSize is the board's RAM unless configured otherwise.
@@ -117,12 +121,25 @@ type Machine struct {
 	quiet     bool
 	quietOps  int
 	quietStop bool
+
+	// A Linux program's process and the physical pages behind it.
+	proc *linux.Process
+	phys physPages
 }
 
 // New builds a machine, loads the image and boots it to its entry point.
 func New(cfg Config, img *guestelf.Image, env Environment, log *zap.Logger) (*Machine, error) {
 	if cfg.RAMSize == 0 {
 		cfg.RAMSize = DefaultRAMSize
+		if cfg.Linux != nil {
+			cfg.RAMSize = DefaultLinuxRAMSize
+		}
+	}
+	if cfg.Linux != nil && cfg.Clock == ClockAdaptive {
+		return nil, errors.New("the adaptive epoch clock is not supported for Linux programs yet: use --epoch-clock always")
+	}
+	if cfg.Linux != nil && cfg.DiskSectors != 0 {
+		return nil, errors.New("a Linux program reaches files under --root, not the board's disk")
 	}
 	if err := cfg.TLB.Validate(); err != nil {
 		return nil, err
@@ -194,6 +211,10 @@ func (m *Machine) open() error {
 	if err == nil {
 		err = eng.Hooks(m)
 	}
+	if err == nil && m.cfg.Linux != nil {
+		m.eng = eng
+		err = m.openLinux()
+	}
 	if err != nil {
 		eng.Close()
 		syscall.Munmap(ram)
@@ -224,6 +245,9 @@ func (m *Machine) Close() {
 }
 
 func (m *Machine) boot(img *guestelf.Image) error {
+	if m.cfg.Linux != nil {
+		return m.bootLinux(m.cfg.Linux)
+	}
 	for _, s := range img.Segments {
 		if s.Addr < ImageMinAddr || s.Addr+s.MemSize > m.cfg.RAMSize {
 			return fmt.Errorf("segment at %#x-%#x lies outside RAM (%#x-%#x)", s.Addr, s.Addr+s.MemSize, ImageMinAddr, m.cfg.RAMSize)
@@ -386,6 +410,7 @@ func (m *Machine) execute(limit uint64) (StopReason, error) {
 		defer m.eng.SetBlockLimit(0)
 	}
 	m.powerStop, m.hookErr = false, nil
+	m.eng.ClearPageFault()
 	rip, err := m.eng.RegRead(uc.RIP)
 	if err != nil {
 		return 0, err
@@ -396,6 +421,9 @@ func (m *Machine) execute(limit uint64) (StopReason, error) {
 		// The environment failed (or saw a divergence): not a guest fault.
 		return 0, m.hookErr
 	case m.fault != nil:
+		return StopFault, nil
+	case runErr != nil && m.proc != nil:
+		m.fault = m.linuxFault(runErr)
 		return StopFault, nil
 	case runErr != nil:
 		m.fault = m.describeFault(runErr)
@@ -412,6 +440,11 @@ func (m *Machine) execute(limit uint64) (StopReason, error) {
 	// block; a HLT later in that instruction's block halts instead. (The
 	// byte before a block can be 0xF4 without a HLT having run: both
 	// replicas then take it for one alike.)
+	if m.proc != nil {
+		// HLT is privileged: a program that runs it dies of SIGSEGV.
+		m.fault = fmt.Errorf("the program was killed by SIGSEGV (a privileged instruction) near RIP %#x", rip)
+		return StopFault, nil
+	}
 	if rip > 0 && rip <= m.cfg.RAMSize && m.mem[rip-1] == 0xF4 {
 		m.halted = true
 		return StopHalt, nil
@@ -479,6 +512,10 @@ func (m *Machine) In(port uint32, size int) uint32 {
 	if m.hookErr != nil {
 		return 0
 	}
+	if m.proc != nil {
+		m.killProgram("SIGSEGV (port I/O is privileged)")
+		return 0
+	}
 	seq := m.seq + 1
 	answer, err := m.env.In(m.point(), seq, port, size, m.board.inLocal(port))
 	if err != nil {
@@ -501,6 +538,10 @@ func (m *Machine) In(port uint32, size int) uint32 {
 // performs or discards the output.
 func (m *Machine) Out(port uint32, size int, value uint32) {
 	if m.hookErr != nil {
+		return
+	}
+	if m.proc != nil {
+		m.killProgram("SIGSEGV (port I/O is privileged)")
 		return
 	}
 	effect := m.board.out(port, value)
@@ -557,6 +598,14 @@ func (m *Machine) CPUID() bool {
 // Interrupt implements uc.Handler: every CPU exception goes to the guest's
 // IDT, with RIP at the faulting instruction.
 func (m *Machine) Interrupt(intno uint32) {
+	if m.proc != nil {
+		sig, ok := exceptionSignals[intno]
+		if !ok {
+			sig = fmt.Sprintf("SIGSEGV (exception %d)", intno)
+		}
+		m.killProgram(sig)
+		return
+	}
 	rip, err := m.eng.RegRead(uc.RIP)
 	if err == nil {
 		err = m.deliverException(intno, rip)

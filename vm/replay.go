@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"hvft/vm/linux"
 )
 
 // ErrLogExhausted means a replay needed a record the log does not hold.
@@ -97,6 +99,15 @@ func (r *Replay) CPUID(at Point, seq uint64, leaf, sub uint32) ([4]uint32, error
 		return [4]uint32{}, &DivergenceError{At: at, Seq: seq, Detail: fmt.Sprintf("CPUID leaf %#x subleaf %#x, but the log holds subleaf %#x", leaf, sub, a.Sub)}
 	}
 	return a.Regs, nil
+}
+
+// Host answers a Linux program's request from the log.
+func (r *Replay) Host(at Point, seq uint64, c linux.Call) (linux.Result, error) {
+	a, err := r.answer(at, seq, KindHost, uint32(c.Op), fmt.Sprintf("the host request %v", c.Op))
+	if err != nil {
+		return linux.Result{}, err
+	}
+	return linux.Result{Value: int64(a.Value), Data: append([]byte(nil), a.Data...)}, nil
 }
 
 // Out discards the output: only the primary's outputs leave.

@@ -179,6 +179,9 @@ func (m *Machine) machineState(buf []byte) ([]byte, error) {
 	buf = binary.LittleEndian.AppendUint64(buf, m.seq)
 	buf = appendBool(buf, m.halted)
 	buf = appendBool(buf, shadow)
+	if m.proc != nil {
+		buf = append(buf, m.proc.State()...)
+	}
 	return m.board.encode(buf), nil
 }
 

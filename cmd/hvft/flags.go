@@ -17,7 +17,7 @@ import (
 // every command that boots one.
 func machineFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "ram", Value: "16MiB", Usage: "guest RAM size (bytes, or with K/M/G, KiB/MiB/GiB)"},
+		&cli.StringFlag{Name: "ram", Usage: "guest RAM size (bytes, or with K/M/G, KiB/MiB/GiB); default 16MiB, 256MiB with --linux"},
 		&cli.StringFlag{Name: "tlb-page", Value: "64KiB", Usage: "bytes one entry of the modelled software TLB covers (power of two, 4KiB to 1GiB)"},
 		&cli.IntFlag{Name: "tlb-entries", Value: 32, Usage: fmt.Sprintf("entries of the modelled software TLB (%d to %d); a miss that finds it full evicts one and flushes the CPU's TLB", tlb.MinEntries, tlb.MaxEntries)},
 		&cli.StringFlag{Name: "tlb-policy", Value: "random", Usage: "TLB replacement: random, fifo or lru"},
@@ -27,6 +27,9 @@ func machineFlags() []cli.Flag {
 		&cli.StringFlag{Name: "disk", Usage: "disk image file for the block device (the shared disk: primary and backup name the same one); created when absent"},
 		&cli.StringFlag{Name: "disk-size", Value: "4MiB", Usage: "size of a disk image that --disk creates"},
 		&cli.StringFlag{Name: "disk-sync", Value: "always", Usage: "always (a write completes once fsync'd: durable) or never (left to the OS)"},
+		&cli.BoolFlag{Name: "linux", Usage: "GUEST is a static x86-64 Linux program (a path), run under hvft's system-call personality (docs/linux.md)"},
+		&cli.StringFlag{Name: "root", Value: "/", Usage: "with --linux: the host directory the program sees as /, where its files live (both replicas must reach it)"},
+		&cli.StringSliceFlag{Name: "env", Usage: "with --linux: NAME=VALUE in the program's environment (repeatable; the default environment is empty)"},
 	}
 }
 
@@ -57,8 +60,15 @@ func parseSize(s string) (uint64, error) {
 func machineConfig(c *cli.Context) (vm.Config, error) {
 	var cfg vm.Config
 	var err error
-	if cfg.RAMSize, err = parseSize(c.String("ram")); err != nil {
-		return cfg, fmt.Errorf("--ram: %w", err)
+	switch {
+	case c.String("ram") != "":
+		if cfg.RAMSize, err = parseSize(c.String("ram")); err != nil {
+			return cfg, fmt.Errorf("--ram: %w", err)
+		}
+	case c.Bool("linux"):
+		cfg.RAMSize = vm.DefaultLinuxRAMSize
+	default:
+		cfg.RAMSize = vm.DefaultRAMSize
 	}
 	if cfg.TLB.PageSize, err = parseSize(c.String("tlb-page")); err != nil {
 		return cfg, fmt.Errorf("--tlb-page: %w", err)

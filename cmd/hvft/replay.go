@@ -13,6 +13,7 @@ import (
 	"hvft/replica"
 	"hvft/vm"
 	"hvft/vm/guestelf"
+	"hvft/vm/linux"
 )
 
 func recordFlag() cli.Flag {
@@ -68,7 +69,13 @@ func replayAction(c *cli.Context) error {
 	if log.Damage != "" {
 		fmt.Fprintf(c.App.ErrWriter, "hvft: %s: replaying the %d whole epochs before it; the replay fails\n", log.Damage, log.Epochs)
 	}
-	img, err := replayImage(c.Args().Get(1), log.Header)
+	var img *guestelf.Image
+	var prog *linux.Program
+	if log.Header.Linux != nil {
+		prog, img, err = replayProgram(c.Args().Get(1), log.Header.Linux, log.Header.ImageDigest)
+	} else {
+		img, err = replayImage(c.Args().Get(1), log.Header)
+	}
 	if err != nil {
 		return err
 	}
@@ -76,7 +83,7 @@ func replayAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	opt := replica.ReplayOptions{Log: log, Image: img, TLB: cfg.TLB, UntilEpoch: c.Uint64("until-epoch")}
+	opt := replica.ReplayOptions{Log: log, Image: img, Program: prog, TLB: cfg.TLB, UntilEpoch: c.Uint64("until-epoch")}
 	if c.Bool("dump") {
 		addr, n, err := parseRange(c.String("dump-mem"))
 		if err != nil {

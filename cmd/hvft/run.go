@@ -84,7 +84,7 @@ func runAction(c *cli.Context) error {
 		defer w.Close()
 		rec = w
 	}
-	run, runErr := replica.RunAlone(ctx, mach, vm.LiveConfig{Console: c.App.Writer, Input: os.Stdin, Recorder: rec},
+	run, runErr := replica.RunAlone(ctx, mach, vm.LiveConfig{Console: c.App.Writer, Stderr: c.App.ErrWriter, Input: os.Stdin, Recorder: rec},
 		vm.RunOptions{MaxEpochs: c.Uint64("max-epochs")}, log)
 	res, st := run.Result, run.Stats
 	rep.DurationMS = run.Elapsed.Milliseconds()
@@ -139,6 +139,9 @@ func loadMachine(c *cli.Context, cfg vm.Config) (replica.Machine, string, error)
 	name, args, err := guestArgs(c)
 	if err != nil {
 		return replica.Machine{}, "", err
+	}
+	if c.Bool("linux") {
+		return loadLinux(c, cfg, name, args)
 	}
 	data, label, err := guests.Load(name)
 	if err != nil {

@@ -32,3 +32,8 @@ func hvftGoCPUID(h C.uintptr_t) C.int {
 func hvftGoIntr(h C.uintptr_t, intno C.uint32_t) {
 	cgo.Handle(h).Value().(Handler).Interrupt(uint32(intno))
 }
+
+//export hvftGoSyscall
+func hvftGoSyscall(h C.uintptr_t) {
+	cgo.Handle(h).Value().(SyscallHandler).Syscall()
+}

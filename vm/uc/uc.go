@@ -62,6 +62,18 @@ typedef struct {
 	uint32_t *dlist;
 	uint32_t dcount;
 	uint64_t fills, misses, evictions, flushes;
+	// A page table (Linux processes): virtual pages translate through an
+	// open-addressed hash of vpage+1 -> ppage<<3 | perms, kept by the
+	// hypervisor. A fill that finds no entry, or one without the access's
+	// permission, is refused; the refusal is recorded here.
+	int pt_on;
+	uint64_t *pt_keys;
+	uint64_t *pt_vals;
+	uint64_t pt_mask;
+	uint64_t pt_count;
+	int pt_refused;
+	uint64_t pt_refused_addr;
+	int pt_refused_type;
 	// An access outside RAM: refused and recorded here.
 	int fault;
 	uint64_t fault_addr;
@@ -77,6 +89,7 @@ typedef struct {
 extern uint32_t hvftGoIn(uintptr_t h, uint32_t port, int size);
 extern void hvftGoOut(uintptr_t h, uint32_t port, int size, uint32_t value);
 extern int hvftGoCPUID(uintptr_t h);
+extern void hvftGoSyscall(uintptr_t h);
 extern void hvftGoIntr(uintptr_t h, uint32_t intno);
 
 // The data of a uc_context follows this header (uc_priv.h, Unicorn 2.1).
@@ -220,6 +233,94 @@ static void hv_model_touch(uc_engine *uc, hv_ctx *c, uint64_t vaddr) {
 	c->resident[mp] = slot + 1;
 }
 
+static uint64_t hv_pt_slot(hv_ctx *c, uint64_t vpage) {
+	uint64_t h = (vpage * 0x9E3779B97F4A7C15ULL) >> 17;
+	return h & c->pt_mask;
+}
+
+// hv_pt_find returns the slot holding vpage, or the empty slot where it
+// would go.
+static uint64_t hv_pt_find(hv_ctx *c, uint64_t vpage) {
+	uint64_t i = hv_pt_slot(c, vpage);
+	while (c->pt_keys[i] != 0 && c->pt_keys[i] != vpage + 1) i = (i + 1) & c->pt_mask;
+	return i;
+}
+
+static int hv_pt_set(hv_ctx *c, uint64_t vpage, uint64_t ppage, int perms) {
+	uint64_t i = hv_pt_find(c, vpage);
+	if (c->pt_keys[i] == 0) {
+		if (c->pt_count >= c->pt_mask / 2) return -1;
+		c->pt_count++;
+		c->pt_keys[i] = vpage + 1;
+	}
+	c->pt_vals[i] = ppage << 3 | (uint64_t)(perms & 7);
+	return 0;
+}
+
+// hv_pt_del removes vpage, shifting later entries of its run back so that
+// lookups need no tombstones.
+static void hv_pt_del(hv_ctx *c, uint64_t vpage) {
+	uint64_t i = hv_pt_find(c, vpage);
+	if (c->pt_keys[i] == 0) return;
+	c->pt_keys[i] = 0;
+	c->pt_count--;
+	uint64_t j = i;
+	for (;;) {
+		j = (j + 1) & c->pt_mask;
+		if (c->pt_keys[j] == 0) return;
+		uint64_t home = hv_pt_slot(c, c->pt_keys[j] - 1);
+		// Move j into the hole at i unless its home lies cyclically in (i, j].
+		int stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+		if (stays) continue;
+		c->pt_keys[i] = c->pt_keys[j];
+		c->pt_vals[i] = c->pt_vals[j];
+		c->pt_keys[j] = 0;
+		i = j;
+	}
+}
+
+static int hv_pt_get(hv_ctx *c, uint64_t vpage, uint64_t *ppage, int *perms) {
+	uint64_t i = hv_pt_find(c, vpage);
+	if (c->pt_keys[i] == 0) return 0;
+	*ppage = c->pt_vals[i] >> 3;
+	*perms = (int)(c->pt_vals[i] & 7);
+	return 1;
+}
+
+// hv_pt_fill answers a miss through the page table. A refused fill makes
+// Unicorn stop the run with UC_ERR_EXCEPTION (or, for its own probes,
+// fail quietly): the last refusal tells the hypervisor where.
+static bool hv_pt_fill(uc_engine *uc, hv_ctx *c, uint64_t vaddr, uc_mem_type type, uc_tlb_entry *e) {
+	uint64_t ppage;
+	int perms;
+	int need = type == UC_MEM_WRITE ? UC_PROT_WRITE : type == UC_MEM_FETCH ? UC_PROT_EXEC : UC_PROT_READ;
+	if (vaddr == 0xFFFFFFFFFFFFF000ULL) {
+		// The hypervisor's "until" address, which Unicorn translates when
+		// a run stops: no program maps it (it is kernel space), so it
+		// points past RAM, where any real access still fails.
+		e->paddr = c->ram_size;
+		e->perms = UC_PROT_ALL;
+		return true;
+	}
+	if (!hv_pt_get(c, vaddr >> 12, &ppage, &perms) || !(perms & need)) {
+		c->pt_refused = 1;
+		c->pt_refused_addr = vaddr;
+		c->pt_refused_type = (int)type;
+		return false;
+	}
+	uint64_t paddr = ppage << 12;
+	c->fills++;
+	hv_model_touch(uc, c, paddr);
+	uint32_t pg = (uint32_t)ppage;
+	if (type == UC_MEM_WRITE && !c->wmap[pg]) {
+		c->wmap[pg] = 1;
+		c->wlist[c->wcount++] = pg;
+	}
+	e->paddr = paddr;
+	e->perms = c->wmap[pg] ? perms : (perms & ~UC_PROT_WRITE);
+	return true;
+}
+
 // hv_tlb_fill answers a miss of Unicorn's TLB: identity translation,
 // write permission only for a store (which marks the page written).
 // Addresses outside RAM translate to unmapped memory, where the access
@@ -227,6 +328,7 @@ static void hv_model_touch(uc_engine *uc, hv_ctx *c, uint64_t vaddr) {
 // Unicorn's own probes (it translates its exit address at every start).
 static bool hv_tlb_fill(uc_engine *uc, uint64_t vaddr, uc_mem_type type, uc_tlb_entry *e, void *ud) {
 	hv_ctx *c = (hv_ctx *)ud;
+	if (c->pt_on) return hv_pt_fill(uc, c, vaddr, type, e);
 	e->paddr = vaddr;
 	if (vaddr >= c->ram_size) {
 		e->perms = UC_PROT_ALL;
@@ -283,6 +385,12 @@ static uc_err hv_hook_out(uc_engine *uc, uc_hook *h, hv_ctx *c) {
 static uc_err hv_hook_cpuid(uc_engine *uc, uc_hook *h, hv_ctx *c) {
 	return uc_hook_add(uc, h, UC_HOOK_INSN, (void *)tr_cpuid, c, 1, 0, UC_X86_INS_CPUID);
 }
+static void tr_syscall(uc_engine *uc, void *ud) {
+	hvftGoSyscall(((hv_ctx *)ud)->handle);
+}
+static uc_err hv_hook_syscall(uc_engine *uc, uc_hook *h, hv_ctx *c) {
+	return uc_hook_add(uc, h, UC_HOOK_INSN, (void *)tr_syscall, c, 1, 0, UC_X86_INS_SYSCALL);
+}
 static uc_err hv_hook_intr(uc_engine *uc, uc_hook *h, hv_ctx *c) {
 	return uc_hook_add(uc, h, UC_HOOK_INTR, (void *)tr_intr, c, 1, 0);
 }
@@ -301,7 +409,8 @@ static uc_err hv_set_clock(uc_engine *uc, hv_ctx *c, int on) {
 	}
 	if (err != UC_ERR_OK) return err;
 	c->clock_on = on;
-	if (on && c->ram_size) return uc_ctl_remove_cache(uc, 0, c->ram_size);
+	if (on && c->ram_size && !c->pt_on) return uc_ctl_remove_cache(uc, 0, c->ram_size);
+	if (on && c->pt_on) uc_ctl_flush_tb(uc);
 	return UC_ERR_OK;
 }
 static uc_err hv_hook_tlb(uc_engine *uc, uc_hook *h, hv_ctx *c) {
@@ -628,7 +737,7 @@ func (e *Engine) Close() error {
 	C.uc_context_free(c.scratch)
 	for _, p := range []unsafe.Pointer{unsafe.Pointer(c.slot_page), unsafe.Pointer(c.slot_tick),
 		unsafe.Pointer(c.resident), unsafe.Pointer(c.wmap), unsafe.Pointer(c.wlist),
-		unsafe.Pointer(c.dmap), unsafe.Pointer(c.dlist)} {
+		unsafe.Pointer(c.dmap), unsafe.Pointer(c.dlist), unsafe.Pointer(c.pt_keys), unsafe.Pointer(c.pt_vals)} {
 		C.free(p)
 	}
 	C.free(unsafe.Pointer(c))
@@ -807,6 +916,97 @@ func (e *Engine) FillFault() (addr uint64, access Access, ok bool) {
 
 // ClearFillFault forgets a refused fill.
 func (e *Engine) ClearFillFault() { e.ctx.fault = 0 }
+
+// SyscallHandler receives the SYSCALL instruction: on return, execution
+// goes on after it (Unicorn performs nothing of the instruction itself).
+type SyscallHandler interface {
+	Syscall()
+}
+
+// HookSyscall sends every SYSCALL to the handler Hooks installed, which
+// must implement SyscallHandler.
+func (e *Engine) HookSyscall() error {
+	if e.handle == 0 {
+		return fmt.Errorf("unicorn syscall hook: install Hooks first")
+	}
+	if _, ok := e.handle.Value().(SyscallHandler); !ok {
+		return fmt.Errorf("unicorn syscall hook: the handler does not take system calls")
+	}
+	var hk C.uc_hook
+	if err := check("hook SYSCALL", C.hv_hook_syscall(e.h, &hk, e.ctx)); err != nil {
+		return err
+	}
+	e.hooks = append(e.hooks, hk)
+	return nil
+}
+
+// EnablePageTable makes the software TLB translate through a page table
+// the caller keeps with MapPage and UnmapPage, in place of the identity,
+// for up to maxPages mapped pages. Call it after EnableSoftTLB, before the
+// first run.
+func (e *Engine) EnablePageTable(maxPages uint64) error {
+	c := e.ctx
+	if c.tlb_on == 0 || c.pt_on != 0 {
+		return fmt.Errorf("page table: enable the software TLB first, and only once")
+	}
+	size := uint64(1024)
+	for size < 2*maxPages+2 {
+		size *= 2
+	}
+	c.pt_keys = (*C.uint64_t)(C.calloc(C.size_t(size), 8))
+	c.pt_vals = (*C.uint64_t)(C.calloc(C.size_t(size), 8))
+	if c.pt_keys == nil || c.pt_vals == nil {
+		return fmt.Errorf("page table: out of memory for %d entries", size)
+	}
+	c.pt_mask = C.uint64_t(size - 1)
+	c.pt_on = 1
+	return nil
+}
+
+// MapPage maps the virtual page at vaddr to the physical page at paddr
+// with prot. A changed or removed translation needs FlushTLB before the
+// guest runs again.
+func (e *Engine) MapPage(vaddr, paddr uint64, prot Prot) error {
+	if paddr >= uint64(e.ctx.ram_size) || vaddr%PageSize != 0 || paddr%PageSize != 0 {
+		return fmt.Errorf("page table: cannot map %#x to %#x (RAM ends at %#x)", vaddr, paddr, uint64(e.ctx.ram_size))
+	}
+	if C.hv_pt_set(e.ctx, C.uint64_t(vaddr/PageSize), C.uint64_t(paddr/PageSize), C.int(prot)) != 0 {
+		return fmt.Errorf("page table: full")
+	}
+	return nil
+}
+
+// UnmapPage removes the virtual page at vaddr.
+func (e *Engine) UnmapPage(vaddr uint64) { C.hv_pt_del(e.ctx, C.uint64_t(vaddr/PageSize)) }
+
+// Translate looks vaddr up in the page table.
+func (e *Engine) Translate(vaddr uint64) (paddr uint64, prot Prot, ok bool) {
+	var pp C.uint64_t
+	var perms C.int
+	if C.hv_pt_get(e.ctx, C.uint64_t(vaddr/PageSize), &pp, &perms) == 0 {
+		return 0, 0, false
+	}
+	return uint64(pp)*PageSize + vaddr%PageSize, Prot(perms), true
+}
+
+// PageFault reports the last fill the page table refused since
+// ClearPageFault: the address and the access.
+func (e *Engine) PageFault() (vaddr uint64, access Access, ok bool) {
+	c := e.ctx
+	var a Access
+	switch C.uc_mem_type(c.pt_refused_type) {
+	case C.UC_MEM_WRITE:
+		a = Write
+	case C.UC_MEM_FETCH:
+		a = Fetch
+	default:
+		a = Read
+	}
+	return uint64(c.pt_refused_addr), a, c.pt_refused != 0
+}
+
+// ClearPageFault forgets a refused fill.
+func (e *Engine) ClearPageFault() { e.ctx.pt_refused = 0 }
 
 // InvalidateCode discards translations of guest code in [addr, addr+size):
 // a host write into guest RAM is invisible to code already translated

@@ -1,0 +1,398 @@
+package linux
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+)
+
+// Machine is what the personality needs of the machine the program runs
+// on. Addresses are the program's virtual addresses.
+type Machine interface {
+	// Read and Write move bytes of the program's memory; an address not
+	// mapped (or, for Write, not writable) is an error (EFAULT).
+	Read(addr uint64, buf []byte) error
+	Write(addr uint64, data []byte) error
+	// Map backs [addr, addr+size) with fresh zeroed pages; Unmap releases
+	// them; Protect changes their protection; Move carries the pages of
+	// [from, from+size) to [to, to+size), contents and all.
+	Map(addr, size uint64, prot Prot) error
+	Unmap(addr, size uint64)
+	Protect(addr, size uint64, prot Prot) error
+	Move(from, to, size uint64) error
+	SetFSBase(v uint64) error
+	// Ask asks the environment; an error stops the machine.
+	Ask(c Call) (Result, error)
+	// Emit sends bytes written to standard output (fd 1) or error (fd 2).
+	Emit(fd int, data []byte) error
+}
+
+// Config is what the program is started with; replicas must agree on all
+// of it.
+type Config struct {
+	Args []string
+	Env  []string
+	// Exe is the program's path as the program sees it (/proc/self/exe,
+	// AT_EXECFN).
+	Exe string
+	// Cwd is the initial working directory, absolute.
+	Cwd string
+}
+
+type vma struct {
+	start, end uint64
+	prot       Prot
+}
+
+type fileKind uint8
+
+const (
+	kindStdin fileKind = iota + 1
+	kindStdout
+	kindStderr
+	kindFile
+	kindDir
+	kindPipeRead
+	kindPipeWrite
+)
+
+// file is an open file description (shared by dup'd descriptors).
+type file struct {
+	id    uint64
+	kind  fileKind
+	path  string
+	flags uint64
+	off   int64
+	pipe  *pipe
+}
+
+type pipe struct {
+	id      uint64
+	buf     []byte
+	readers int
+	writers int
+}
+
+type fd struct {
+	f       *file
+	cloexec bool
+}
+
+// Process is the program's state kept by the hypervisor. Everything in it
+// follows from the program's instructions and the environment's answers,
+// so replicas hold equal Processes; State serializes it for the state hash.
+type Process struct {
+	cfg      Config
+	vmas     []vma
+	brkBase  uint64
+	brk      uint64
+	fds      []*fd
+	cwd      string
+	umask    uint32
+	lastMono int64
+	nextID   uint64
+	// Exited is set by exit or exit_group, with the status.
+	Exited   bool
+	ExitCode int
+	// Unsupported is called once per unimplemented call number (for the
+	// log); it does not change the state.
+	Unsupported func(nr uint64, name string)
+	warned      map[uint64]bool
+}
+
+// NewProcess returns a process about to run a program with cfg.
+func NewProcess(cfg Config) (*Process, error) {
+	if len(cfg.Args) == 0 {
+		return nil, errors.New("a Linux program needs argv[0]")
+	}
+	if cfg.Cwd == "" {
+		cfg.Cwd = "/"
+	}
+	if !strings.HasPrefix(cfg.Cwd, "/") {
+		return nil, fmt.Errorf("working directory %q is not absolute", cfg.Cwd)
+	}
+	p := &Process{cfg: cfg, cwd: path.Clean(cfg.Cwd), umask: 0o022, warned: map[uint64]bool{}}
+	p.fds = []*fd{{f: p.newFile(kindStdin, "", oRdonly)}, {f: p.newFile(kindStdout, "", oWronly)}, {f: p.newFile(kindStderr, "", oWronly)}}
+	return p, nil
+}
+
+func (p *Process) newFile(k fileKind, pth string, flags uint64) *file {
+	p.nextID++
+	return &file{id: p.nextID, kind: k, path: pth, flags: flags}
+}
+
+// Boot loads prog, lays out the initial stack and returns where the
+// program starts: its entry point and stack pointer.
+func (p *Process) Boot(m Machine, prog *Program) (entry, sp uint64, err error) {
+	for _, s := range prog.Segments {
+		lo, hi := pageDown(s.Addr), pageUp(s.Addr+s.MemSize)
+		// Segments may share a page at their edges: map only what is not
+		// mapped yet, and widen the protection of what is.
+		for a := lo; a < hi; a += PageSize {
+			if v := p.find(a); v != nil {
+				if err := p.protect(m, a, PageSize, v.prot|s.Prot|ProtWrite); err != nil {
+					return 0, 0, err
+				}
+				continue
+			}
+			if err := p.mapFixed(m, a, PageSize, s.Prot|ProtWrite); err != nil {
+				return 0, 0, fmt.Errorf("loading the segment at %#x: %w", s.Addr, err)
+			}
+		}
+		if err := m.Write(s.Addr, s.Data); err != nil {
+			return 0, 0, fmt.Errorf("loading the segment at %#x: %w", s.Addr, err)
+		}
+		if hi > p.brkBase {
+			p.brkBase = hi
+		}
+	}
+	for _, s := range prog.Segments {
+		if err := p.protect(m, pageDown(s.Addr), pageUp(s.Addr+s.MemSize)-pageDown(s.Addr), p.segProt(prog, s)); err != nil {
+			return 0, 0, err
+		}
+	}
+	p.brk = p.brkBase
+	if err := p.mapFixed(m, stackTop-stackMax, stackMax, ProtRead|ProtWrite); err != nil {
+		return 0, 0, fmt.Errorf("mapping the stack: %w", err)
+	}
+	random, err := m.Ask(Call{Op: OpRandom, Size: 16})
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(random.Data) != 16 {
+		return 0, 0, fmt.Errorf("AT_RANDOM: the environment gave %d bytes, want 16", len(random.Data))
+	}
+	sp, err = p.initialStack(m, prog, random.Data)
+	return prog.Entry, sp, err
+}
+
+// segProt is the protection of the pages of s once loaded: the union of
+// every segment's that shares them.
+func (p *Process) segProt(prog *Program, s Segment) Prot {
+	prot := s.Prot
+	lo, hi := pageDown(s.Addr), pageUp(s.Addr+s.MemSize)
+	for _, o := range prog.Segments {
+		if pageDown(o.Addr) < hi && lo < pageUp(o.Addr+o.MemSize) {
+			prot |= o.Prot
+		}
+	}
+	return prot
+}
+
+func (p *Process) initialStack(m Machine, prog *Program, random []byte) (uint64, error) {
+	top := uint64(stackTop)
+	var strs []byte
+	place := func(b []byte) uint64 { // addresses fixed below, once the size is known
+		off := uint64(len(strs))
+		strs = append(strs, b...)
+		return off
+	}
+	cstr := func(s string) uint64 { return place(append([]byte(s), 0)) }
+	exeOff := cstr(p.cfg.Exe)
+	argOffs := make([]uint64, len(p.cfg.Args))
+	for i, a := range p.cfg.Args {
+		argOffs[i] = cstr(a)
+	}
+	envOffs := make([]uint64, len(p.cfg.Env))
+	for i, e := range p.cfg.Env {
+		envOffs[i] = cstr(e)
+	}
+	platOff := cstr("x86_64")
+	randOff := place(random)
+	if len(strs) > 256<<10 {
+		return 0, fmt.Errorf("arguments and environment take %d bytes; at most 256 KiB fit", len(strs))
+	}
+	strBase := (top - 16 - uint64(len(strs))) &^ 15
+	addr := func(off uint64) uint64 { return strBase + off }
+	auxv := [][2]uint64{
+		{atPhdr, prog.PHdr}, {atPhent, prog.PHEnt}, {atPhnum, prog.PHNum}, {atPagesz, PageSize},
+		{atBase, 0}, {atFlags, 0}, {atEntry, prog.Entry}, {atUID, fakeUID}, {atEUID, fakeUID},
+		{atGID, fakeGID}, {atEGID, fakeGID}, {atPlatform, addr(platOff)}, {atHwcap, hwcap},
+		{atClktck, 100}, {atSecure, 0}, {atRandom, addr(randOff)}, {atHwcap2, 0}, {atExecfn, addr(exeOff)},
+		{atNull, 0},
+	}
+	words := 1 + len(argOffs) + 1 + len(envOffs) + 1 + 2*len(auxv)
+	sp := (strBase - uint64(8*words)) &^ 15
+	var w []byte
+	put := func(v uint64) { w = binary.LittleEndian.AppendUint64(w, v) }
+	put(uint64(len(argOffs)))
+	for _, o := range argOffs {
+		put(addr(o))
+	}
+	put(0)
+	for _, o := range envOffs {
+		put(addr(o))
+	}
+	put(0)
+	for _, kv := range auxv {
+		put(kv[0])
+		put(kv[1])
+	}
+	if err := m.Write(strBase, strs); err != nil {
+		return 0, err
+	}
+	if err := m.Write(sp, w); err != nil {
+		return 0, err
+	}
+	return sp, nil
+}
+
+// hwcap is AT_HWCAP: CPUID leaf 1's EDX bits the board always reports
+// (fpu, tsc masked out, cx8, cmov, mmx, fxsr, sse, sse2). The program asks
+// CPUID itself for more; this only has to be consistent with it.
+const hwcap = 1<<0 | 1<<8 | 1<<15 | 1<<23 | 1<<24 | 1<<25 | 1<<26
+
+// find returns the mapping holding addr.
+func (p *Process) find(addr uint64) *vma {
+	i := sort.Search(len(p.vmas), func(i int) bool { return p.vmas[i].end > addr })
+	if i < len(p.vmas) && p.vmas[i].start <= addr {
+		return &p.vmas[i]
+	}
+	return nil
+}
+
+// mapFixed maps [addr, addr+size), replacing what was there.
+func (p *Process) mapFixed(m Machine, addr, size uint64, prot Prot) error {
+	p.unmap(m, addr, size)
+	if err := m.Map(addr, size, prot); err != nil {
+		return err
+	}
+	p.vmas = append(p.vmas, vma{addr, addr + size, prot})
+	sort.Slice(p.vmas, func(i, j int) bool { return p.vmas[i].start < p.vmas[j].start })
+	p.merge()
+	return nil
+}
+
+func (p *Process) merge() {
+	out := p.vmas[:0]
+	for _, v := range p.vmas {
+		if n := len(out); n > 0 && out[n-1].end == v.start && out[n-1].prot == v.prot {
+			out[n-1].end = v.end
+			continue
+		}
+		out = append(out, v)
+	}
+	p.vmas = out
+}
+
+// split cuts mappings at addr so that a range can start or end there.
+func (p *Process) split(addr uint64) {
+	for i, v := range p.vmas {
+		if v.start < addr && addr < v.end {
+			p.vmas = append(p.vmas[:i+1], p.vmas[i:]...)
+			p.vmas[i].end = addr
+			p.vmas[i+1].start = addr
+			return
+		}
+	}
+}
+
+// unmap releases whatever is mapped in [addr, addr+size).
+func (p *Process) unmap(m Machine, addr, size uint64) {
+	end := addr + size
+	p.split(addr)
+	p.split(end)
+	out := p.vmas[:0]
+	for _, v := range p.vmas {
+		if v.start >= addr && v.end <= end {
+			m.Unmap(v.start, v.end-v.start)
+			continue
+		}
+		out = append(out, v)
+	}
+	p.vmas = out
+}
+
+// protect changes the protection of [addr, addr+size), all of which must
+// be mapped.
+func (p *Process) protect(m Machine, addr, size uint64, prot Prot) error {
+	end := addr + size
+	for a := addr; a < end; {
+		v := p.find(a)
+		if v == nil {
+			return errNoMem
+		}
+		a = v.end
+	}
+	p.split(addr)
+	p.split(end)
+	for i := range p.vmas {
+		v := &p.vmas[i]
+		if v.start >= addr && v.end <= end {
+			v.prot = prot
+		}
+	}
+	p.merge()
+	return m.Protect(addr, size, prot)
+}
+
+var errNoMem = errors.New("range not mapped")
+
+// freeRange finds size bytes unmapped below mmapTop, highest first.
+func (p *Process) freeRange(size uint64) (uint64, bool) {
+	hi := uint64(mmapTop)
+	for i := len(p.vmas) - 1; i >= 0; i-- {
+		v := p.vmas[i]
+		if v.start >= hi {
+			continue
+		}
+		if v.end <= hi && hi-v.end >= size {
+			return hi - size, true
+		}
+		if v.start < hi {
+			hi = v.start
+		}
+	}
+	if hi-pageUp(p.brk+(64<<20)) >= size && hi > size {
+		return hi - size, true
+	}
+	return 0, false
+}
+
+// State serializes the process for the state hash: everything a replica
+// must agree on.
+func (p *Process) State() []byte {
+	le := binary.LittleEndian
+	b := le.AppendUint64(nil, p.brkBase)
+	b = le.AppendUint64(b, p.brk)
+	b = le.AppendUint64(b, uint64(len(p.vmas)))
+	for _, v := range p.vmas {
+		b = le.AppendUint64(b, v.start)
+		b = le.AppendUint64(b, v.end)
+		b = append(b, byte(v.prot))
+	}
+	b = le.AppendUint64(b, uint64(len(p.fds)))
+	for _, d := range p.fds {
+		if d == nil {
+			b = append(b, 0)
+			continue
+		}
+		b = append(b, 1, byte(d.f.kind))
+		if d.cloexec {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
+		b = le.AppendUint64(b, d.f.id)
+		b = le.AppendUint64(b, d.f.flags)
+		b = le.AppendUint64(b, uint64(d.f.off))
+		b = append(b, d.f.path...)
+		b = append(b, 0)
+		if d.f.pipe != nil {
+			b = le.AppendUint64(b, uint64(len(d.f.pipe.buf)))
+			b = append(b, d.f.pipe.buf...)
+		}
+	}
+	b = append(b, p.cwd...)
+	b = append(b, 0)
+	b = le.AppendUint32(b, p.umask)
+	b = le.AppendUint64(b, uint64(p.lastMono))
+	if p.Exited {
+		b = append(b, 1)
+		b = le.AppendUint64(b, uint64(p.ExitCode))
+	}
+	return b
+}

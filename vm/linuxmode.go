@@ -1,0 +1,276 @@
+package vm
+
+import (
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"hvft/vm/linux"
+	"hvft/vm/uc"
+)
+
+// LinuxSetup makes the machine run a static Linux program under the
+// system-call personality (package linux) in place of a board guest: the
+// program's own virtual addresses, translated by the hypervisor's page
+// table through the fill hook, and SYSCALL trapped to the hypervisor.
+type LinuxSetup struct {
+	Program *linux.Program
+	Process linux.Config
+}
+
+// DefaultLinuxRAMSize is a Linux program's RAM unless configured otherwise.
+const DefaultLinuxRAMSize = 256 << 20
+
+// ErrLinuxSnapshot refuses a snapshot of a Linux program's machine: the
+// process state and page table do not travel in snapshots yet.
+var ErrLinuxSnapshot = errors.New("snapshots (and so --join) are not supported for Linux programs yet")
+
+// physPages allocates the machine's physical pages to the program's
+// virtual ones, deterministically: lowest never-used page first, then the
+// most recently freed. A page once mapped executable is never reused, so
+// that no stale translation of its code can survive (Unicorn indexes
+// translations by physical page, and host writes do not invalidate them).
+type physPages struct {
+	next     uint64
+	limit    uint64
+	free     []uint64
+	wasExec  map[uint64]bool
+	inFlight uint64
+}
+
+func (p *physPages) available() uint64 { return p.limit - p.next + uint64(len(p.free)) }
+
+// alloc returns a page and whether it must be zeroed.
+func (p *physPages) alloc() (uint64, bool) {
+	if n := len(p.free); n > 0 {
+		pg := p.free[n-1]
+		p.free = p.free[:n-1]
+		return pg, true
+	}
+	pg := p.next
+	p.next++
+	return pg, false
+}
+
+func (p *physPages) release(pg uint64) {
+	if !p.wasExec[pg] {
+		p.free = append(p.free, pg)
+	}
+}
+
+// linuxMachine is the linux.Machine the personality drives: this machine
+// seen through the program's page table.
+type linuxMachine struct{ m *Machine }
+
+func (l linuxMachine) eng() *uc.Engine { return l.m.eng }
+
+// pages calls fn for each page of [addr, addr+n) with the part inside it.
+func (l linuxMachine) pages(addr, n uint64, write bool, fn func(paddr, off, len uint64, prot uc.Prot) error) error {
+	for done := uint64(0); done < n; {
+		va := addr + done
+		pa, prot, ok := l.eng().Translate(va)
+		if !ok || (write && prot&uc.ProtWrite == 0) || (!write && prot&uc.ProtRead == 0) {
+			return fmt.Errorf("bad address %#x", va)
+		}
+		chunk := min(n-done, uc.PageSize-va%uc.PageSize)
+		if err := fn(pa, done, chunk, prot); err != nil {
+			return err
+		}
+		done += chunk
+	}
+	return nil
+}
+
+func (l linuxMachine) Read(addr uint64, buf []byte) error {
+	return l.pages(addr, uint64(len(buf)), false, func(pa, off, n uint64, _ uc.Prot) error {
+		copy(buf[off:off+n], l.m.mem[pa:pa+n])
+		return nil
+	})
+}
+
+func (l linuxMachine) Write(addr uint64, data []byte) error {
+	return l.pages(addr, uint64(len(data)), true, func(pa, off, n uint64, prot uc.Prot) error {
+		copy(l.m.mem[pa:pa+n], data[off:off+n])
+		l.m.ram.touched(pa, n)
+		if prot&uc.ProtExec != 0 {
+			va := addr + off
+			return l.eng().InvalidateCode(va-va%uc.PageSize, uc.PageSize)
+		}
+		return nil
+	})
+}
+
+func (l linuxMachine) Map(addr, size uint64, prot linux.Prot) error {
+	pp := &l.m.phys
+	n := size / uc.PageSize
+	if pp.available() < n {
+		return fmt.Errorf("out of guest RAM: %d pages wanted, %d free (raise --ram)", n, pp.available())
+	}
+	for i := uint64(0); i < n; i++ {
+		pg, dirty := pp.alloc()
+		if dirty {
+			clear(l.m.mem[pg*uc.PageSize : (pg+1)*uc.PageSize])
+			l.m.ram.touched(pg*uc.PageSize, uc.PageSize)
+		}
+		if prot&linux.ProtExec != 0 {
+			pp.wasExec[pg] = true
+		}
+		if err := l.eng().MapPage(addr+i*uc.PageSize, pg*uc.PageSize, uc.Prot(prot)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l linuxMachine) Unmap(addr, size uint64) {
+	for a := addr; a < addr+size; a += uc.PageSize {
+		if pa, _, ok := l.eng().Translate(a); ok {
+			l.eng().UnmapPage(a)
+			l.m.phys.release(pa / uc.PageSize)
+		}
+	}
+	l.m.flushTLB()
+}
+
+func (l linuxMachine) Protect(addr, size uint64, prot linux.Prot) error {
+	for a := addr; a < addr+size; a += uc.PageSize {
+		pa, _, ok := l.eng().Translate(a)
+		if !ok {
+			return fmt.Errorf("protect: %#x is not mapped", a)
+		}
+		if prot&linux.ProtExec != 0 {
+			l.m.phys.wasExec[pa/uc.PageSize] = true
+		}
+		if err := l.eng().MapPage(a, pa, uc.Prot(prot)); err != nil {
+			return err
+		}
+	}
+	l.m.flushTLB()
+	return nil
+}
+
+func (l linuxMachine) Move(from, to, size uint64) error {
+	for off := uint64(0); off < size; off += uc.PageSize {
+		pa, prot, ok := l.eng().Translate(from + off)
+		if !ok {
+			return fmt.Errorf("move: %#x is not mapped", from+off)
+		}
+		l.eng().UnmapPage(from + off)
+		if err := l.eng().MapPage(to+off, pa, prot); err != nil {
+			return err
+		}
+	}
+	l.m.flushTLB()
+	return nil
+}
+
+func (l linuxMachine) SetFSBase(v uint64) error { return l.eng().RegWrite(uc.FSBase, v) }
+
+func (l linuxMachine) Ask(c linux.Call) (linux.Result, error) {
+	m := l.m
+	seq := m.seq + 1
+	r, err := m.env.Host(m.point(), seq, c)
+	if err != nil {
+		return r, err
+	}
+	m.seq = seq
+	return r, nil
+}
+
+func (l linuxMachine) Emit(fd int, data []byte) error {
+	m := l.m
+	m.board.ConsoleOut += uint64(len(data))
+	o := Output{Port: uint32(fd), Seq: m.board.ConsoleOut, At: m.point(), Answers: m.seq, Data: data}
+	return m.env.Out(o, EffectStream, m.board)
+}
+
+// flushTLB drops Unicorn's cached translations after the page table changed.
+func (m *Machine) flushTLB() {
+	if err := m.eng.FlushTLB(); err != nil {
+		m.log.Warn("flushing the TLB", zap.Error(err))
+	}
+}
+
+// openLinux prepares the engine for a Linux program.
+func (m *Machine) openLinux() error {
+	if err := m.eng.EnablePageTable(m.cfg.RAMSize / uc.PageSize); err != nil {
+		return err
+	}
+	m.phys = physPages{limit: m.cfg.RAMSize / uc.PageSize, wasExec: map[uint64]bool{}}
+	return m.eng.HookSyscall()
+}
+
+// bootLinux loads the program and its initial stack.
+func (m *Machine) bootLinux(setup *LinuxSetup) error {
+	proc, err := linux.NewProcess(setup.Process)
+	if err != nil {
+		return err
+	}
+	proc.Unsupported = func(nr uint64, name string) {
+		m.log.Warn("unsupported system call: ENOSYS", zap.Uint64("nr", nr), zap.String("name", name))
+	}
+	m.proc = proc
+	entry, sp, err := proc.Boot(linuxMachine{m}, setup.Program)
+	if err != nil {
+		return fmt.Errorf("starting the program: %w", err)
+	}
+	return m.eng.RegWriteBatch([]uc.Reg{uc.RIP, uc.RSP, uc.RFLAGS}, []uint64{entry, sp, 0x202})
+}
+
+var syscallRegs = []uc.Reg{uc.RAX, uc.RDI, uc.RSI, uc.RDX, uc.R10, uc.R8, uc.R9, uc.RIP, uc.RFLAGS}
+
+// Syscall implements uc.SyscallHandler: the personality performs the call.
+func (m *Machine) Syscall() {
+	if m.hookErr != nil || m.fault != nil {
+		return
+	}
+	var v [9]uint64
+	if err := m.eng.RegReadBatch(syscallRegs, v[:]); err != nil {
+		m.failHook(err)
+		return
+	}
+	ret, err := m.proc.Syscall(linuxMachine{m}, v[0], [6]uint64{v[1], v[2], v[3], v[4], v[5], v[6]})
+	if err != nil {
+		m.failHook(err)
+		return
+	}
+	// As on Linux: RAX the result, RCX the return address, R11 the flags.
+	if err := m.eng.RegWriteBatch([]uc.Reg{uc.RAX, uc.RCX, uc.R11}, []uint64{ret, v[7] + 2, v[8]}); err != nil {
+		m.failHook(err)
+		return
+	}
+	if m.proc.Exited {
+		m.board.PoweredOff, m.board.ExitCode = true, uint32(m.proc.ExitCode)
+		if err := m.env.Out(Output{Port: PortPowerOff, Value: uint32(m.proc.ExitCode), At: m.point(), Answers: m.seq}, EffectPowerOff, m.board); err != nil {
+			m.failHook(err)
+			return
+		}
+		m.powerStop = true
+		m.eng.Stop()
+	}
+}
+
+// signalNames names the signals a program's faults raise.
+var exceptionSignals = map[uint32]string{0: "SIGFPE (divide error)", 1: "SIGTRAP (debug)", 3: "SIGTRAP (breakpoint)",
+	4: "SIGSEGV (overflow)", 5: "SIGSEGV (bound range)", 6: "SIGILL (invalid instruction)", 7: "SIGFPE (no FPU)",
+	13: "SIGSEGV (general protection fault)", 14: "SIGSEGV (page fault)", 16: "SIGFPE (x87 error)",
+	17: "SIGBUS (alignment check)", 19: "SIGFPE (SIMD error)"}
+
+// killProgram ends the run on a fault the program would die of on Linux
+// (no signal handlers run: docs/linux.md).
+func (m *Machine) killProgram(what string) {
+	rip, _ := m.eng.RegRead(uc.RIP)
+	m.fault = fmt.Errorf("the program was killed by %s at RIP %#x", what, rip)
+	m.eng.Stop()
+}
+
+// linuxFault describes why a Linux program's run stopped with an error.
+func (m *Machine) linuxFault(runErr error) error {
+	if addr, access, ok := m.eng.PageFault(); ok {
+		m.eng.ClearPageFault()
+		kind := map[uc.Access]string{uc.Read: "read of", uc.Write: "write to", uc.Fetch: "instruction fetch from"}[access]
+		return fmt.Errorf("the program was killed by SIGSEGV: %s %#x, which is not mapped so (in the block at RIP %#x)", kind, addr, m.point().RIP)
+	}
+	return m.describeFault(runErr)
+}
