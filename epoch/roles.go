@@ -62,7 +62,10 @@ type Output struct {
 	Answers uint64
 	Port    uint32
 	Value   uint32
-	Ref     any
+	// Data is a chunk of console bytes (a Linux program's write), whose
+	// last byte Seq numbers; empty for a one-byte console output (Value).
+	Data []byte
+	Ref  any
 }
 
 // Actions is what a step asks of the caller: messages to send, in order,

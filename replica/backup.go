@@ -67,6 +67,10 @@ type backup struct {
 	live      *vm.Live
 	disk      *vm.HostDisk
 	lastClock uint64
+	// A Linux program's host once this replica is live, and the bytes of
+	// standard input the primary's answers carried (skipped on takeover).
+	host      *linux.Host
+	stdinRead uint64
 	lastEnd   *vm.EpochEnd // the primary's last epoch end replayed
 	compared  uint64       // its state hashes compared with this replica's, equal
 }
@@ -186,6 +190,9 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.mu.Unlock()
 	if b.live != nil {
 		b.live.Close()
+	}
+	if b.host != nil {
+		b.host.Close()
 	}
 	if b.disk != nil {
 		b.disk.Close()
@@ -547,7 +554,18 @@ func (b *backup) goLive(at vm.Point) error {
 	if b.opt.Lease != nil {
 		p.holdLease(b.ctx, b.gen)
 	}
-	live, err := vm.NewLive(vm.LiveConfig{OnOutput: p.output, Recorder: p, Input: b.opt.Input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk})
+	input := b.opt.Input
+	host, err := b.opt.Machine.linuxHost(input, nil)
+	if err != nil {
+		return fmt.Errorf("taking over: %w", err)
+	}
+	if host != nil {
+		if err := host.SkipStdin(b.stdinRead); err != nil {
+			return fmt.Errorf("taking over: %w", err)
+		}
+		b.host, input = host, nil
+	}
+	live, err := vm.NewLive(vm.LiveConfig{OnOutput: p.output, Recorder: p, Input: input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk, Host: host})
 	if err != nil {
 		return err
 	}
@@ -622,6 +640,9 @@ func (b *backup) Host(at vm.Point, seq uint64, c linux.Call) (linux.Result, erro
 	if b.live == nil {
 		r, err := b.replay.Host(at, seq, c)
 		if !b.exhausted(err) {
+			if err == nil && c.Op == linux.OpStdin {
+				b.stdinRead += uint64(len(r.Data))
+			}
 			return r, err
 		}
 		if err := b.goLive(at); err != nil {
@@ -642,7 +663,7 @@ func (b *backup) Out(o vm.Output, effect vm.Effect, board *vm.Board) error {
 	if b.live != nil {
 		return b.live.Out(o, effect, board)
 	}
-	if effect == vm.EffectConsole {
+	if effect == vm.EffectConsole || effect == vm.EffectStream {
 		return b.output(o)
 	}
 	return nil

@@ -153,6 +153,9 @@ func fromWireEnd(e *epoch.EpochEnd) vm.EpochEnd {
 // wireOutput describes a machine output to the protocol.
 func wireOutput(o vm.Output) epoch.Output {
 	w := epoch.Output{Seq: o.Seq, Epoch: o.At.Epoch, Answers: o.Answers, Port: o.Port, Value: o.Value}
+	if o.Disk == nil && o.Data != nil {
+		w.Data = o.Data // a Linux program's standard output or error
+	}
 	if o.Disk != nil {
 		w.Kind, w.Ref = epoch.DiskWrite, o
 	}

@@ -25,26 +25,43 @@ type Sink interface {
 	Flush() error
 }
 
-// writeNew calls write for each output past *last, in order, advancing
-// *last: the deduplication every sink shares.
-func writeNew(outs []epoch.Output, last *uint64, write func(epoch.Output) error) error {
+// outputBytes returns an output's console bytes and the sequence number
+// of the first: a board console output is one byte (Value), a Linux
+// program's write a chunk (Data) whose last byte Seq numbers.
+func outputBytes(o epoch.Output) (first uint64, b []byte) {
+	if o.Data != nil {
+		return o.Seq - uint64(len(o.Data)) + 1, o.Data
+	}
+	return o.Seq, []byte{byte(o.Value)}
+}
+
+// writeNew calls write with the bytes of each output past *last, in order,
+// advancing *last: the deduplication every sink shares. A chunk that
+// straddles *last is cut to its new bytes.
+func writeNew(outs []epoch.Output, last *uint64, write func(o epoch.Output, first uint64, b []byte) error) error {
 	for _, o := range outs {
 		if o.Seq <= *last {
 			continue
 		}
+		first, b := outputBytes(o)
+		if first <= *last {
+			b, first = b[*last-first+1:], *last+1
+		}
 		*last = o.Seq
-		if err := write(o); err != nil {
+		if err := write(o, first, b); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// PlainSink writes console bytes as they are.
+// PlainSink writes console bytes as they are. A Linux program's standard
+// error goes to Err when set (else with the rest).
 type PlainSink struct {
 	mu   sync.Mutex
 	w    *bufio.Writer
 	last uint64
+	Err  io.Writer
 }
 
 // NewPlainSink writes to w.
@@ -54,8 +71,17 @@ func NewPlainSink(w io.Writer) *PlainSink { return &PlainSink{w: bufio.NewWriter
 func (s *PlainSink) Emit(outs []epoch.Output) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return writeNew(outs, &s.last, func(o epoch.Output) error {
-		if err := s.w.WriteByte(byte(o.Value)); err != nil {
+	return writeNew(outs, &s.last, func(o epoch.Output, _ uint64, b []byte) error {
+		if o.Data != nil && o.Port == 2 && s.Err != nil {
+			if err := s.w.Flush(); err != nil {
+				return fmt.Errorf("writing the console: %w", err)
+			}
+			if _, err := s.Err.Write(b); err != nil {
+				return fmt.Errorf("writing standard error: %w", err)
+			}
+			return nil
+		}
+		if _, err := s.w.Write(b); err != nil {
 			return fmt.Errorf("writing the console: %w", err)
 		}
 		return nil
@@ -87,9 +113,13 @@ func NewStreamSink(w io.Writer) *StreamSink { return &StreamSink{w: bufio.NewWri
 func (s *StreamSink) Emit(outs []epoch.Output) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return writeNew(outs, &s.last, func(o epoch.Output) error {
-		_, err := fmt.Fprintf(s.w, "o %d %02x\n", o.Seq, byte(o.Value))
-		return err
+	return writeNew(outs, &s.last, func(_ epoch.Output, first uint64, b []byte) error {
+		for i, c := range b {
+			if _, err := fmt.Fprintf(s.w, "o %d %02x\n", first+uint64(i), c); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 
@@ -307,14 +337,15 @@ func (s *FileSink) Emit(outs []epoch.Output) error {
 	}
 	var buf []byte
 	for _, o := range outs {
+		first, b := outputBytes(o)
 		switch {
 		case o.Seq <= s.last:
 			continue
-		case o.Seq != s.last+1:
-			return fmt.Errorf("console file %s holds %d bytes; output %d would leave a gap", s.path, s.last, o.Seq)
+		case first > s.last+1:
+			return fmt.Errorf("console file %s holds %d bytes; output %d would leave a gap", s.path, s.last, first)
 		}
-		buf = append(buf, byte(o.Value))
-		s.last++
+		buf = append(buf, b[s.last+1-first:]...)
+		s.last = o.Seq
 	}
 	if len(buf) == 0 {
 		return nil

@@ -397,7 +397,16 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 	if disk != nil {
 		defer disk.Close()
 	}
-	live, err := vm.NewLive(vm.LiveConfig{Recorder: p, OnOutput: p.output, Input: p.opt.Input, CPU: p.opt.CPU, TimerJitter: p.opt.TimerJitter, Disk: disk})
+	input := p.opt.Input
+	host, err := mc.linuxHost(input, nil)
+	if err != nil {
+		return vm.Result{}, vm.Digest{}, err
+	}
+	if host != nil {
+		defer host.Close()
+		input = nil // standard input is the program's, read by its requests
+	}
+	live, err := vm.NewLive(vm.LiveConfig{Recorder: p, OnOutput: p.output, Input: input, CPU: p.opt.CPU, TimerJitter: p.opt.TimerJitter, Disk: disk, Host: host})
 	if err != nil {
 		return vm.Result{}, vm.Digest{}, err
 	}

@@ -48,6 +48,10 @@ func demoCommand() *cli.Command {
 			&cli.StringFlag{Name: "disk-sync", Value: "always", Usage: "always or never (see hvft run --help)"},
 			&cli.BoolFlag{Name: "rejoin", Usage: "after each failover, start a new backup that joins the new primary by state transfer"},
 			&cli.IntFlag{Name: "kills", Value: 1, Usage: "how many successive primaries to kill (more than one needs --rejoin); --kill-after counts from each one's takeover"},
+			&cli.BoolFlag{Name: "linux", Usage: "GUEST is a static Linux program (see hvft run --help)"},
+			&cli.StringFlag{Name: "root", Value: "/", Usage: "with --linux: the directory the program sees as /"},
+			&cli.StringSliceFlag{Name: "env", Usage: "with --linux: NAME=VALUE in the program's environment (repeatable)"},
+			&cli.StringFlag{Name: "stdin", Usage: "with --linux: a file both replicas read as the program's standard input (a new primary skips what the old one read)"},
 		},
 		Action: demoAction,
 	}
@@ -139,8 +143,14 @@ func demoAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := guests.Load(name); err != nil {
+	linuxArgs, err := demoLinuxArgs(c, name)
+	if err != nil {
 		return err
+	}
+	if linuxArgs == nil {
+		if _, _, err := guests.Load(name); err != nil {
+			return err
+		}
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -173,6 +183,7 @@ func demoAction(c *cli.Context) error {
 		}
 		shared = append(shared, "--disk", disk, "--disk-sync", c.String("disk-sync"))
 	}
+	shared = append(shared, linuxArgs...)
 	guest := append([]string{name, "--"}, args...)
 	merger := replica.NewMerger(c.App.Writer)
 	say := func(format string, a ...any) { fmt.Fprintf(c.App.ErrWriter, "[demo] "+format+"\n", a...) }
@@ -208,6 +219,14 @@ func demoAction(c *cli.Context) error {
 			return nil, err
 		}
 		ch.cmd.Stdout, ch.cmd.Stderr = stdoutW, stderrW
+		if in := c.String("stdin"); in != "" {
+			f, err := os.Open(in)
+			if err != nil {
+				return nil, fmt.Errorf("--stdin: %w", err)
+			}
+			defer f.Close()
+			ch.cmd.Stdin = f
+		}
 		err = ch.cmd.Start()
 		stdoutW.Close()
 		stderrW.Close()

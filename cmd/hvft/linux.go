@@ -91,3 +91,35 @@ func replayProgram(name string, h *replica.LinuxHeader, digest string) (*linux.P
 	}
 	return prog, &guestelf.Image{Entry: prog.Entry, Digest: prog.Digest}, nil
 }
+
+// demoLinuxArgs checks the demo's Linux flags and returns the ones its
+// replicas take (nil for a board guest).
+func demoLinuxArgs(c *cli.Context, name string) ([]string, error) {
+	if !c.Bool("linux") {
+		if c.String("stdin") != "" || len(c.StringSlice("env")) > 0 {
+			return nil, fmt.Errorf("--stdin and --env are for a Linux program (--linux)")
+		}
+		return nil, nil
+	}
+	if c.Bool("rejoin") {
+		return nil, fmt.Errorf("--rejoin is not supported for Linux programs yet: their process state does not travel in a state transfer")
+	}
+	if c.String("disk") != "" {
+		return nil, fmt.Errorf("--disk is for board guests: a Linux program reaches its files under --root")
+	}
+	if c.Args().Len() == 0 || c.Args().First() == "--" {
+		return nil, fmt.Errorf("--linux needs the program: hvft demo --linux PROG [-- ARGS...]")
+	}
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("reading the program: %w", err)
+	}
+	if _, err := linux.ParseProgram(data); err != nil {
+		return nil, fmt.Errorf("program %s: %w", name, err)
+	}
+	args := []string{"--linux", "--root", c.String("root")}
+	for _, e := range c.StringSlice("env") {
+		args = append(args, "--env", e)
+	}
+	return args, nil
+}

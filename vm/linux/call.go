@@ -101,6 +101,20 @@ func NewHost(root string, stdin, random io.Reader) (*Host, error) {
 	return &Host{Root: abs, Stdin: stdin, Random: random, Now: time.Now, files: map[string]*os.File{}}, nil
 }
 
+// SkipStdin discards the first n bytes of standard input: a backup taking
+// over was given the same input as the primary it replaces, which
+// consumed (and logged) that much of it.
+func (h *Host) SkipStdin(n uint64) error {
+	if n == 0 || h.Stdin == nil {
+		return nil
+	}
+	got, err := io.CopyN(io.Discard, h.Stdin, int64(n))
+	if err != nil {
+		return fmt.Errorf("standard input: the old primary read %d bytes, this replica's has %d: %w", n, got, err)
+	}
+	return nil
+}
+
 // Close releases the host files held open.
 func (h *Host) Close() error {
 	h.mu.Lock()
