@@ -14,6 +14,7 @@ const (
 	flagRF = 1 << 16
 
 	vectorUD = 6
+	vectorGP = 13
 
 	gateInterrupt = 0xE
 	gateTrap      = 0xF

@@ -215,7 +215,64 @@ func (m *Machine) bootLinux(setup *LinuxSetup) error {
 	if err != nil {
 		return fmt.Errorf("starting the program: %w", err)
 	}
-	return m.eng.RegWriteBatch([]uc.Reg{uc.RIP, uc.RSP, uc.RFLAGS}, []uint64{entry, sp, 0x202})
+	if err := m.eng.RegWriteBatch([]uc.Reg{uc.RIP, uc.RSP, uc.RFLAGS}, []uint64{entry, sp, 0x202}); err != nil {
+		return err
+	}
+	// Ring 3 with CR4.TSD: RDTSC and RDTSCP fault to the hypervisor, which
+	// answers them from the environment.
+	// Unicorn starts with CR4 reading 0 but SSE enabled in its hidden
+	// flags; writing CR4 recomputes them, so OSFXSR and OSXMMEXCPT go in
+	// with TSD.
+	cr4, err := m.eng.RegRead(uc.CR4)
+	if err == nil {
+		err = m.eng.RegWrite(uc.CR4, cr4|cr4OSFXSR|cr4OSXMMEXCPT|cr4TSD)
+	}
+	if err == nil {
+		err = m.eng.SetCPL(3)
+	}
+	return err
+}
+
+const (
+	cr4TSD        = 1 << 2
+	cr4OSFXSR     = 1 << 9
+	cr4OSXMMEXCPT = 1 << 10
+)
+
+// timeStamp emulates the RDTSC or RDTSCP at rip (a #GP under CR4.TSD)
+// and reports whether the instruction was one.
+func (m *Machine) timeStamp(rip uint64) bool {
+	var insn [3]byte
+	l := linuxMachine{m}
+	if err := l.Read(rip, insn[:2]); err != nil {
+		return false
+	}
+	size := uint64(0)
+	switch {
+	case insn[0] == 0x0F && insn[1] == 0x31:
+		size = 2
+	case insn[0] == 0x0F && insn[1] == 0x01:
+		if err := l.Read(rip+2, insn[2:]); err == nil && insn[2] == 0xF9 {
+			size = 3
+		}
+	}
+	if size == 0 {
+		return false
+	}
+	v, err := m.proc.ReadTSC(l)
+	if err != nil {
+		m.failHook(err)
+		return true
+	}
+	regs := []uc.Reg{uc.RAX, uc.RDX, uc.RIP}
+	vals := []uint64{v & 0xFFFF_FFFF, v >> 32, rip + size}
+	if size == 3 {
+		regs, vals = append(regs, uc.RCX), append(vals, 0) // IA32_TSC_AUX: CPU 0
+	}
+	if err := m.eng.RegWriteBatch(regs, vals); err != nil {
+		m.failHook(err)
+	}
+	return true
 }
 
 var syscallRegs = []uc.Reg{uc.RAX, uc.RDI, uc.RSI, uc.RDX, uc.R10, uc.R8, uc.R9, uc.RIP, uc.RFLAGS}

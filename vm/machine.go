@@ -599,6 +599,11 @@ func (m *Machine) CPUID() bool {
 // IDT, with RIP at the faulting instruction.
 func (m *Machine) Interrupt(intno uint32) {
 	if m.proc != nil {
+		if intno == vectorGP || intno == vectorUD { // RDTSCP is #UD on this CPU model: emulated all the same
+			if rip, err := m.eng.RegRead(uc.RIP); err == nil && m.timeStamp(rip) {
+				return
+			}
+		}
 		sig, ok := exceptionSignals[intno]
 		if !ok {
 			sig = fmt.Sprintf("SIGSEGV (exception %d)", intno)

@@ -36,11 +36,12 @@ const (
 	OpClock    Op = 13 // Flags = clock id: nanoseconds
 	OpRandom   Op = 14 // Size: random bytes
 	OpAccess   Op = 15 // Path, Mode
+	OpTSC      Op = 16 // the time-stamp counter (RDTSC, RDTSCP)
 )
 
 var opNames = map[Op]string{OpOpen: "open", OpRead: "read", OpStdin: "stdin", OpWrite: "write", OpStat: "stat",
 	OpStdStat: "std-stat", OpReadDir: "readdir", OpReadlink: "readlink", OpUnlink: "unlink", OpRename: "rename",
-	OpMkdir: "mkdir", OpTruncate: "truncate", OpClock: "clock", OpRandom: "random", OpAccess: "access"}
+	OpMkdir: "mkdir", OpTruncate: "truncate", OpClock: "clock", OpRandom: "random", OpAccess: "access", OpTSC: "tsc"}
 
 func (o Op) String() string {
 	if n, ok := opNames[o]; ok {
@@ -68,6 +69,9 @@ type Result struct {
 	Value int64
 	Data  []byte
 }
+
+// TSCHz is the rate of the time-stamp counter a program reads.
+const TSCHz = 3_000_000_000
 
 // MaxTransfer bounds the bytes one request moves: a larger read is cut
 // short, as Linux may do.
@@ -236,6 +240,10 @@ func (h *Host) Do(c Call) Result {
 		return Result{Value: int64(len(buf)), Data: buf}
 	case OpAccess:
 		return done(syscall.Access(h.hostPath(c.Path), c.Mode))
+	case OpTSC:
+		// A counter at TSCHz from the wall clock: machines that take over
+		// share it, where real TSCs would not.
+		return Result{Value: h.Now().UnixNano()/1e9*TSCHz + h.Now().UnixNano()%1e9*(TSCHz/1e9)}
 	}
 	return Result{Value: -ENOSYS}
 }

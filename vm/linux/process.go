@@ -93,6 +93,7 @@ type Process struct {
 	cwd      string
 	umask    uint32
 	lastMono int64
+	lastTSC  uint64
 	nextID   uint64
 	// Exited is set by exit or exit_group, with the status.
 	Exited   bool
@@ -390,9 +391,25 @@ func (p *Process) State() []byte {
 	b = append(b, 0)
 	b = le.AppendUint32(b, p.umask)
 	b = le.AppendUint64(b, uint64(p.lastMono))
+	b = le.AppendUint64(b, p.lastTSC)
 	if p.Exited {
 		b = append(b, 1)
 		b = le.AppendUint64(b, uint64(p.ExitCode))
 	}
 	return b
+}
+
+// ReadTSC answers RDTSC from the environment; the counter never goes
+// back, even across a failover.
+func (p *Process) ReadTSC(m Machine) (uint64, error) {
+	r, err := m.Ask(Call{Op: OpTSC})
+	if err != nil {
+		return 0, err
+	}
+	v := uint64(r.Value)
+	if v <= p.lastTSC {
+		v = p.lastTSC + 1
+	}
+	p.lastTSC = v
+	return v, nil
 }

@@ -123,6 +123,31 @@ static void hv_env_after_exception(uc_engine *uc, hv_ctx *c) {
 	uc_context_restore(uc, c->scratch);
 }
 
+// hv_set_cpl sets the privilege level the CPU runs at. Unicorn keeps it
+// in hflags and recomputes it only when SS is loaded, which a Linux
+// program under the hypervisor never does (system calls and exceptions
+// are handled in hooks, without a ring change).
+static uc_err hv_set_cpl(uc_engine *uc, hv_ctx *c, int cpl) {
+	if (c->scratch == NULL) return UC_ERR_ARG;
+	uc_err err = uc_context_save(uc, c->scratch);
+	if (err != UC_ERR_OK) return err;
+	char *d = hv_ctx_data(c->scratch);
+	uint32_t hf;
+	memcpy(&hf, d + c->off_hflags, 4);
+	hf = (hf & ~3u) | (uint32_t)(cpl & 3);
+	memcpy(d + c->off_hflags, &hf, 4);
+	return uc_context_restore(uc, c->scratch);
+}
+
+static uc_err hv_get_cpl(uc_engine *uc, hv_ctx *c, int *cpl) {
+	uc_err err = uc_context_save(uc, c->scratch);
+	if (err != UC_ERR_OK) return err;
+	uint32_t hf;
+	memcpy(&hf, hv_ctx_data(c->scratch) + c->off_hflags, 4);
+	*cpl = (int)(hf & 3);
+	return UC_ERR_OK;
+}
+
 static uc_err hv_read_shadow(uc_engine *uc, hv_ctx *c, int *on) {
 	uc_err err = uc_context_save(uc, c->scratch);
 	if (err != UC_ERR_OK) return err;
@@ -916,6 +941,20 @@ func (e *Engine) FillFault() (addr uint64, access Access, ok bool) {
 
 // ClearFillFault forgets a refused fill.
 func (e *Engine) ClearFillFault() { e.ctx.fault = 0 }
+
+// SetCPL sets the current privilege level (0 or 3): a Linux program runs
+// in ring 3, where RDTSC faults once CR4.TSD is set and privileged
+// instructions fault as on Linux.
+func (e *Engine) SetCPL(cpl int) error {
+	return check("set CPL", C.hv_set_cpl(e.h, e.ctx, C.int(cpl)))
+}
+
+// CPL reads the current privilege level.
+func (e *Engine) CPL() (int, error) {
+	var v C.int
+	err := check("read CPL", C.hv_get_cpl(e.h, e.ctx, &v))
+	return int(v), err
+}
 
 // SyscallHandler receives the SYSCALL instruction: on return, execution
 // goes on after it (Unicorn performs nothing of the instruction itself).
