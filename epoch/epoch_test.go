@@ -131,6 +131,42 @@ func TestOutputWaitsForAck(t *testing.T) {
 	}
 }
 
+// TestCommitWaitsForEveryEarlierRecord: rule 3b. An effect the guest
+// waits on is performed only once the backup holds every answer before it
+// and the end of the epoch before its own; alone, at once.
+func TestCommitWaitsForEveryEarlierRecord(t *testing.T) {
+	p := NewPrimary(Bounded, 4)
+	p.Answer(Answer{Seq: 1})
+	p.Answer(Answer{Seq: 2})
+	if p.MayCommit(1, 2) {
+		t.Fatal("commit allowed before the backup acknowledged anything")
+	}
+	p.Ack(Ack{Answers: 1})
+	if p.MayCommit(1, 2) {
+		t.Fatal("commit allowed with answer 2 unacknowledged")
+	}
+	if !p.MayCommit(1, 1) {
+		t.Fatal("commit after answer 1 refused though answer 1 is held")
+	}
+	p.Ack(Ack{Answers: 2})
+	if !p.MayCommit(1, 2) {
+		t.Fatal("commit refused though every earlier answer is held")
+	}
+	p.EndEpoch(EpochEnd{Epoch: 1, Answers: 2})
+	if p.MayCommit(2, 2) {
+		t.Fatal("commit in epoch 2 allowed before epoch 1's end was held")
+	}
+	p.Ack(Ack{Epoch: 1, Answers: 2})
+	if !p.MayCommit(2, 2) {
+		t.Fatal("commit in epoch 2 refused after epoch 1's end was held")
+	}
+	p.Answer(Answer{Seq: 3})
+	p.BackupLost()
+	if !p.MayCommit(2, 3) {
+		t.Fatal("a primary alone must never wait to commit")
+	}
+}
+
 // TestLagBounds: rule 2, both modes.
 func TestLagBounds(t *testing.T) {
 	strict := NewPrimary(Strict, 10)

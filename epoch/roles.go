@@ -147,6 +147,16 @@ func (p *Primary) covered(o Output) bool {
 	return p.acked.Answers >= o.Answers && p.acked.Epoch+1 >= o.Epoch
 }
 
+// MayCommit reports whether an effect the guest waits on (a Linux
+// program's file write, unlink, rename, mkdir: its result is the answer)
+// may be performed now, during epoch after answers answers: once the
+// backup holds every record before it, as an output needs (rule 3b). So
+// a failover re-executes at most the last such effect, whose answer the
+// backup may lack; the host side resolves that one (docs/linux.md).
+func (p *Primary) MayCommit(epoch, answers uint64) bool {
+	return p.alone || p.covered(Output{Epoch: epoch, Answers: answers})
+}
+
 // Output asks to release o. It leaves at once when the backup holds every
 // record before it (or there is no backup); otherwise it is held until an
 // acknowledgement covers it (rule 3).

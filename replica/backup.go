@@ -71,6 +71,7 @@ type backup struct {
 	// standard input the primary's answers carried (skipped on takeover).
 	host      *linux.Host
 	stdinRead uint64
+	runRandom []byte
 	lastEnd   *vm.EpochEnd // the primary's last epoch end replayed
 	compared  uint64       // its state hashes compared with this replica's, equal
 }
@@ -158,6 +159,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	if p := b.as; p != nil {
 		if runErr == nil {
 			runErr = p.drain(ctx, res.ExitCode, b.finalHash(), "")
+			p.endJournal(runErr)
 		}
 		p.mu.Lock()
 		p.ended = true
@@ -563,9 +565,12 @@ func (b *backup) goLive(at vm.Point) error {
 		if err := host.SkipStdin(b.stdinRead); err != nil {
 			return fmt.Errorf("taking over: %w", err)
 		}
-		b.host, input = host, nil
+		host.EnableJournal()
+		host.SetRunID(b.runRandom)
+		b.host, p.host, input = host, host, nil
 	}
-	live, err := vm.NewLive(vm.LiveConfig{OnOutput: p.output, Recorder: p, Input: input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk, Host: host})
+	live, err := vm.NewLive(vm.LiveConfig{OnOutput: p.output, Recorder: p, Input: input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk,
+		Host: host, BeforeCommit: p.beforeCommit(b.ctx)})
 	if err != nil {
 		return err
 	}
@@ -642,6 +647,9 @@ func (b *backup) Host(at vm.Point, seq uint64, c linux.Call) (linux.Result, erro
 		if !b.exhausted(err) {
 			if err == nil && c.Op == linux.OpStdin {
 				b.stdinRead += uint64(len(r.Data))
+			}
+			if err == nil && seq == 1 && c.Op == linux.OpRandom {
+				b.runRandom = r.Data // names the run's journal
 			}
 			return r, err
 		}

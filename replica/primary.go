@@ -13,6 +13,7 @@ import (
 
 	"hvft/epoch"
 	"hvft/vm"
+	"hvft/vm/linux"
 	"hvft/vm/uc"
 )
 
@@ -81,8 +82,10 @@ type primary struct {
 	proto  *epoch.Primary
 	report Report
 	live   *vm.Live
-	epoch  uint64 // epoch being executed
-	ended  bool   // the run is over: a closing link is no loss
+	// host performs a Linux program's requests (nil for a board guest).
+	host  *linux.Host
+	epoch uint64 // epoch being executed
+	ended bool   // the run is over: a closing link is no loss
 	// backupEnd is the backup's goodbye: it replayed to the same end.
 	backupEnd *epoch.Goodbye
 	// joins hands accepted joiners to the machine thread; transfer is the
@@ -130,6 +133,7 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	switch {
 	case runErr == nil:
 		runErr = p.drain(ctx, res.ExitCode, final, "")
+		p.endJournal(runErr)
 	case vm.StoppedByGuest(res, runErr):
 		// The backup meets the same stop: it must replay to it, not take
 		// over and run on (as it would if the link just closed).
@@ -278,6 +282,40 @@ func (p *primary) output(o vm.Output) error {
 	return nil
 }
 
+// beforeCommit returns the wait before a Linux program's request that
+// changes the outside world: until the backup holds every record before
+// it (rule 3b), the backup is lost, the primary is fenced or ctx ends.
+func (p *primary) beforeCommit(ctx context.Context) func(at vm.Point, answers uint64) error {
+	return func(at vm.Point, answers uint64) error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for !p.proto.MayCommit(at.Epoch, answers) {
+			if p.fenced != nil {
+				return p.fenced
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			p.cond.Wait()
+		}
+		if p.fenced != nil {
+			return p.fenced
+		}
+		return nil
+	}
+}
+
+// endJournal removes a Linux program's journal once the run is over and
+// no replica can take it over any more.
+func (p *primary) endJournal(runErr error) {
+	if p.host == nil || runErr != nil {
+		return
+	}
+	if err := p.host.RemoveJournal(); err != nil {
+		p.log.Warn("removing the journal", zap.Error(err))
+	}
+}
+
 // fence stops a primary that lost its lease; mu is held.
 func (p *primary) fence(err error) {
 	if p.fenced != nil {
@@ -405,8 +443,11 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 	if host != nil {
 		defer host.Close()
 		input = nil // standard input is the program's, read by its requests
+		host.EnableJournal()
+		p.host = host
 	}
-	live, err := vm.NewLive(vm.LiveConfig{Recorder: p, OnOutput: p.output, Input: input, CPU: p.opt.CPU, TimerJitter: p.opt.TimerJitter, Disk: disk, Host: host})
+	live, err := vm.NewLive(vm.LiveConfig{Recorder: p, OnOutput: p.output, Input: input, CPU: p.opt.CPU, TimerJitter: p.opt.TimerJitter, Disk: disk,
+		Host: host, BeforeCommit: p.beforeCommit(ctx)})
 	if err != nil {
 		return vm.Result{}, vm.Digest{}, err
 	}

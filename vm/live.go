@@ -48,6 +48,11 @@ type LiveConfig struct {
 	// goes to Console).
 	Host   *linux.Host
 	Stderr io.Writer
+	// BeforeCommit, if set, is called before a request that changes the
+	// outside world (linux.Call.Commits) is performed, with the answers
+	// given before it: a primary waits there until its backup holds them
+	// (rule 3b).
+	BeforeCommit func(at Point, answers uint64) error
 }
 
 // Live is the environment of a primary or an unreplicated run: host devices
@@ -208,7 +213,12 @@ func (l *Live) Host(at Point, seq uint64, c linux.Call) (linux.Result, error) {
 			return linux.Result{}, err
 		}
 	}
-	r := l.cfg.Host.Do(c)
+	if c.Commits() && l.cfg.BeforeCommit != nil {
+		if err := l.cfg.BeforeCommit(at, seq-1); err != nil {
+			return linux.Result{}, err
+		}
+	}
+	r := l.cfg.Host.DoAt(seq, c)
 	return r, l.record(Answer{Seq: seq, Kind: KindHost, Port: uint32(c.Op), Value: uint64(r.Value), Data: r.Data})
 }
 

@@ -37,11 +37,39 @@ const (
 	OpRandom   Op = 14 // Size: random bytes
 	OpAccess   Op = 15 // Path, Mode
 	OpTSC      Op = 16 // the time-stamp counter (RDTSC, RDTSCP)
+	OpSync     Op = 17 // Path: fsync
 )
+
+// Commits reports whether c changes the outside world in a way the
+// program waits on: in a replicated run it is performed only once the
+// backup holds every earlier answer (rule 3b, docs/linux.md).
+func (c Call) Commits() bool {
+	switch c.Op {
+	case OpWrite, OpUnlink, OpRename, OpMkdir, OpTruncate:
+		return true
+	case OpOpen:
+		return c.Flags&(oCreat|oTrunc) != 0
+	}
+	return false
+}
+
+// repeatable reports whether performing c a second time leaves the world
+// as once did, with the same result. A failover may re-execute the last
+// committing call; one that is not repeatable is journaled.
+func (c Call) repeatable() bool {
+	switch c.Op {
+	case OpUnlink, OpRename, OpMkdir:
+		return false
+	case OpOpen:
+		return c.Flags&oExcl == 0
+	}
+	return true
+}
 
 var opNames = map[Op]string{OpOpen: "open", OpRead: "read", OpStdin: "stdin", OpWrite: "write", OpStat: "stat",
 	OpStdStat: "std-stat", OpReadDir: "readdir", OpReadlink: "readlink", OpUnlink: "unlink", OpRename: "rename",
-	OpMkdir: "mkdir", OpTruncate: "truncate", OpClock: "clock", OpRandom: "random", OpAccess: "access", OpTSC: "tsc"}
+	OpMkdir: "mkdir", OpTruncate: "truncate", OpClock: "clock", OpRandom: "random", OpAccess: "access", OpTSC: "tsc",
+	OpSync: "sync"}
 
 func (o Op) String() string {
 	if n, ok := opNames[o]; ok {
@@ -87,6 +115,12 @@ type Host struct {
 
 	mu    sync.Mutex
 	files map[string]*os.File
+
+	// The journal of the last call that is not repeatable (replicated
+	// runs): its sequence number, and whether it completed, with what.
+	journaled bool
+	runID     string
+	journal   *os.File
 }
 
 // NewHost returns a Host over root. A nil stdin reads as empty.
@@ -119,10 +153,159 @@ func (h *Host) SkipStdin(n uint64) error {
 	return nil
 }
 
+// EnableJournal makes the host journal every call that is not repeatable
+// in a file under the root, named after the run (the first answer's
+// random bytes, AT_RANDOM, which every replica of the run holds): a
+// replica that takes over and re-executes the old primary's last call
+// finds there whether it happened.
+func (h *Host) EnableJournal() { h.journaled = true }
+
+// SetRunID names the run whose journal this host keeps (a backup taking
+// over, from the logged AT_RANDOM).
+func (h *Host) SetRunID(random []byte) {
+	if len(random) >= 8 && h.runID == "" {
+		h.runID = fmt.Sprintf("%x", random[:8])
+	}
+}
+
+// JournalPath is the journal's file, or "" when none is kept yet.
+func (h *Host) JournalPath() string {
+	if !h.journaled || h.runID == "" {
+		return ""
+	}
+	return filepath.Join(h.Root, ".hvft-journal-"+h.runID)
+}
+
+// RemoveJournal deletes the journal at the end of a run.
+func (h *Host) RemoveJournal() error {
+	p := h.JournalPath()
+	if p == "" {
+		return nil
+	}
+	h.mu.Lock()
+	if h.journal != nil {
+		h.journal.Close()
+		h.journal = nil
+	}
+	h.mu.Unlock()
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+const journalSize = 8 + 1 + 8
+
+// DoAt performs c, the answer with sequence number seq. A call that is not
+// repeatable goes through the journal: an intent before, the result after;
+// found again at the same seq, it is not performed twice.
+func (h *Host) DoAt(seq uint64, c Call) Result {
+	if c.Op == OpRandom && seq == 1 {
+		r := h.Do(c)
+		h.SetRunID(r.Data)
+		return r
+	}
+	if c.repeatable() || h.JournalPath() == "" {
+		return h.Do(c)
+	}
+	if j, done, value, ok := h.readJournal(); ok && j == seq {
+		if done {
+			return Result{Value: value}
+		}
+		return h.resolve(c)
+	}
+	if err := h.writeJournal(seq, false, 0); err != nil {
+		return Result{Value: -EIO}
+	}
+	r := h.Do(c)
+	if err := h.writeJournal(seq, true, r.Value); err != nil {
+		return Result{Value: -EIO}
+	}
+	return r
+}
+
+func (h *Host) journalFile() (*os.File, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.journal != nil {
+		return h.journal, nil
+	}
+	f, err := os.OpenFile(h.JournalPath(), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	h.journal = f
+	return f, nil
+}
+
+func (h *Host) readJournal() (seq uint64, done bool, value int64, ok bool) {
+	f, err := h.journalFile()
+	if err != nil {
+		return 0, false, 0, false
+	}
+	var b [journalSize]byte
+	if _, err := f.ReadAt(b[:], 0); err != nil {
+		return 0, false, 0, false
+	}
+	le := binary.LittleEndian
+	return le.Uint64(b[0:]), b[8] == 1, int64(le.Uint64(b[9:])), true
+}
+
+// writeJournal replaces the journal's one record with a single write,
+// which a killed process either made or did not.
+func (h *Host) writeJournal(seq uint64, done bool, value int64) error {
+	f, err := h.journalFile()
+	if err != nil {
+		return err
+	}
+	b := binary.LittleEndian.AppendUint64(nil, seq)
+	if done {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	b = binary.LittleEndian.AppendUint64(b, uint64(value))
+	_, err = f.WriteAt(b, 0)
+	return err
+}
+
+// resolve performs a call that is not repeatable whose intent the journal
+// holds without a result: the old primary died around it. What the world
+// shows now says whether it happened.
+func (h *Host) resolve(c Call) Result {
+	exists := func(p string) bool {
+		_, err := os.Lstat(h.hostPath(p))
+		return err == nil
+	}
+	switch c.Op {
+	case OpUnlink:
+		if !exists(c.Path) {
+			return Result{}
+		}
+	case OpRename:
+		if !exists(c.Path) && exists(c.Path2) {
+			return Result{}
+		}
+	case OpMkdir:
+		if st, err := os.Stat(h.hostPath(c.Path)); err == nil && st.IsDir() {
+			return Result{}
+		}
+	case OpOpen:
+		if exists(c.Path) {
+			c.Flags &^= oExcl // the old primary created it
+		}
+	}
+	return h.Do(c)
+}
+
 // Close releases the host files held open.
 func (h *Host) Close() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.journal != nil {
+		h.journal.Close()
+		h.journal = nil
+	}
 	var first error
 	for p, f := range h.files {
 		if err := f.Close(); err != nil && first == nil {
@@ -169,19 +352,11 @@ func (h *Host) Do(c Call) Result {
 		if err != nil {
 			return fail(err)
 		}
-		off := c.Off
-		if c.Flags&oAppend != 0 {
-			st, err := f.Stat()
-			if err != nil {
-				return fail(err)
-			}
-			off = st.Size()
-		}
-		n, err := f.WriteAt(c.Data, off)
+		n, err := f.WriteAt(c.Data, c.Off)
 		if err != nil && n == 0 {
 			return fail(err)
 		}
-		return Result{Value: int64(n), Data: binary.LittleEndian.AppendUint64(nil, uint64(off+int64(n)))}
+		return Result{Value: int64(n)}
 	case OpStat:
 		var st syscall.Stat_t
 		var err error
@@ -240,6 +415,15 @@ func (h *Host) Do(c Call) Result {
 		return Result{Value: int64(len(buf)), Data: buf}
 	case OpAccess:
 		return done(syscall.Access(h.hostPath(c.Path), c.Mode))
+	case OpSync:
+		f, err := h.file(c.Path, true)
+		if err != nil {
+			f, err = h.file(c.Path, false)
+		}
+		if err != nil {
+			return fail(err)
+		}
+		return done(f.Sync())
 	case OpTSC:
 		// A counter at TSCHz from the wall clock: machines that take over
 		// share it, where real TSCs would not.

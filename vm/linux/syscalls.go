@@ -115,7 +115,7 @@ func (p *Process) Syscall(m Machine, nr uint64, a [6]uint64) (uint64, error) {
 		}
 		return p.dup2(int(a[0]), int(a[1]), a[2]&oCloexec != 0)
 	case sysFcntl:
-		return p.fcntl(int(a[0]), int(a[1]), a[2])
+		return p.fcntl(m, int(a[0]), int(a[1]), a[2])
 	case sysPipe, sysPipe2:
 		return p.pipe(m, a[0], a[1])
 	case sysIoctl:
@@ -123,7 +123,16 @@ func (p *Process) Syscall(m Machine, nr uint64, a [6]uint64) (uint64, error) {
 			return errno(EBADF), nil
 		}
 		return errno(ENOTTY), nil // no descriptor is a terminal (docs/linux.md)
-	case sysFsync, sysFdatasync, sysFadvise64:
+	case sysFsync, sysFdatasync:
+		f := p.file(int(a[0]))
+		if f == nil {
+			return errno(EBADF), nil
+		}
+		if f.kind != kindFile {
+			return 0, nil
+		}
+		return p.ask(m, Call{Op: OpSync, Path: f.path})
+	case sysFadvise64:
 		if p.file(int(a[0])) == nil {
 			return errno(EBADF), nil
 		}
@@ -497,13 +506,21 @@ func (p *Process) write(m Machine, fdn int, buf, count uint64, at int64) (uint64
 		return count, nil
 	case kindFile:
 		off := f.off
-		flags := uint64(0)
 		if at >= 0 {
 			off = at
 		} else if f.flags&oAppend != 0 {
-			flags = oAppend
+			// An append is a write at the size the file has now: positional
+			// writes are repeatable, so a failover may redo one.
+			r, err := m.Ask(Call{Op: OpStat, Path: f.path})
+			if err != nil {
+				return 0, err
+			}
+			if r.Value < 0 || len(r.Data) != statSize {
+				return errno(EIO), nil
+			}
+			off = int64(binary.LittleEndian.Uint64(r.Data[48:]))
 		}
-		r, err := m.Ask(Call{Op: OpWrite, Path: f.path, Off: off, Flags: flags, Data: data})
+		r, err := m.Ask(Call{Op: OpWrite, Path: f.path, Off: off, Data: data})
 		if err != nil {
 			return 0, err
 		}
@@ -512,9 +529,6 @@ func (p *Process) write(m Machine, fdn int, buf, count uint64, at int64) (uint64
 		}
 		if at < 0 {
 			f.off = off + r.Value
-			if flags&oAppend != 0 && len(r.Data) == 8 {
-				f.off = int64(binary.LittleEndian.Uint64(r.Data))
-			}
 		}
 		return uint64(r.Value), nil
 	case kindPipeWrite:
@@ -840,7 +854,7 @@ func (p *Process) dup2(old, nfd int, cloexec bool) (uint64, error) {
 	return uint64(nfd), nil
 }
 
-func (p *Process) fcntl(fdn, cmd int, arg uint64) (uint64, error) {
+func (p *Process) fcntl(m Machine, fdn, cmd int, arg uint64) (uint64, error) {
 	f := p.file(fdn)
 	if f == nil {
 		return errno(EBADF), nil
@@ -860,6 +874,13 @@ func (p *Process) fcntl(fdn, cmd int, arg uint64) (uint64, error) {
 		return f.flags, nil
 	case 4: // F_SETFL
 		f.flags = f.flags&^(oAppend|oNonblock) | arg&(oAppend|oNonblock)
+		return 0, nil
+	case 5, 36: // F_GETLK, F_OFD_GETLK: one process holds every lock there is
+		if err := m.Write(arg, []byte{2, 0}); err != nil { // l_type = F_UNLCK
+			return errno(EFAULT), nil
+		}
+		return 0, nil
+	case 6, 7, 37, 38: // F_SETLK, F_SETLKW and the OFD forms: granted
 		return 0, nil
 	}
 	return errno(EINVAL), nil

@@ -1,0 +1,79 @@
+// sqlrows: a program of hvft's own, linked -static with Debian's
+// libsqlite3.a, for the Linux personality's failover tests.
+//
+//   sqlrows insert DB N   insert N rows, one transaction each, printing
+//                         "committed ID" once each commit returned
+//   sqlrows verify DB     print "integrity ok" (or the problems), then
+//                         "rows K" and each row's id, one per line
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void die(sqlite3 *db, const char *what) {
+	fprintf(stderr, "sqlrows: %s: %s\n", what, db ? sqlite3_errmsg(db) : "?");
+	exit(2);
+}
+
+static void exec(sqlite3 *db, const char *sql) {
+	char *err = NULL;
+	if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) {
+		fprintf(stderr, "sqlrows: %s: %s\n", sql, err);
+		exit(2);
+	}
+}
+
+static int insert(sqlite3 *db, long n) {
+	exec(db, "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)");
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(db, "INSERT INTO t(v) VALUES(?)", -1, &st, NULL) != SQLITE_OK) die(db, "prepare");
+	char buf[64];
+	for (long i = 1; i <= n; i++) {
+		exec(db, "BEGIN");
+		snprintf(buf, sizeof buf, "row %ld of %ld", i, n);
+		sqlite3_bind_text(st, 1, buf, -1, SQLITE_TRANSIENT);
+		if (sqlite3_step(st) != SQLITE_DONE) die(db, "insert");
+		sqlite3_reset(st);
+		exec(db, "COMMIT");
+		printf("committed %lld\n", (long long)sqlite3_last_insert_rowid(db));
+		fflush(stdout);
+	}
+	sqlite3_finalize(st);
+	return 0;
+}
+
+static int verify(sqlite3 *db) {
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK) die(db, "integrity_check");
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *r = (const char *)sqlite3_column_text(st, 0);
+		printf(strcmp(r, "ok") == 0 ? "integrity ok\n" : "integrity: %s\n", r);
+	}
+	sqlite3_finalize(st);
+	if (sqlite3_prepare_v2(db, "SELECT id FROM t ORDER BY id", -1, &st, NULL) != SQLITE_OK) die(db, "select");
+	long k = 0;
+	char *ids = NULL;
+	size_t len = 0;
+	FILE *m = open_memstream(&ids, &len);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		fprintf(m, "%lld\n", (long long)sqlite3_column_int64(st, 0));
+		k++;
+	}
+	fclose(m);
+	printf("rows %ld\n%s", k, ids);
+	free(ids);
+	sqlite3_finalize(st);
+	return 0;
+}
+
+int main(int argc, char **argv) {
+	if (argc < 3 || (strcmp(argv[1], "insert") == 0 && argc != 4)) {
+		fprintf(stderr, "usage: sqlrows insert DB N | sqlrows verify DB\n");
+		return 2;
+	}
+	sqlite3 *db;
+	if (sqlite3_open(argv[2], &db) != SQLITE_OK) die(db, "open");
+	int rc = strcmp(argv[1], "insert") == 0 ? insert(db, atol(argv[3])) : verify(db);
+	sqlite3_close(db);
+	return rc;
+}
