@@ -327,7 +327,7 @@ func (m *Machine) linuxFault(runErr error) error {
 	if addr, access, ok := m.eng.PageFault(); ok {
 		m.eng.ClearPageFault()
 		kind := map[uc.Access]string{uc.Read: "read of", uc.Write: "write to", uc.Fetch: "instruction fetch from"}[access]
-		return fmt.Errorf("the program was killed by SIGSEGV: %s %#x, which is not mapped so (in the block at RIP %#x)", kind, addr, m.point().RIP)
+		return fmt.Errorf("the program was killed by SIGSEGV: %s the page at %#x, which is not mapped so (in the block at RIP %#x)", kind, addr, m.point().RIP)
 	}
 	return m.describeFault(runErr)
 }

@@ -53,6 +53,9 @@ func ParseProgram(data []byte) (*Program, error) {
 	if len(data) > MaxProgramSize {
 		return nil, fmt.Errorf("program is %d bytes, more than the %d accepted", len(data), MaxProgramSize)
 	}
+	if len(data) > 4 && string(data[:4]) == elf.ELFMAG && elf.Class(data[4]) == elf.ELFCLASS32 {
+		return nil, errors.New("a 32-bit ELF: 32-bit programs are not supported (want an x86-64 executable)")
+	}
 	f, err := elf.NewFile(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("not an ELF file: %w", err)
@@ -113,8 +116,7 @@ func ParseProgram(data []byte) (*Program, error) {
 			seg.Prot |= ProtExec
 		}
 		for _, s := range p.Segments {
-			if pageDown(seg.Addr) < pageUp(s.Addr+s.MemSize) && pageDown(s.Addr) < pageUp(seg.Addr+seg.MemSize) &&
-				pageDown(seg.Addr) != pageDown(s.Addr+s.MemSize-1) && pageDown(s.Addr) != pageDown(seg.Addr+seg.MemSize-1) {
+			if seg.Addr < s.Addr+s.MemSize && s.Addr < seg.Addr+seg.MemSize {
 				return nil, fmt.Errorf("segment %d at %#x overlaps another", i, addr)
 			}
 		}

@@ -345,3 +345,62 @@ func TestRegistersAndContext(t *testing.T) {
 		t.Error("no version")
 	}
 }
+
+// TestPageTableKeepsEveryMapping: the C page table (open addressing with
+// backward-shift deletion) answers every lookup right through thousands
+// of maps and unmaps in a scattered address space.
+func TestPageTableKeepsEveryMapping(t *testing.T) {
+	e, err := Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	const ram = 16 << 20
+	if err := e.Map(0, ram, ProtAll); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.EnableSoftTLB(SoftTLB{RAMSize: ram, EntrySize: PageSize, Entries: 16}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.EnablePageTable(ram / PageSize); err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint64]uint64{}
+	x := uint64(88172645463325252)
+	next := func() uint64 { x ^= x << 13; x ^= x >> 7; x ^= x << 17; return x }
+	for round := 0; round < 20000; round++ {
+		// Addresses clustered as a process's are (a few regions), so that
+		// runs of neighbouring hash slots form and deletions must shift.
+		v := (0x400000 + (next()%4)<<36 + next()%2048*PageSize) &^ (PageSize - 1)
+		if _, ok := want[v]; ok && next()%2 == 0 {
+			e.UnmapPage(v)
+			delete(want, v)
+			continue
+		}
+		if len(want) >= ram/PageSize-1 {
+			continue
+		}
+		p := next() % (ram / PageSize) * PageSize
+		if err := e.MapPage(v, p, ProtRead|ProtWrite); err != nil {
+			t.Fatal(err)
+		}
+		want[v] = p
+	}
+	for v, p := range want {
+		got, prot, ok := e.Translate(v + 123)
+		if !ok || got != p+123 || prot != ProtRead|ProtWrite {
+			t.Fatalf("Translate(%#x) = %#x %v %v, want %#x", v+123, got, prot, ok, p+123)
+		}
+	}
+	for i := 0; i < 1000; i++ {
+		v := (0x400000 + (next()%4)<<36 + next()%2048*PageSize) &^ (PageSize - 1)
+		if _, mapped := want[v]; !mapped {
+			if _, _, ok := e.Translate(v); ok {
+				t.Fatalf("Translate(%#x) found a page never mapped (or unmapped)", v)
+			}
+		}
+	}
+	if err := e.MapPage(0x1000, ram, ProtRead); err == nil {
+		t.Fatal("a physical page past RAM was accepted")
+	}
+}

@@ -1,0 +1,228 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"hvft/vm/linux"
+	"hvft/vm/tlb"
+)
+
+// linuxBuild compiles the test programs of testdata/linux once per test
+// binary: gcc is there wherever cgo is.
+var linuxBuild = struct {
+	once sync.Once
+	dir  string
+	err  error
+}{}
+
+// linuxProgram returns the path of a test program built from
+// testdata/linux/NAME.c (static, glibc).
+func linuxProgram(t testing.TB, name string) string {
+	t.Helper()
+	linuxBuild.once.Do(func() {
+		linuxBuild.dir, linuxBuild.err = os.MkdirTemp("", "hvft-linux-progs")
+		if linuxBuild.err != nil {
+			return
+		}
+		for _, n := range []string{"probe", "branchy_linux"} {
+			out, err := exec.Command("gcc", "-O2", "-static", "-o", filepath.Join(linuxBuild.dir, n),
+				filepath.Join("..", "testdata", "linux", n+".c")).CombinedOutput()
+			if err != nil {
+				linuxBuild.err = &buildError{n, err, out}
+				return
+			}
+		}
+	})
+	if linuxBuild.err != nil {
+		t.Fatalf("building the Linux test programs: %v", linuxBuild.err)
+	}
+	return filepath.Join(linuxBuild.dir, name)
+}
+
+type buildError struct {
+	name string
+	err  error
+	out  []byte
+}
+
+func (e *buildError) Error() string { return e.name + ": " + e.err.Error() + "\n" + string(e.out) }
+
+type linuxRun struct {
+	out   string
+	res   Result
+	err   error
+	ends  []Stop
+	final Digest
+	stats Stats
+}
+
+// runLinux runs a Linux program on a machine with cfg, in env (a live
+// one recording into rec when env is nil).
+func runLinux(t *testing.T, path string, args []string, cfg Config, env Environment, rec Recorder, stdin string) linuxRun {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, err := linux.ParseProgram(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out consoleBuffer
+	var live *Live
+	if env == nil {
+		host, err := linux.NewHost("/", strings.NewReader(stdin), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		host.Random = bytes.NewReader(bytes.Repeat([]byte("hvft"), 1<<12))
+		defer host.Close()
+		if live, err = NewLive(LiveConfig{Console: &out, Recorder: rec, CPU: sharedCPU(t), Host: host}); err != nil {
+			t.Fatal(err)
+		}
+		env = live
+	}
+	if cfg.TLB.PageSize == 0 {
+		cfg.TLB = tlb.Config{PageSize: 64 << 10, Entries: 32, Policy: tlb.Random, Seed: 1}
+	}
+	cfg.Args = append([]string{path}, args...)
+	cfg.Linux = &LinuxSetup{Program: prog, Process: linux.Config{Args: cfg.Args, Exe: path, Cwd: "/"}}
+	m, err := New(cfg, nil, env, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	var r linuxRun
+	r.res, r.err = m.Run(ctx, RunOptions{EpochLength: 20_000, MaxEpochs: 1 << 20, OnEpoch: func(s Stop) error {
+		r.ends = append(r.ends, s)
+		return nil
+	}})
+	if live != nil {
+		live.Close()
+	}
+	r.stats = m.Stats()
+	if r.final, err = m.Hash(); err != nil {
+		t.Fatal(err)
+	}
+	r.out = string(out.b)
+	return r
+}
+
+// TestLinuxProgramReplaysUnderEveryTLB: a Linux program's run, recorded,
+// replays with the same state hash at every epoch under TLBs of other
+// sizes, policies and seeds: the page table and the personality keep
+// nothing that depends on when the TLB misses.
+func TestLinuxProgramReplaysUnderEveryTLB(t *testing.T) {
+	for _, mode := range [][]string{{"mem"}, {"env", "a b"}, {"tsc", "20"}} {
+		t.Run(mode[0], func(t *testing.T) {
+			var log Log
+			live := runLinux(t, linuxProgram(t, "probe"), mode, Config{TLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Policy: tlb.Random, Seed: 7}}, nil, &log, "")
+			if live.err != nil || live.res.ExitCode != 0 {
+				t.Fatalf("live run: exit %d, %v\n%s", live.res.ExitCode, live.err, live.out)
+			}
+			if mode[0] == "mem" && !strings.Contains(live.out, "mem ok") || mode[0] == "tsc" && !strings.Contains(live.out, "monotonic yes rdtscp-later yes") {
+				t.Fatalf("program output:\n%s", live.out)
+			}
+			for _, c := range []tlb.Config{
+				{PageSize: 4 << 10, Entries: 4, Policy: tlb.FIFO},
+				{PageSize: 2 << 20, Entries: 8, Policy: tlb.LRU},
+				{PageSize: 4 << 10, Entries: 64, Policy: tlb.Random, Seed: 99},
+			} {
+				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+				rep := runLinux(t, linuxProgram(t, "probe"), mode, Config{TLB: c}, NewReplay(ctx, NewLogSource(&log)), nil, "")
+				cancel()
+				if rep.err != nil {
+					t.Fatalf("replay under %+v: %v", c, rep.err)
+				}
+				if rep.final != live.final || len(rep.ends) != len(live.ends) {
+					t.Fatalf("replay under %+v: final hash %v after %d epochs, live %v after %d", c, rep.final, len(rep.ends), live.final, len(live.ends))
+				}
+				for i := range rep.ends {
+					if rep.ends[i].Hash != live.ends[i].Hash {
+						t.Fatalf("replay under %+v: epoch %d hash differs", c, i+1)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestLinuxReplayCatchesADifferentAnswer: a replay whose log answers a
+// host request differently diverges (the answers really are input).
+func TestLinuxReplayCatchesADifferentAnswer(t *testing.T) {
+	var log Log
+	live := runLinux(t, linuxProgram(t, "probe"), []string{"env"}, Config{}, nil, &log, "")
+	if live.err != nil {
+		t.Fatal(live.err)
+	}
+	changed := false
+	for _, r := range log.Records {
+		if a := r.Answer; a != nil && a.Kind == KindHost && linux.Op(a.Port) == linux.OpClock && !changed {
+			a.Value += 1e9 // one second later
+			changed = true
+		}
+	}
+	if !changed {
+		t.Fatal("the program read no clock")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	rep := runLinux(t, linuxProgram(t, "probe"), []string{"env"}, Config{}, NewReplay(ctx, NewLogSource(&log)), nil, "")
+	var div *DivergenceError
+	if rep.err == nil || !asDivergence(rep.err, &div) {
+		t.Fatalf("replay with a changed clock answer: %v, want a divergence", rep.err)
+	}
+}
+
+// TestLinuxProgramFaults: what kills a Linux program kills the run, with
+// the signal named.
+func TestLinuxProgramFaults(t *testing.T) {
+	for mode, want := range map[string]string{
+		"segv": "SIGSEGV: write to the page at 0x0",
+		"ud2":  "SIGILL",
+		"hlt":  "SIGSEGV (general protection fault)",
+	} {
+		r := runLinux(t, linuxProgram(t, "probe"), []string{mode}, Config{}, nil, nil, "")
+		if r.err == nil || !strings.Contains(r.err.Error(), want) || r.res.Last.Reason != StopFault {
+			t.Errorf("%s: %v (stop %v), want a fault saying %q", mode, r.err, r.res.Last.Reason, want)
+		}
+	}
+}
+
+// TestLinuxBranchyMatchesNative: the board's benchmark, built for Linux,
+// computes under the personality the checksum it computes natively.
+func TestLinuxBranchyMatchesNative(t *testing.T) {
+	prog := linuxProgram(t, "branchy_linux")
+	native, err := exec.Command(prog, "32", "200").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runLinux(t, prog, []string{"32", "200"}, Config{}, nil, nil, "")
+	if r.err != nil || r.out != string(native) {
+		t.Fatalf("under hvft: %q (%v); natively %q", r.out, r.err, native)
+	}
+}
+
+func asDivergence(err error, target **DivergenceError) bool {
+	for e := err; e != nil; {
+		if d, ok := e.(*DivergenceError); ok {
+			*target = d
+			return true
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		e = u.Unwrap()
+	}
+	return false
+}
