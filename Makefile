@@ -4,7 +4,8 @@
 #   make test    every test: formatting, vet, unit, process and golden tests,
 #                a short fuzz run
 #   make bench   the go benchmarks, then hvft bench (plots into docs/)
-#   make chaos   the long chaos run (500 trials; CHAOS_TRIALS=N for another count)
+#   make chaos   the long chaos run (500 trials; CHAOS_TRIALS=N for another count),
+#                then 50 SIGKILLs of a replicated SQLite program (LINUX_TRIALS=N)
 #   make soak    exception- and interrupt-heavy guests on the smallest TLB
 #                for 10 minutes (SOAK=30m for longer)
 #   make guests  rebuild the guest images in guests/images
@@ -12,6 +13,7 @@
 GO      ?= go
 HVFT    := ./hvft
 FUZZTIME ?= 10s
+LINUX_TRIALS ?= 50
 
 .PHONY: all deps build run test fuzz bench chaos soak guests clean
 
@@ -47,7 +49,9 @@ bench: build
 CHAOS_TRIALS ?= 500
 chaos: deps
 	@log=$$(mktemp); HVFT_CHAOS_TRIALS=$(CHAOS_TRIALS) $(GO) test -count=1 -timeout 120m -run '^TestChaos$$' -v ./cmd/hvft > $$log 2>&1; status=$$?; \
-	grep -E '^(=== RUN|\s*--- FAIL|ok|FAIL)|chaos:|_test\.go:' $$log; rm -f $$log; exit $$status
+	grep -E '^(=== RUN|\s*--- FAIL|ok|FAIL)|chaos:|_test\.go:' $$log; rm -f $$log; [ $$status -eq 0 ] || exit $$status; \
+	log=$$(mktemp); HVFT_LINUX_TRIALS=$(LINUX_TRIALS) $(GO) test -count=1 -timeout 60m -run '^TestSQLiteSurvivesPrimaryKills$$' -v ./cmd/hvft > $$log 2>&1; status=$$?; \
+	grep -E '^(=== RUN|\s*--- |ok|FAIL)|_test\.go:' $$log; rm -f $$log; exit $$status
 
 SOAK ?= 10m
 soak: deps
