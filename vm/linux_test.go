@@ -122,10 +122,15 @@ func runLinux(t *testing.T, path string, args []string, cfg Config, env Environm
 // sizes, policies and seeds: the page table and the personality keep
 // nothing that depends on when the TLB misses.
 func TestLinuxProgramReplaysUnderEveryTLB(t *testing.T) {
-	for _, mode := range [][]string{{"mem"}, {"env", "a b"}, {"tsc", "20"}} {
-		t.Run(mode[0], func(t *testing.T) {
+	for _, tc := range []struct {
+		mode  []string
+		clock EpochClock
+	}{{[]string{"mem"}, ClockAlways}, {[]string{"env", "a b"}, ClockAlways}, {[]string{"tsc", "20"}, ClockAlways},
+		{[]string{"mem"}, ClockAdaptive}, {[]string{"tsc", "20"}, ClockAdaptive}} {
+		mode, clock := tc.mode, tc.clock
+		t.Run(mode[0]+"-"+clock.String(), func(t *testing.T) {
 			var log Log
-			live := runLinux(t, linuxProgram(t, "probe"), mode, Config{TLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Policy: tlb.Random, Seed: 7}}, nil, &log, "")
+			live := runLinux(t, linuxProgram(t, "probe"), mode, Config{Clock: clock, TLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Policy: tlb.Random, Seed: 7}}, nil, &log, "")
 			if live.err != nil || live.res.ExitCode != 0 {
 				t.Fatalf("live run: exit %d, %v\n%s", live.res.ExitCode, live.err, live.out)
 			}
@@ -138,7 +143,7 @@ func TestLinuxProgramReplaysUnderEveryTLB(t *testing.T) {
 				{PageSize: 4 << 10, Entries: 64, Policy: tlb.Random, Seed: 99},
 			} {
 				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-				rep := runLinux(t, linuxProgram(t, "probe"), mode, Config{TLB: c}, NewReplay(ctx, NewLogSource(&log)), nil, "")
+				rep := runLinux(t, linuxProgram(t, "probe"), mode, Config{TLB: c, Clock: clock}, NewReplay(ctx, NewLogSource(&log)), nil, "")
 				cancel()
 				if rep.err != nil {
 					t.Fatalf("replay under %+v: %v", c, rep.err)

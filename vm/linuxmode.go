@@ -305,7 +305,12 @@ func (m *Machine) Syscall() {
 		}
 		m.powerStop = true
 		m.eng.Stop()
+		return
 	}
+	// A system call is an environment instruction: a quiet epoch may end
+	// here (the adaptive clock; a Linux program arms no interrupt, so
+	// only the epoch's bound ends one).
+	m.afterEnvOp()
 }
 
 // signalNames names the signals a program's faults raise.

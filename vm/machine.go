@@ -135,9 +135,6 @@ func New(cfg Config, img *guestelf.Image, env Environment, log *zap.Logger) (*Ma
 			cfg.RAMSize = DefaultLinuxRAMSize
 		}
 	}
-	if cfg.Linux != nil && cfg.Clock == ClockAdaptive {
-		return nil, errors.New("the adaptive epoch clock is not supported for Linux programs yet: use --epoch-clock always")
-	}
 	if cfg.Linux != nil && cfg.DiskSectors != 0 {
 		return nil, errors.New("a Linux program reaches files under --root, not the board's disk")
 	}
@@ -441,6 +438,9 @@ func (m *Machine) execute(limit uint64) (StopReason, error) {
 	// byte before a block can be 0xF4 without a HLT having run: both
 	// replicas then take it for one alike.)
 	if m.proc != nil {
+		if m.quietStop {
+			return StopEnv, nil
+		}
 		// HLT is privileged: a program that runs it dies of SIGSEGV.
 		m.fault = fmt.Errorf("the program was killed by SIGSEGV (a privileged instruction) near RIP %#x", rip)
 		return StopFault, nil

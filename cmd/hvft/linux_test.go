@@ -203,7 +203,6 @@ func TestUnsupportedProgramsFailClearly(t *testing.T) {
 		{[]string{"run", "--linux", filepath.Join(dir, "missing")}, "no such file"},
 		{[]string{"run", "--linux", "--root", filepath.Join(dir, "nowhere"), busybox}, "not a directory"},
 		{[]string{"run", "--linux", "--env", "NOEQUALS", busybox}, "want NAME=VALUE"},
-		{[]string{"run", "--linux", "--epoch-clock", "adaptive", busybox, "--", "true"}, "adaptive epoch clock is not supported for Linux"},
 		{[]string{"demo", "--linux", "--rejoin", busybox, "--", "true"}, "--rejoin is not supported for Linux"},
 	} {
 		r := hvft(t, "", tc.args...)
