@@ -129,3 +129,25 @@ func Load(nameOrPath string) ([]byte, string, error) {
 	}
 	return data, nameOrPath, nil
 }
+
+//go:embed linux/branchy_linux.c src/branchy_work.h
+var linuxSources embed.FS
+
+// BranchyLinuxMain is the path, among BranchyLinuxSources, of the branchy
+// benchmark built as a Linux program.
+const BranchyLinuxMain = "linux/branchy_linux.c"
+
+// BranchyLinuxSources returns the files of the branchy benchmark built as
+// a Linux program (gcc -O2 -static linux/branchy_linux.c), by relative
+// path: what hvft bench compares with qemu-user.
+func BranchyLinuxSources() (map[string][]byte, error) {
+	out := map[string][]byte{}
+	for _, n := range []string{BranchyLinuxMain, "src/branchy_work.h"} {
+		b, err := linuxSources.ReadFile(n)
+		if err != nil {
+			return nil, err
+		}
+		out[n] = b
+	}
+	return out, nil
+}

@@ -31,9 +31,9 @@ func linuxProgram(t testing.TB, name string) string {
 		if linuxBuild.err != nil {
 			return
 		}
-		for _, n := range []string{"probe", "branchy_linux"} {
-			out, err := exec.Command("gcc", "-O2", "-static", "-o", filepath.Join(linuxBuild.dir, n),
-				filepath.Join("..", "testdata", "linux", n+".c")).CombinedOutput()
+		for n, src := range map[string]string{"probe": filepath.Join("..", "testdata", "linux", "probe.c"),
+			"branchy_linux": filepath.Join("..", "guests", "linux", "branchy_linux.c")} {
+			out, err := exec.Command("gcc", "-O2", "-static", "-o", filepath.Join(linuxBuild.dir, n), src).CombinedOutput()
 			if err != nil {
 				linuxBuild.err = &buildError{n, err, out}
 				return

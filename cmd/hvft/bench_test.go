@@ -48,6 +48,12 @@ func TestBenchQuick(t *testing.T) {
 		Join struct {
 			PauseMS map[string]float64 `json:"pause_ms"`
 		} `json:"join"`
+		Linux struct {
+			Skipped     string             `json:"skipped"`
+			QemuMS      map[string]float64 `json:"qemu_ms"`
+			RunMS       map[string]float64 `json:"run_ms"`
+			RunOverQemu float64            `json:"run_over_qemu"`
+		} `json:"linux"`
 		Plots []string `json:"plots"`
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
@@ -60,6 +66,10 @@ func TestBenchQuick(t *testing.T) {
 	}
 	if p := rep.Join.PauseMS; !(p["min"] > 0 && p["min"] <= p["median"] && p["median"] <= p["max"]) {
 		t.Errorf("join pause %v", p)
+	}
+	// make deps installs qemu-user and a static libc: the comparison runs.
+	if l := rep.Linux; l.Skipped != "" || !(l.QemuMS["min"] > 0 && l.RunMS["min"] > 0 && l.RunOverQemu > 0) {
+		t.Errorf("Linux branchy against qemu-x86_64: %+v", l)
 	}
 	want := map[string]bool{}
 	for _, g := range []string{"compute", "branchy", "ticker", "tlbstress", "diskkv"} {

@@ -144,7 +144,10 @@ type Report struct {
 	// Instructions are host-instruction counts under callgrind (absent
 	// where valgrind is not installed).
 	Instructions []InstructionCount `json:"instructions,omitempty"`
-	Plots        []string           `json:"plots"`
+	// Linux is the branchy benchmark as a Linux program, against
+	// qemu-x86_64.
+	Linux LinuxBench `json:"linux"`
+	Plots []string   `json:"plots"`
 }
 
 // EpochCost is the per-epoch fixed cost (stop, hash, record, restart):
@@ -236,6 +239,9 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	if r.Instructions, err = instructionCounts(ctx, opt); err != nil {
 		return nil, fmt.Errorf("callgrind: %w", err)
+	}
+	if r.Linux, err = env.linux(ctx); err != nil {
+		return nil, fmt.Errorf("linux branchy: %w", err)
 	}
 	if r.Sweep, err = env.sweep(ctx); err != nil {
 		return nil, fmt.Errorf("epoch sweep: %w", err)

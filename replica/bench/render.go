@@ -62,6 +62,13 @@ func (r *Report) Table(w io.Writer) error {
 		}
 		tw.Flush()
 	}
+	if l := r.Linux; l.Skipped != "" {
+		fmt.Fprintf(w, "\nLinux branchy against qemu-x86_64: skipped (%s)\n", l.Skipped)
+	} else {
+		d := func(s Stat) string { return fmt.Sprintf("%.0f ms (%.0f-%.0f)", s.Median, s.Min, s.Max) }
+		fmt.Fprintf(w, "\nLinux branchy %v (gcc -O2 -static), each a process: native %s, qemu-x86_64 %s, hvft run --linux %s (%.2fx qemu), with --epoch-clock adaptive %s (%.2fx qemu)\n",
+			l.Args, d(l.NativeMS), d(l.QemuMS), d(l.RunMS), l.RunOverQemu, d(l.AdaptiveMS), l.AdaptOverQemu)
+	}
 	fmt.Fprintf(w, "\nepoch-length sweep (run time / baseline):\n")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "guest\tprotocol\tepoch blocks\tnormalized\tbaseline\t")

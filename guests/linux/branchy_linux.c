@@ -3,7 +3,7 @@
 //   branchy_linux [SIZE [ITERS]]
 #include <stdio.h>
 #include <stdlib.h>
-#include "../../guests/src/branchy_work.h"
+#include "../src/branchy_work.h"
 
 int main(int argc, char **argv) {
 	uint32_t errors;
