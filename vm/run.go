@@ -102,6 +102,9 @@ func (b *Boundary) Answers() uint64 { return b.m.seq }
 
 // State is the machine's state without RAM: the body of a snapshot.
 func (b *Boundary) State() ([]byte, error) {
+	if b.m.proc != nil {
+		return nil, ErrLinuxSnapshot
+	}
 	body, err := b.m.cpuState(nil)
 	if err != nil {
 		return nil, err

@@ -240,6 +240,9 @@ func SnapshotStream(ramSize uint64, body, ram []byte) io.Reader {
 // count, RAM; not the TLB, which is a cache) to w.
 func (m *Machine) Snapshot(w io.Writer) error {
 	return m.call(func() error {
+		if m.proc != nil {
+			return ErrLinuxSnapshot
+		}
 		hdr := append([]byte(snapshotMagic), 0, 0, 0, 0)
 		binary.LittleEndian.PutUint32(hdr[8:], snapshotVersion)
 		hdr = binary.LittleEndian.AppendUint64(hdr, m.cfg.RAMSize)
@@ -264,6 +267,9 @@ func (m *Machine) Snapshot(w io.Writer) error {
 // machine must have the same RAM size as the one snapshotted.
 func (m *Machine) Restore(r io.Reader) error {
 	return m.call(func() error {
+		if m.proc != nil {
+			return ErrLinuxSnapshot
+		}
 		hdr := make([]byte, 24)
 		if _, err := io.ReadFull(r, hdr); err != nil {
 			return fmt.Errorf("reading snapshot header: %w", err)
