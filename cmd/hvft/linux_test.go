@@ -344,3 +344,80 @@ func TestSQLiteSurvivesPrimaryKills(t *testing.T) {
 	}
 	t.Logf("%d of %d kills struck a live primary (a run over before its kill epoch is not counted)", struck, trials)
 }
+
+// probeProgram builds testdata/linux/probe.c.
+func probeProgram(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "probe")
+	out, err := exec.Command("gcc", "-O2", "-static", "-o", bin, filepath.Join("..", "..", "testdata", "linux", "probe.c")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("building probe: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestLinuxPairWithDifferentTLBs: a Linux program replicated between a
+// primary and a backup whose TLBs differ in size, policy and seed: the
+// backup compares the primary's hash at every epoch and finds it equal.
+func TestLinuxPairWithDifferentTLBs(t *testing.T) {
+	needBusybox(t)
+	big := readFile(t, bigInput(t))
+	in := writeFile(t, "small.txt", []byte(big[:300<<10]))
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	out, prep, brep := filepath.Join(dir, "out"), filepath.Join(dir, "p.json"), filepath.Join(dir, "b.json")
+	p := startHvft(t, "--log-level", "warn", "primary", "--listen", addr, "--console-out", out, "--report", prep,
+		"--tlb-entries", "64", "--tlb-policy", "random", "--tlb-seed", "11", "--epoch-blocks", "20000", "--linux", busybox, "--", "sort", in)
+	b := startHvft(t, "--log-level", "warn", "backup", "--primary", addr, "--console-out", out, "--report", brep,
+		"--tlb-entries", "16", "--tlb-page", "16KiB", "--tlb-policy", "lru", "--epoch-blocks", "20000", "--linux", busybox, "--", "sort", in)
+	if c := p.wait(t); c != 0 {
+		t.Fatalf("primary exit %d\n%s", c, p.stderr.String())
+	}
+	if c := b.wait(t); c != 0 {
+		t.Fatalf("backup exit %d\n%s", c, b.stderr.String())
+	}
+	var pr, br struct {
+		Epochs         uint64 `json:"epochs"`
+		FinalHash      string `json:"final_hash"`
+		HashesCompared uint64 `json:"hashes_compared"`
+	}
+	json.Unmarshal([]byte(readFile(t, prep)), &pr)
+	json.Unmarshal([]byte(readFile(t, brep)), &br)
+	if pr.Epochs < 10 || br.HashesCompared != pr.Epochs || br.FinalHash != pr.FinalHash {
+		t.Fatalf("primary %+v, backup %+v: want every epoch's hash compared and equal", pr, br)
+	}
+	if readFile(t, out) != native(t, "", "sort", in) {
+		t.Fatal("the replicated output differs from the native one")
+	}
+}
+
+// TestRDTSCProgramFailsOver: a program that reads the TSC in a loop and
+// prints it, replicated, its primary killed mid-run: the output is whole,
+// each value once, and never goes back across the takeover.
+func TestRDTSCProgramFailsOver(t *testing.T) {
+	prog := probeProgram(t)
+	rng := rand.New(rand.NewPCG(testSeed(t), 9))
+	killAt := 3 + rng.IntN(20)
+	report := filepath.Join(t.TempDir(), "demo.json")
+	r := hvft(t, "", "--log-level", "warn", "demo", "--linux", "--epoch-blocks", "5000", "--kill-after", strconv.Itoa(killAt), "--report", report, prog, "--", "tsc", "400")
+	if r.code != 0 {
+		t.Fatalf("demo: exit %d\n%s", r.code, r.stderr)
+	}
+	var rep demoReport
+	json.Unmarshal([]byte(readFile(t, report)), &rep)
+	if !rep.Killed || !rep.Backup.BecamePrimary {
+		t.Fatalf("the kill after epoch %d did not strike a live primary: %s", killAt, readFile(t, report))
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 401 || lines[400] != "monotonic yes rdtscp-later yes" {
+		t.Fatalf("kill after epoch %d: %d lines, last %q", killAt, len(lines), lines[len(lines)-1])
+	}
+	var prev uint64
+	for i, l := range lines[:400] {
+		v, err := strconv.ParseUint(strings.TrimPrefix(l, "tsc "), 10, 64)
+		if err != nil || v <= prev {
+			t.Fatalf("line %d %q after %d: not a later TSC value", i, l, prev)
+		}
+		prev = v
+	}
+}
