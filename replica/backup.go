@@ -70,8 +70,7 @@ type backup struct {
 	// A Linux program's host once this replica is live, and the bytes of
 	// standard input the primary's answers carried (skipped on takeover).
 	host      *linux.Host
-	stdinRead uint64
-	runRandom []byte
+	linuxInfo func() vm.LinuxInfo
 	lastEnd   *vm.EpochEnd // the primary's last epoch end replayed
 	compared  uint64       // its state hashes compared with this replica's, equal
 }
@@ -562,11 +561,12 @@ func (b *backup) goLive(at vm.Point) error {
 		return fmt.Errorf("taking over: %w", err)
 	}
 	if host != nil {
-		if err := host.SkipStdin(b.stdinRead); err != nil {
+		info := b.linuxInfo()
+		if err := host.SkipStdin(info.StdinRead); err != nil {
 			return fmt.Errorf("taking over: %w", err)
 		}
 		host.EnableJournal()
-		host.SetRunID(b.runRandom)
+		host.SetRunID(info.Random)
 		b.host, p.host, input = host, host, nil
 	}
 	live, err := vm.NewLive(vm.LiveConfig{OnOutput: p.output, Recorder: p, Input: input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk,
@@ -640,17 +640,14 @@ func (b *backup) CPUID(at vm.Point, seq uint64, leaf, sub uint32) ([4]uint32, er
 	return b.live.CPUID(at, seq, leaf, sub)
 }
 
+// AttachLinux implements vm.LinuxObserver.
+func (b *backup) AttachLinux(info func() vm.LinuxInfo) { b.linuxInfo = info }
+
 // Host implements vm.Environment: a Linux program's request, from the log.
 func (b *backup) Host(at vm.Point, seq uint64, c linux.Call) (linux.Result, error) {
 	if b.live == nil {
 		r, err := b.replay.Host(at, seq, c)
 		if !b.exhausted(err) {
-			if err == nil && c.Op == linux.OpStdin {
-				b.stdinRead += uint64(len(r.Data))
-			}
-			if err == nil && seq == 1 && c.Op == linux.OpRandom {
-				b.runRandom = r.Data // names the run's journal
-			}
 			return r, err
 		}
 		if err := b.goLive(at); err != nil {

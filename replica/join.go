@@ -91,8 +91,6 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 	case reason != "":
 	case !m.Hello.Join:
 		reason = "the primary is already running: start the backup with --join"
-	case p.opt.Machine.Config.Linux != nil:
-		reason = "a Linux program's primary takes no joining backup yet (its process state does not travel in a state transfer)"
 	case busy:
 		reason = "the primary already has a backup (or one joining)"
 	}

@@ -188,6 +188,21 @@ type BoardObserver interface {
 	Attach(b *Board)
 }
 
+// LinuxObserver is implemented by an environment that needs a Linux
+// program's run identity and input position (a backup taking over: the
+// journal is named after the run, and the input the old primary read is
+// skipped). The machine calls AttachLinux once; the function it passes
+// may be called only from inside the environment's methods.
+type LinuxObserver interface {
+	AttachLinux(info func() LinuxInfo)
+}
+
+// LinuxInfo is what a LinuxObserver learns.
+type LinuxInfo struct {
+	Random    []byte // AT_RANDOM
+	StdinRead uint64 // bytes of standard input read so far
+}
+
 // Recorder receives the records a run produces, in order.
 type Recorder interface {
 	RecordAnswer(a Answer) error

@@ -1,8 +1,9 @@
 package vm
 
 import (
-	"errors"
+	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"go.uber.org/zap"
 
@@ -21,10 +22,6 @@ type LinuxSetup struct {
 
 // DefaultLinuxRAMSize is a Linux program's RAM unless configured otherwise.
 const DefaultLinuxRAMSize = 256 << 20
-
-// ErrLinuxSnapshot refuses a snapshot of a Linux program's machine: the
-// process state and page table do not travel in snapshots yet.
-var ErrLinuxSnapshot = errors.New("snapshots (and so --join) are not supported for Linux programs yet")
 
 // physPages allocates the machine's physical pages to the program's
 // virtual ones, deterministically: lowest never-used page first, then the
@@ -183,6 +180,97 @@ func (l linuxMachine) Emit(fd int, data []byte) error {
 	m.board.ConsoleOut += uint64(len(data))
 	o := Output{Port: uint32(fd), Seq: m.board.ConsoleOut, At: m.point(), Answers: m.seq, Data: data}
 	return m.env.Out(o, EffectStream, m.board)
+}
+
+// linuxMemoryState appends the page table and the physical allocator's
+// state (the process itself is in machineState).
+func (m *Machine) linuxMemoryState(buf []byte) []byte {
+	le := binary.LittleEndian
+	pt := m.eng.PageTable()
+	buf = le.AppendUint64(buf, uint64(len(pt)))
+	for _, e := range pt {
+		buf = le.AppendUint64(buf, e.VAddr)
+		buf = le.AppendUint64(buf, e.PAddr/uc.PageSize)
+		buf = append(buf, byte(e.Prot))
+	}
+	pp := &m.phys
+	buf = le.AppendUint64(buf, pp.next)
+	buf = le.AppendUint64(buf, uint64(len(pp.free)))
+	for _, pg := range pp.free {
+		buf = le.AppendUint64(buf, pg)
+	}
+	exec := make([]uint64, 0, len(pp.wasExec))
+	for pg := range pp.wasExec {
+		exec = append(exec, pg)
+	}
+	slices.Sort(exec)
+	buf = le.AppendUint64(buf, uint64(len(exec)))
+	for _, pg := range exec {
+		buf = le.AppendUint64(buf, pg)
+	}
+	return buf
+}
+
+// restoreLinux rebuilds the process, page table and physical allocator
+// from a peer's state (machineState, then linuxMemoryState), checking
+// every page against RAM.
+func (m *Machine) restoreLinux(b []byte) error {
+	proc, rest, err := linux.RestoreProcess(m.cfg.Linux.Process, b)
+	if err != nil {
+		return err
+	}
+	r := reader{buf: rest}
+	pages := m.cfg.RAMSize / uc.PageSize
+	n := r.u64()
+	if n > pages {
+		return fmt.Errorf("page table of %d pages; RAM holds %d", n, pages)
+	}
+	type entry struct {
+		v, p uint64
+		prot uc.Prot
+	}
+	entries := make([]entry, 0, n)
+	used := make(map[uint64]bool, n)
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		e := entry{v: r.u64(), p: r.u64(), prot: uc.Prot(r.u8())}
+		if e.v%uc.PageSize != 0 || e.p >= pages || e.prot > uc.ProtAll || used[e.p] {
+			return fmt.Errorf("page table entry %#x -> page %d (protection %d) is invalid", e.v, e.p, e.prot)
+		}
+		used[e.p] = true
+		entries = append(entries, e)
+	}
+	next := r.u64()
+	free := make([]uint64, r.count(8))
+	for i := range free {
+		if free[i] = r.u64(); free[i] >= next || used[free[i]] {
+			return fmt.Errorf("free physical page %d is invalid", free[i])
+		}
+	}
+	wasExec := map[uint64]bool{}
+	for i, k := uint64(0), r.count(8); i < k; i++ {
+		pg := r.u64()
+		if pg >= pages {
+			return fmt.Errorf("physical page %d lies outside RAM", pg)
+		}
+		wasExec[pg] = true
+	}
+	if r.err != nil {
+		return fmt.Errorf("linux memory state: %w", r.err)
+	}
+	if len(r.buf) != 0 || next > pages {
+		return fmt.Errorf("linux memory state: %d trailing bytes, next page %d of %d", len(r.buf), next, pages)
+	}
+	m.eng.ClearPageTable()
+	for _, e := range entries {
+		if err := m.eng.MapPage(e.v, e.p*uc.PageSize, e.prot); err != nil {
+			return err
+		}
+	}
+	m.phys = physPages{next: next, limit: pages, free: free, wasExec: wasExec}
+	proc.Unsupported = m.proc.Unsupported
+	m.proc = proc
+	m.flushTLB()
+	return nil
 }
 
 // flushTLB drops Unicorn's cached translations after the page table changed.

@@ -160,6 +160,11 @@ func New(cfg Config, img *guestelf.Image, env Environment, log *zap.Logger) (*Ma
 	if obs, ok := env.(BoardObserver); ok {
 		obs.Attach(m.board)
 	}
+	if obs, ok := env.(LinuxObserver); ok && cfg.Linux != nil {
+		obs.AttachLinux(func() LinuxInfo {
+			return LinuxInfo{Random: m.proc.Random(), StdinRead: m.proc.StdinRead()}
+		})
+	}
 	if err := m.call(func() error { return m.boot(img) }); err != nil {
 		m.Close()
 		return nil, err
@@ -340,6 +345,11 @@ func (m *Machine) runEpoch(ctx context.Context, limit uint64) (Stop, error) {
 	}
 	if limit == 0 {
 		return Stop{}, errors.New("epoch limit must be positive")
+	}
+	if m.proc != nil && m.epoch == 0 {
+		if err := m.proc.Start(linuxMachine{m}); err != nil {
+			return Stop{}, err
+		}
 	}
 	reason := StopHalt
 	if !m.halted {

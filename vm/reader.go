@@ -51,3 +51,15 @@ func (r *reader) u16() uint16 {
 	}
 	return 0
 }
+
+// count reads a count of records of size bytes each, refusing (as zero)
+// one the remaining bytes cannot hold: a peer's count never sizes an
+// allocation beyond what it sent.
+func (r *reader) count(size int) uint64 {
+	n := r.u64()
+	if r.err == nil && n > uint64(len(r.buf)/size) {
+		r.err = errShort
+		return 0
+	}
+	return n
+}

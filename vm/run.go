@@ -101,16 +101,7 @@ func (b *Boundary) RAM() []byte { return b.m.mem }
 func (b *Boundary) Answers() uint64 { return b.m.seq }
 
 // State is the machine's state without RAM: the body of a snapshot.
-func (b *Boundary) State() ([]byte, error) {
-	if b.m.proc != nil {
-		return nil, ErrLinuxSnapshot
-	}
-	body, err := b.m.cpuState(nil)
-	if err != nil {
-		return nil, err
-	}
-	return b.m.machineState(body)
-}
+func (b *Boundary) State() ([]byte, error) { return b.m.stateBody() }
 
 // Hash is the state hash.
 func (b *Boundary) Hash() (Digest, error) { return b.m.hash() }

@@ -179,10 +179,11 @@ func (m *Machine) machineState(buf []byte) ([]byte, error) {
 	buf = binary.LittleEndian.AppendUint64(buf, m.seq)
 	buf = appendBool(buf, m.halted)
 	buf = appendBool(buf, shadow)
+	buf = m.board.encode(buf)
 	if m.proc != nil {
 		buf = append(buf, m.proc.State()...)
 	}
-	return m.board.encode(buf), nil
+	return buf, nil
 }
 
 func appendBool(buf []byte, v bool) []byte {
@@ -240,17 +241,11 @@ func SnapshotStream(ramSize uint64, body, ram []byte) io.Reader {
 // count, RAM; not the TLB, which is a cache) to w.
 func (m *Machine) Snapshot(w io.Writer) error {
 	return m.call(func() error {
-		if m.proc != nil {
-			return ErrLinuxSnapshot
-		}
 		hdr := append([]byte(snapshotMagic), 0, 0, 0, 0)
 		binary.LittleEndian.PutUint32(hdr[8:], snapshotVersion)
 		hdr = binary.LittleEndian.AppendUint64(hdr, m.cfg.RAMSize)
-		body, err := m.cpuState(nil)
+		body, err := m.stateBody()
 		if err != nil {
-			return err
-		}
-		if body, err = m.machineState(body); err != nil {
 			return err
 		}
 		hdr = binary.LittleEndian.AppendUint32(hdr, uint32(len(body)))
@@ -267,9 +262,6 @@ func (m *Machine) Snapshot(w io.Writer) error {
 // machine must have the same RAM size as the one snapshotted.
 func (m *Machine) Restore(r io.Reader) error {
 	return m.call(func() error {
-		if m.proc != nil {
-			return ErrLinuxSnapshot
-		}
 		hdr := make([]byte, 24)
 		if _, err := io.ReadFull(r, hdr); err != nil {
 			return fmt.Errorf("reading snapshot header: %w", err)
@@ -284,7 +276,7 @@ func (m *Machine) Restore(r io.Reader) error {
 			return fmt.Errorf("snapshot of a machine with %d bytes of RAM; this one has %d", ram, m.cfg.RAMSize)
 		}
 		n := binary.LittleEndian.Uint32(hdr[20:])
-		if n > 1<<20 {
+		if n > maxStateBody {
 			return fmt.Errorf("snapshot state block of %d bytes is implausibly large", n)
 		}
 		body := make([]byte, n)
@@ -300,7 +292,13 @@ func (m *Machine) Restore(r io.Reader) error {
 		}
 		// Invalidating the range costs a walk of the pages with code;
 		// Unicorn's whole-cache flush (tb_flush) costs seconds with 256 MiB.
-		if err := m.eng.InvalidateCode(0, m.cfg.RAMSize); err != nil {
+		// A Linux program's code is found through its page table, which
+		// the restore replaces: there only the flush will do.
+		if m.proc != nil {
+			if err := m.eng.FlushCode(); err != nil {
+				return err
+			}
+		} else if err := m.eng.InvalidateCode(0, m.cfg.RAMSize); err != nil {
 			return err
 		}
 		if err := m.eng.FlushTLB(); err != nil {
@@ -345,12 +343,17 @@ func (m *Machine) restoreState(body []byte) error {
 	if halted > 1 || shadow > 1 {
 		return fmt.Errorf("snapshot state: halt flag %d, shadow flag %d (want 0 or 1)", halted, shadow)
 	}
-	board, _, err := decodeBoard(r.buf)
+	board, rest, err := decodeBoard(r.buf)
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	if err := board.validate(m.cfg.RAMSize, m.cfg.DiskSectors); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
+	}
+	if m.proc != nil {
+		if err := m.restoreLinux(rest); err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
 	}
 	// Descriptor tables, EFER and control registers first: loading a
 	// segment selector reads its descriptor through the GDT, in the mode
@@ -390,5 +393,29 @@ func (m *Machine) restoreState(body []byte) error {
 	// Copy into the board in place: an environment may hold a pointer to it.
 	m.epoch, m.seq, m.halted, *m.board = epoch, seq, halted == 1, *board
 	m.fault = nil
+	if m.proc != nil {
+		// Loading SS made the CPU ring 0 again.
+		return m.eng.SetCPL(3)
+	}
 	return nil
+}
+
+// maxStateBody bounds a snapshot's state block: a Linux program's carries
+// its page table (17 bytes a page).
+const maxStateBody = 1<<20 + 17*(MaxRAMSize/uc.PageSize)
+
+// stateBody is a snapshot's state: CPU, machine and devices, and for a
+// Linux program its page table and physical pages.
+func (m *Machine) stateBody() ([]byte, error) {
+	body, err := m.cpuState(nil)
+	if err != nil {
+		return nil, err
+	}
+	if body, err = m.machineState(body); err != nil {
+		return nil, err
+	}
+	if m.proc != nil {
+		body = m.linuxMemoryState(body)
+	}
+	return body, nil
 }

@@ -95,6 +95,11 @@ type Process struct {
 	lastMono int64
 	lastTSC  uint64
 	nextID   uint64
+	// AT_RANDOM: where it is, what it holds, whether it was filled.
+	randomAddr uint64
+	random     [16]byte
+	started    bool
+	stdinRead  uint64
 	// Exited is set by exit or exit_group, with the status.
 	Exited   bool
 	ExitCode int
@@ -159,16 +164,34 @@ func (p *Process) Boot(m Machine, prog *Program) (entry, sp uint64, err error) {
 	if err := p.mapFixed(m, stackTop-stackMax, stackMax, ProtRead|ProtWrite); err != nil {
 		return 0, 0, fmt.Errorf("mapping the stack: %w", err)
 	}
-	random, err := m.Ask(Call{Op: OpRandom, Size: 16})
-	if err != nil {
-		return 0, 0, err
-	}
-	if len(random.Data) != 16 {
-		return 0, 0, fmt.Errorf("AT_RANDOM: the environment gave %d bytes, want 16", len(random.Data))
-	}
-	sp, err = p.initialStack(m, prog, random.Data)
+	sp, err = p.initialStack(m, prog, make([]byte, 16))
 	return prog.Entry, sp, err
 }
+
+// Start fills AT_RANDOM from the environment: the run's first answer,
+// asked before the program's first instruction (not at boot, so that a
+// machine built only to receive a running program's state asks nothing).
+func (p *Process) Start(m Machine) error {
+	if p.started {
+		return nil
+	}
+	r, err := m.Ask(Call{Op: OpRandom, Size: 16})
+	if err != nil {
+		return err
+	}
+	if len(r.Data) != len(p.random) {
+		return fmt.Errorf("AT_RANDOM: the environment gave %d bytes, want %d", len(r.Data), len(p.random))
+	}
+	copy(p.random[:], r.Data)
+	p.started = true
+	return m.Write(p.randomAddr, r.Data)
+}
+
+// Random is AT_RANDOM: it names the run (the journal's file).
+func (p *Process) Random() []byte { return append([]byte(nil), p.random[:]...) }
+
+// StdinRead counts the bytes of standard input the program has read.
+func (p *Process) StdinRead() uint64 { return p.stdinRead }
 
 // segProt is the protection of the pages of s once loaded: the union of
 // every segment's that shares them.
@@ -232,6 +255,7 @@ func (p *Process) initialStack(m Machine, prog *Program, random []byte) (uint64,
 		put(kv[0])
 		put(kv[1])
 	}
+	p.randomAddr = addr(randOff)
 	if err := m.Write(strBase, strs); err != nil {
 		return 0, err
 	}
@@ -353,50 +377,211 @@ func (p *Process) freeRange(size uint64) (uint64, bool) {
 	return 0, false
 }
 
-// State serializes the process for the state hash: everything a replica
-// must agree on.
+// State serializes the process: everything a replica must agree on, in
+// an order that does not depend on maps, for the state hash and for a
+// backup that joins (RestoreProcess).
 func (p *Process) State() []byte {
-	le := binary.LittleEndian
-	b := le.AppendUint64(nil, p.brkBase)
-	b = le.AppendUint64(b, p.brk)
-	b = le.AppendUint64(b, uint64(len(p.vmas)))
+	var e encoder
+	e.u64(p.brkBase)
+	e.u64(p.brk)
+	e.u64(uint64(len(p.vmas)))
 	for _, v := range p.vmas {
-		b = le.AppendUint64(b, v.start)
-		b = le.AppendUint64(b, v.end)
-		b = append(b, byte(v.prot))
+		e.u64(v.start)
+		e.u64(v.end)
+		e.u8(uint8(v.prot))
 	}
-	b = le.AppendUint64(b, uint64(len(p.fds)))
+	// Open file descriptions and pipes, each once, in id order.
+	files, pipes := map[uint64]*file{}, map[uint64]*pipe{}
+	for _, d := range p.fds {
+		if d != nil {
+			files[d.f.id] = d.f
+			if d.f.pipe != nil {
+				pipes[d.f.pipe.id] = d.f.pipe
+			}
+		}
+	}
+	e.u64(uint64(len(pipes)))
+	for _, id := range sortedKeys(pipes) {
+		pp := pipes[id]
+		e.u64(pp.id)
+		e.u64(uint64(pp.readers))
+		e.u64(uint64(pp.writers))
+		e.bytes(pp.buf)
+	}
+	e.u64(uint64(len(files)))
+	for _, id := range sortedKeys(files) {
+		f := files[id]
+		e.u64(f.id)
+		e.u8(uint8(f.kind))
+		e.u64(f.flags)
+		e.u64(uint64(f.off))
+		e.bytes([]byte(f.path))
+		var pid uint64
+		if f.pipe != nil {
+			pid = f.pipe.id
+		}
+		e.u64(pid)
+	}
+	e.u64(uint64(len(p.fds)))
 	for _, d := range p.fds {
 		if d == nil {
-			b = append(b, 0)
+			e.u64(0)
 			continue
 		}
-		b = append(b, 1, byte(d.f.kind))
-		if d.cloexec {
-			b = append(b, 1)
-		} else {
-			b = append(b, 0)
-		}
-		b = le.AppendUint64(b, d.f.id)
-		b = le.AppendUint64(b, d.f.flags)
-		b = le.AppendUint64(b, uint64(d.f.off))
-		b = append(b, d.f.path...)
-		b = append(b, 0)
-		if d.f.pipe != nil {
-			b = le.AppendUint64(b, uint64(len(d.f.pipe.buf)))
-			b = append(b, d.f.pipe.buf...)
-		}
+		e.u64(d.f.id)
+		e.bool(d.cloexec)
 	}
-	b = append(b, p.cwd...)
-	b = append(b, 0)
-	b = le.AppendUint32(b, p.umask)
-	b = le.AppendUint64(b, uint64(p.lastMono))
-	b = le.AppendUint64(b, p.lastTSC)
-	if p.Exited {
-		b = append(b, 1)
-		b = le.AppendUint64(b, uint64(p.ExitCode))
+	e.bytes([]byte(p.cwd))
+	e.u64(uint64(p.umask))
+	e.u64(uint64(p.lastMono))
+	e.u64(p.lastTSC)
+	e.u64(p.nextID)
+	e.u64(p.randomAddr)
+	e.b = append(e.b, p.random[:]...)
+	e.bool(p.started)
+	e.u64(p.stdinRead)
+	e.bool(p.Exited)
+	e.u64(uint64(p.ExitCode))
+	return e.b
+}
+
+// RestoreProcess rebuilds a process of cfg from State's bytes at the
+// front of b, and returns the bytes after them. Everything is checked: the
+// bytes come from a peer.
+func RestoreProcess(cfg Config, b []byte) (*Process, []byte, error) {
+	p, err := NewProcess(cfg)
+	if err != nil {
+		return nil, nil, err
 	}
-	return b
+	d := decoder{b: b}
+	p.brkBase, p.brk = d.u64(), d.u64()
+	n := d.count(17)
+	p.vmas = make([]vma, 0, n)
+	for i := uint64(0); i < n; i++ {
+		v := vma{start: d.u64(), end: d.u64(), prot: Prot(d.u8())}
+		if v.start%PageSize != 0 || v.end%PageSize != 0 || v.end <= v.start || v.prot > 7 ||
+			len(p.vmas) > 0 && p.vmas[len(p.vmas)-1].end > v.start {
+			return nil, nil, fmt.Errorf("process state: mapping %#x-%#x (protection %d) is not a page range after the one before", v.start, v.end, v.prot)
+		}
+		p.vmas = append(p.vmas, v)
+	}
+	pipes := map[uint64]*pipe{}
+	for n, i := d.count(32), uint64(0); i < n; i++ {
+		pp := &pipe{id: d.u64(), readers: int(d.u64()), writers: int(d.u64()), buf: d.bytes()}
+		pipes[pp.id] = pp
+	}
+	files := map[uint64]*file{}
+	for n, i := d.count(33), uint64(0); i < n; i++ {
+		f := &file{id: d.u64(), kind: fileKind(d.u8()), flags: d.u64(), off: int64(d.u64()), path: string(d.bytes())}
+		if pid := d.u64(); pid != 0 {
+			if f.pipe = pipes[pid]; f.pipe == nil {
+				return nil, nil, fmt.Errorf("process state: file %d names pipe %d, which does not exist", f.id, pid)
+			}
+		}
+		if f.kind < kindStdin || f.kind > kindPipeWrite || f.off < 0 || (f.kind == kindPipeRead || f.kind == kindPipeWrite) != (f.pipe != nil) {
+			return nil, nil, fmt.Errorf("process state: file %d of kind %d at offset %d is inconsistent", f.id, f.kind, f.off)
+		}
+		files[f.id] = f
+	}
+	n = d.count(9)
+	if n > maxFDs {
+		return nil, nil, fmt.Errorf("process state: %d descriptors, more than %d", n, maxFDs)
+	}
+	p.fds = make([]*fd, n)
+	for i := range p.fds {
+		id := d.u64()
+		if id == 0 {
+			continue
+		}
+		f := files[id]
+		if f == nil {
+			return nil, nil, fmt.Errorf("process state: descriptor %d names file %d, which does not exist", i, id)
+		}
+		p.fds[i] = &fd{f: f, cloexec: d.bool()}
+	}
+	p.cwd = string(d.bytes())
+	p.umask = uint32(d.u64())
+	p.lastMono, p.lastTSC, p.nextID = int64(d.u64()), d.u64(), d.u64()
+	p.randomAddr = d.u64()
+	copy(p.random[:], d.take(len(p.random)))
+	p.started = d.bool()
+	p.stdinRead = d.u64()
+	p.Exited, p.ExitCode = d.bool(), int(d.u64())
+	if d.err != nil {
+		return nil, nil, fmt.Errorf("process state: %w", d.err)
+	}
+	if !strings.HasPrefix(p.cwd, "/") || p.brk < p.brkBase {
+		return nil, nil, fmt.Errorf("process state: working directory %q, brk %#x below %#x", p.cwd, p.brk, p.brkBase)
+	}
+	return p, d.b, nil
+}
+
+func sortedKeys[V any](m map[uint64]V) []uint64 {
+	keys := make([]uint64, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	return keys
+}
+
+type encoder struct{ b []byte }
+
+func (e *encoder) u64(v uint64) { e.b = binary.LittleEndian.AppendUint64(e.b, v) }
+func (e *encoder) u8(v uint8)   { e.b = append(e.b, v) }
+func (e *encoder) bool(v bool) {
+	if v {
+		e.u8(1)
+	} else {
+		e.u8(0)
+	}
+}
+func (e *encoder) bytes(b []byte) {
+	e.u64(uint64(len(b)))
+	e.b = append(e.b, b...)
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil || n < 0 || n > len(d.b) {
+		if d.err == nil {
+			d.err = errors.New("truncated")
+		}
+		return make([]byte, max(n, 0))
+	}
+	out := d.b[:n]
+	d.b = d.b[n:]
+	return out
+}
+
+func (d *decoder) u64() uint64 { return binary.LittleEndian.Uint64(d.take(8)) }
+func (d *decoder) u8() uint8   { return d.take(1)[0] }
+func (d *decoder) bool() bool {
+	v := d.u8()
+	if v > 1 && d.err == nil {
+		d.err = fmt.Errorf("flag %d (want 0 or 1)", v)
+	}
+	return v == 1
+}
+
+// count reads a count of records of at least size bytes each, refusing
+// one the remaining bytes cannot hold.
+func (d *decoder) count(size int) uint64 {
+	n := d.u64()
+	if d.err == nil && n > uint64(len(d.b)/size) {
+		d.err = fmt.Errorf("%d records cannot fit in %d bytes", n, len(d.b))
+		return 0
+	}
+	return n
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.count(1)
+	return append([]byte(nil), d.take(int(n))...)
 }
 
 // ReadTSC answers RDTSC from the environment; the counter never goes

@@ -444,6 +444,7 @@ func (p *Process) read(m Machine, fdn int, buf, count uint64, at int64) (uint64,
 			return uint64(r.Value), nil
 		}
 		data = r.Data
+		p.stdinRead += uint64(len(data))
 	case kindFile:
 		off := f.off
 		if at >= 0 {

@@ -453,6 +453,7 @@ static uc_err hv_flush_tlb(uc_engine *uc, hv_ctx *c) {
 	}
 	return uc_ctl_flush_tlb(uc);
 }
+static uc_err hv_flush_code(uc_engine *uc) { return uc_ctl_flush_tb(uc); }
 static uc_err hv_remove_cache(uc_engine *uc, uint64_t begin, uint64_t end) {
 	return uc_ctl_remove_cache(uc, begin, end);
 }
@@ -599,6 +600,7 @@ import "C"
 import (
 	"fmt"
 	"runtime/cgo"
+	"sort"
 	"sync"
 	"unsafe"
 )
@@ -1014,6 +1016,46 @@ func (e *Engine) MapPage(vaddr, paddr uint64, prot Prot) error {
 	}
 	return nil
 }
+
+// PageTableEntry is one mapping of the page table.
+type PageTableEntry struct {
+	VAddr, PAddr uint64
+	Prot         Prot
+}
+
+// PageTable lists every mapping, in virtual-address order.
+func (e *Engine) PageTable() []PageTableEntry {
+	c := e.ctx
+	if c.pt_on == 0 {
+		return nil
+	}
+	n := uint64(c.pt_mask) + 1
+	keys := unsafe.Slice((*uint64)(unsafe.Pointer(c.pt_keys)), n)
+	vals := unsafe.Slice((*uint64)(unsafe.Pointer(c.pt_vals)), n)
+	var out []PageTableEntry
+	for i, k := range keys {
+		if k != 0 {
+			out = append(out, PageTableEntry{VAddr: (k - 1) * PageSize, PAddr: vals[i] >> 3 * PageSize, Prot: Prot(vals[i] & 7)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].VAddr < out[j].VAddr })
+	return out
+}
+
+// ClearPageTable removes every mapping.
+func (e *Engine) ClearPageTable() {
+	c := e.ctx
+	if c.pt_on == 0 {
+		return
+	}
+	n := uint64(c.pt_mask) + 1
+	clear(unsafe.Slice((*uint64)(unsafe.Pointer(c.pt_keys)), n))
+	c.pt_count = 0
+}
+
+// FlushCode drops every translation of guest code (Unicorn's tb_flush:
+// milliseconds, for when translations cannot be found by address).
+func (e *Engine) FlushCode() error { return check("flush code", C.hv_flush_code(e.h)) }
 
 // UnmapPage removes the virtual page at vaddr.
 func (e *Engine) UnmapPage(vaddr uint64) { C.hv_pt_del(e.ctx, C.uint64_t(vaddr/PageSize)) }
