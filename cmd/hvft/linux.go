@@ -101,9 +101,6 @@ func demoLinuxArgs(c *cli.Context, name string) ([]string, error) {
 		}
 		return nil, nil
 	}
-	if c.Bool("rejoin") && c.String("stdin") != "" {
-		return nil, fmt.Errorf("--rejoin with --stdin: a backup that joins later cannot be given the input from where the primary is")
-	}
 	if c.String("disk") != "" {
 		return nil, fmt.Errorf("--disk is for board guests: a Linux program reaches its files under --root")
 	}

@@ -203,7 +203,7 @@ func TestUnsupportedProgramsFailClearly(t *testing.T) {
 		{[]string{"run", "--linux", filepath.Join(dir, "missing")}, "no such file"},
 		{[]string{"run", "--linux", "--root", filepath.Join(dir, "nowhere"), busybox}, "not a directory"},
 		{[]string{"run", "--linux", "--env", "NOEQUALS", busybox}, "want NAME=VALUE"},
-		{[]string{"demo", "--linux", "--rejoin", "--stdin", busybox, busybox, "--", "true"}, "--rejoin with --stdin"},
+		{[]string{"demo", "--linux", "--stdin", filepath.Join(dir, "missing"), busybox, "--", "true"}, "--stdin"},
 	} {
 		r := hvft(t, "", tc.args...)
 		if r.code == 0 || !strings.Contains(r.stderr, tc.want) {
