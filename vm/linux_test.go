@@ -32,9 +32,15 @@ func linuxProgram(t testing.TB, name string) string {
 		if linuxBuild.err != nil {
 			return
 		}
-		for n, src := range map[string]string{"probe": filepath.Join("..", "testdata", "linux", "probe.c"),
-			"branchy_linux": filepath.Join("..", "guests", "linux", "branchy_linux.c")} {
-			out, err := exec.Command("gcc", "-O2", "-static", "-o", filepath.Join(linuxBuild.dir, n), src).CombinedOutput()
+		probe := filepath.Join("..", "testdata", "linux", "probe.c")
+		for _, b := range []struct{ name, cc, link, src string }{
+			{"probe", "gcc", "-static", probe},
+			{"probe-pie", "gcc", "-static-pie", probe},
+			{"probe-musl", "musl-gcc", "-static", probe},
+			{"branchy_linux", "gcc", "-static", filepath.Join("..", "guests", "linux", "branchy_linux.c")},
+		} {
+			n := b.name
+			out, err := exec.Command(b.cc, "-O2", b.link, "-o", filepath.Join(linuxBuild.dir, n), b.src).CombinedOutput()
 			if err != nil {
 				linuxBuild.err = &buildError{n, err, out}
 				return
@@ -159,6 +165,29 @@ func TestLinuxProgramReplaysUnderEveryTLB(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLinuxLibcsAndPIE: the same program linked against glibc (static
+// and static-PIE) and musl (make deps installs musl-tools; Debian's
+// musl-gcc makes no static-PIE) runs and replays under another TLB.
+func TestLinuxLibcsAndPIE(t *testing.T) {
+	for _, name := range []string{"probe", "probe-pie", "probe-musl"} {
+		for _, mode := range [][]string{{"mem"}, {"files", t.TempDir()}, {"tsc", "3"}} {
+			var log Log
+			live := runLinux(t, linuxProgram(t, name), mode, Config{}, nil, &log, "")
+			want := map[string]string{"mem": "mem ok", "files": "files ok", "tsc": "monotonic yes rdtscp-later yes"}[mode[0]]
+			if live.err != nil || !strings.Contains(live.out, want) {
+				t.Fatalf("%s %v: %v\n%s", name, mode, live.err, live.out)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			rep := runLinux(t, linuxProgram(t, name), mode, Config{TLB: tlb.Config{PageSize: 4 << 10, Entries: 8, Policy: tlb.LRU}},
+				NewReplay(ctx, NewLogSource(&log)), nil, "")
+			cancel()
+			if rep.err != nil || rep.final != live.final {
+				t.Fatalf("%s %v: replay %v, final hash %v, live %v", name, mode, rep.err, rep.final, live.final)
+			}
+		}
 	}
 }
 

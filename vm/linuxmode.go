@@ -29,11 +29,10 @@ const DefaultLinuxRAMSize = 256 << 20
 // that no stale translation of its code can survive (Unicorn indexes
 // translations by physical page, and host writes do not invalidate them).
 type physPages struct {
-	next     uint64
-	limit    uint64
-	free     []uint64
-	wasExec  map[uint64]bool
-	inFlight uint64
+	next    uint64
+	limit   uint64
+	free    []uint64
+	wasExec map[uint64]bool
 }
 
 func (p *physPages) available() uint64 { return p.limit - p.next + uint64(len(p.free)) }
@@ -401,7 +400,7 @@ func (m *Machine) Syscall() {
 	m.afterEnvOp()
 }
 
-// signalNames names the signals a program's faults raise.
+// exceptionSignals names the signals a program's faults raise.
 var exceptionSignals = map[uint32]string{0: "SIGFPE (divide error)", 1: "SIGTRAP (debug)", 3: "SIGTRAP (breakpoint)",
 	4: "SIGSEGV (overflow)", 5: "SIGSEGV (bound range)", 6: "SIGILL (invalid instruction)", 7: "SIGFPE (no FPU)",
 	13: "SIGSEGV (general protection fault)", 14: "SIGSEGV (page fault)", 16: "SIGFPE (x87 error)",

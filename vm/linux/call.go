@@ -444,11 +444,6 @@ func (h *Host) open(c Call) Result {
 	flags := int(c.Flags) & (oAccMode | oCreat | oExcl | oTrunc | oDirectory)
 	f, err := os.OpenFile(p, flags|syscall.O_CLOEXEC, os.FileMode(c.Mode&0o777))
 	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) && errors.Is(pe.Err, syscall.EISDIR) {
-			// A directory opened for writing; Linux refuses it too.
-			return fail(err)
-		}
 		return fail(err)
 	}
 	defer f.Close()
