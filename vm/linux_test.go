@@ -191,6 +191,15 @@ func TestLinuxLibcsAndPIE(t *testing.T) {
 	}
 }
 
+// TestLinuxAuxvMatchesCPUID: AT_HWCAP is what CPUID answers (musl's
+// getauxval reads the vector as the kernel wrote it).
+func TestLinuxAuxvMatchesCPUID(t *testing.T) {
+	r := runLinux(t, linuxProgram(t, "probe-musl"), []string{"hwcap"}, Config{}, nil, nil, "")
+	if r.err != nil || !strings.Contains(r.out, "hwcap consistent") {
+		t.Fatalf("%v: %s", r.err, r.out)
+	}
+}
+
 // TestLinuxReplayCatchesADifferentAnswer: a replay whose log answers a
 // host request differently diverges (the answers really are input).
 func TestLinuxReplayCatchesADifferentAnswer(t *testing.T) {

@@ -290,7 +290,15 @@ func (m *Machine) openLinux() error {
 
 // bootLinux loads the program and its initial stack.
 func (m *Machine) bootLinux(setup *LinuxSetup) error {
-	proc, err := linux.NewProcess(setup.Process)
+	// AT_HWCAP must agree with what CPUID will answer: leaf 1's EDX of
+	// the CPU model (the library's, the same on every replica).
+	cpu, err := ProbeCPUModel()
+	if err != nil {
+		return err
+	}
+	pcfg := setup.Process
+	pcfg.HWCap = uint64(cpu.Answer(1, 0)[3])
+	proc, err := linux.NewProcess(pcfg)
 	if err != nil {
 		return err
 	}

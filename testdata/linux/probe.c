@@ -4,6 +4,8 @@
 //   probe mem         malloc, realloc (mremap), mmap/munmap; "mem ok"
 //   probe env         argv, environment, clock, random, cwd, uname
 //   probe files DIR   create, write, append, read back, rename, unlink
+//   probe hwcap       "hwcap consistent" when AT_HWCAP is CPUID leaf 1's EDX
+//                     (musl reads the auxiliary vector; glibc overrides it)
 //   probe segv | ud2 | hlt | unsupported
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -12,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <cpuid.h>
+#include <sys/auxv.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -101,6 +105,12 @@ int main(int argc, char **argv) {
 	if (!strcmp(mode, "mem")) return mem();
 	if (!strcmp(mode, "env")) return env(argc, argv);
 	if (!strcmp(mode, "files") && argc > 2) return files(argv[2]);
+	if (!strcmp(mode, "hwcap")) {
+		unsigned a, b, c, d;
+		__cpuid(1, a, b, c, d);
+		printf(getauxval(AT_HWCAP) == d ? "hwcap consistent\n" : "hwcap %#lx, cpuid %#x\n", getauxval(AT_HWCAP), d);
+		return 0;
+	}
 	if (!strcmp(mode, "segv")) { puts("about to fault"); *(volatile int *)16 = 1; return 0; }
 	if (!strcmp(mode, "ud2")) { __asm__ volatile("ud2"); return 0; }
 	if (!strcmp(mode, "hlt")) { __asm__ volatile("hlt"); return 0; }

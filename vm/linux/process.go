@@ -40,6 +40,9 @@ type Config struct {
 	Exe string
 	// Cwd is the initial working directory, absolute.
 	Cwd string
+	// HWCap is AT_HWCAP: CPUID leaf 1's EDX as the board's CPU answers it
+	// (0: a baseline of fpu, cx8, cmov, mmx, fxsr, sse and sse2).
+	HWCap uint64
 }
 
 type vma struct {
@@ -234,7 +237,7 @@ func (p *Process) initialStack(m Machine, prog *Program, random []byte) (uint64,
 	auxv := [][2]uint64{
 		{atPhdr, prog.PHdr}, {atPhent, prog.PHEnt}, {atPhnum, prog.PHNum}, {atPagesz, PageSize},
 		{atBase, 0}, {atFlags, 0}, {atEntry, prog.Entry}, {atUID, fakeUID}, {atEUID, fakeUID},
-		{atGID, fakeGID}, {atEGID, fakeGID}, {atPlatform, addr(platOff)}, {atHwcap, hwcap},
+		{atGID, fakeGID}, {atEGID, fakeGID}, {atPlatform, addr(platOff)}, {atHwcap, p.hwcap()},
 		{atClktck, 100}, {atSecure, 0}, {atRandom, addr(randOff)}, {atHwcap2, 0}, {atExecfn, addr(exeOff)},
 		{atNull, 0},
 	}
@@ -265,10 +268,16 @@ func (p *Process) initialStack(m Machine, prog *Program, random []byte) (uint64,
 	return sp, nil
 }
 
-// hwcap is AT_HWCAP: CPUID leaf 1's EDX bits the board always reports
-// (fpu, tsc masked out, cx8, cmov, mmx, fxsr, sse, sse2). The program asks
-// CPUID itself for more; this only has to be consistent with it.
-const hwcap = 1<<0 | 1<<8 | 1<<15 | 1<<23 | 1<<24 | 1<<25 | 1<<26
+// baselineHWCap is AT_HWCAP when the machine gives none: fpu, cx8, cmov,
+// mmx, fxsr, sse, sse2.
+const baselineHWCap = 1<<0 | 1<<8 | 1<<15 | 1<<23 | 1<<24 | 1<<25 | 1<<26
+
+func (p *Process) hwcap() uint64 {
+	if p.cfg.HWCap != 0 {
+		return p.cfg.HWCap
+	}
+	return baselineHWCap
+}
 
 // find returns the mapping holding addr.
 func (p *Process) find(addr uint64) *vma {
