@@ -565,7 +565,9 @@ func (b *backup) goLive(at vm.Point) error {
 		if err := host.SkipStdin(info.StdinRead); err != nil {
 			return fmt.Errorf("taking over: %w", err)
 		}
-		host.EnableJournal()
+		if err := host.EnableJournal(); err != nil {
+			return fmt.Errorf("taking over: %w", err)
+		}
 		host.SetRunID(info.Random)
 		b.host, p.host, input = host, host, nil
 	}

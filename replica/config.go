@@ -33,6 +33,10 @@ type Machine struct {
 	// is the host file the program was loaded from.
 	Root        string
 	ProgramPath string
+	// JournalDir holds the journal of a replicated Linux program's last
+	// unrepeatable call (docs/linux.md); both replicas name the same one.
+	// Empty: Root.
+	JournalDir string
 }
 
 // linuxHost returns the host a Linux program's live side performs its
@@ -48,7 +52,12 @@ func (m Machine) linuxHost(stdin, random io.Reader) (*linux.Host, error) {
 	if root == "" {
 		root = "/"
 	}
-	return linux.NewHost(root, stdin, random)
+	h, err := linux.NewHost(root, stdin, random)
+	if err != nil {
+		return nil, err
+	}
+	h.JournalDir = m.JournalDir
+	return h, nil
 }
 
 // openDisk opens the shared disk, if the machine has one.

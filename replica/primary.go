@@ -443,7 +443,9 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 	if host != nil {
 		defer host.Close()
 		input = nil // standard input is the program's, read by its requests
-		host.EnableJournal()
+		if err := host.EnableJournal(); err != nil {
+			return vm.Result{}, vm.Digest{}, err
+		}
 		p.host = host
 	}
 	live, err := vm.NewLive(vm.LiveConfig{Recorder: p, OnOutput: p.output, Input: input, CPU: p.opt.CPU, TimerJitter: p.opt.TimerJitter, Disk: disk,

@@ -51,6 +51,7 @@ func demoCommand() *cli.Command {
 			&cli.BoolFlag{Name: "linux", Usage: "GUEST is a static Linux program (see hvft run --help)"},
 			&cli.StringFlag{Name: "root", Value: "/", Usage: "with --linux: the directory the program sees as /"},
 			&cli.StringSliceFlag{Name: "env", Usage: "with --linux: NAME=VALUE in the program's environment (repeatable)"},
+			&cli.StringFlag{Name: "journal-dir", Usage: "with --linux: where the replicas keep their journal (default: --root)"},
 			&cli.StringFlag{Name: "stdin", Usage: "with --linux: a file both replicas read as the program's standard input (a new primary skips what the old one read)"},
 		},
 		Action: demoAction,

@@ -30,6 +30,7 @@ func machineFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "linux", Usage: "GUEST is a static x86-64 Linux program (a path), run under hvft's system-call personality (docs/linux.md)"},
 		&cli.StringFlag{Name: "root", Value: "/", Usage: "with --linux: the host directory the program sees as /, where its files live (both replicas must reach it)"},
 		&cli.StringSliceFlag{Name: "env", Usage: "with --linux: NAME=VALUE in the program's environment (repeatable; the default environment is empty)"},
+		&cli.StringFlag{Name: "journal-dir", Usage: "with --linux, replicated: where the journal of the last unrepeatable file call lives (both replicas name the same directory; default: --root)"},
 	}
 }
 

@@ -58,7 +58,7 @@ func loadLinux(c *cli.Context, cfg vm.Config, name string, args []string) (repli
 		Args: cfg.Args, Env: env, Exe: underRoot(root, abs, abs), Cwd: underRoot(root, cwd, "/"),
 	}}
 	img := &guestelf.Image{Entry: prog.Entry, Digest: prog.Digest}
-	m := replica.Machine{Image: img, Config: cfg, EpochBlocks: c.Uint64("epoch-blocks"), Root: root, ProgramPath: abs}
+	m := replica.Machine{Image: img, Config: cfg, EpochBlocks: c.Uint64("epoch-blocks"), Root: root, ProgramPath: abs, JournalDir: c.String("journal-dir")}
 	return m, name, nil
 }
 
@@ -115,6 +115,9 @@ func demoLinuxArgs(c *cli.Context, name string) ([]string, error) {
 		return nil, fmt.Errorf("program %s: %w", name, err)
 	}
 	args := []string{"--linux", "--root", c.String("root")}
+	if d := c.String("journal-dir"); d != "" {
+		args = append(args, "--journal-dir", d)
+	}
 	for _, e := range c.StringSlice("env") {
 		args = append(args, "--env", e)
 	}

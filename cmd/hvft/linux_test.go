@@ -310,7 +310,8 @@ func TestSQLiteSurvivesPrimaryKills(t *testing.T) {
 		killAt := 2 + rng.Uint64N(epochs-4)
 		db := filepath.Join(t.TempDir(), "rows.db")
 		report := filepath.Join(t.TempDir(), "demo.json")
-		r := hvft(t, "", "--log-level", "warn", "demo", "--linux", "--kill-after", strconv.FormatUint(killAt, 10), "--epoch-blocks", "20000",
+		journal := t.TempDir()
+		r := hvft(t, "", "--log-level", "warn", "demo", "--linux", "--journal-dir", journal, "--kill-after", strconv.FormatUint(killAt, 10), "--epoch-blocks", "20000",
 			"--report", report, prog, "--", "insert", db, strconv.Itoa(rows))
 		if r.code != 0 {
 			t.Fatalf("trial %d (kill after epoch %d): exit %d\n%s", i, killAt, r.code, r.stderr)
@@ -335,8 +336,8 @@ func TestSQLiteSurvivesPrimaryKills(t *testing.T) {
 		if lines[0] != "integrity ok" || lines[1] != "rows "+strconv.Itoa(rows) {
 			t.Fatalf("trial %d (kill after epoch %d): the database says %q", i, killAt, lines[:2])
 		}
-		if entries, _ := filepath.Glob(filepath.Join("/", ".hvft-journal-*")); len(entries) > 0 {
-			t.Logf("journals left in /: %v", entries)
+		if left, _ := filepath.Glob(filepath.Join(journal, ".hvft-journal-*")); len(left) > 0 {
+			t.Fatalf("trial %d: the journal outlived the run: %v", i, left)
 		}
 	}
 	if struck == 0 {
@@ -434,7 +435,7 @@ func TestLinuxRejoinThreeKills(t *testing.T) {
 	const rows = 6000
 	db := filepath.Join(t.TempDir(), "rows.db")
 	report := filepath.Join(t.TempDir(), "demo.json")
-	r := hvft(t, "", "--log-level", "warn", "demo", "--linux", "--rejoin", "--kills", "3", "--kill-after", "40", "--epoch-blocks", "20000",
+	r := hvft(t, "", "--log-level", "warn", "demo", "--linux", "--journal-dir", t.TempDir(), "--rejoin", "--kills", "3", "--kill-after", "40", "--epoch-blocks", "20000",
 		"--report", report, prog, "--", "insert", db, strconv.Itoa(rows))
 	if r.code != 0 {
 		t.Fatalf("demo: exit %d\n%s", r.code, r.stderr)

@@ -118,9 +118,11 @@ type Host struct {
 
 	// The journal of the last call that is not repeatable (replicated
 	// runs): its sequence number, and whether it completed, with what.
-	journaled bool
-	runID     string
-	journal   *os.File
+	// It lives in JournalDir (the root when empty).
+	JournalDir string
+	journaled  bool
+	runID      string
+	journal    *os.File
 }
 
 // NewHost returns a Host over root. A nil stdin reads as empty.
@@ -154,11 +156,28 @@ func (h *Host) SkipStdin(n uint64) error {
 }
 
 // EnableJournal makes the host journal every call that is not repeatable
-// in a file under the root, named after the run (the first answer's
-// random bytes, AT_RANDOM, which every replica of the run holds): a
-// replica that takes over and re-executes the old primary's last call
-// finds there whether it happened.
-func (h *Host) EnableJournal() { h.journaled = true }
+// in a file in JournalDir (the root by default), named after the run (the
+// first answer's random bytes, AT_RANDOM, which every replica of the run
+// holds): a replica that takes over and re-executes the old primary's last
+// call finds there whether it happened. It fails when the directory
+// takes no file, before the program runs rather than at its first unlink.
+func (h *Host) EnableJournal() error {
+	probe, err := os.CreateTemp(h.journalDir(), ".hvft-journal-probe-*")
+	if err != nil {
+		return fmt.Errorf("the journal of a replicated Linux program needs a directory both replicas can write (--journal-dir, by default --root): %w", err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	h.journaled = true
+	return nil
+}
+
+func (h *Host) journalDir() string {
+	if h.JournalDir != "" {
+		return h.JournalDir
+	}
+	return h.Root
+}
 
 // SetRunID names the run whose journal this host keeps (a backup taking
 // over, from the logged AT_RANDOM).
@@ -173,7 +192,7 @@ func (h *Host) JournalPath() string {
 	if !h.journaled || h.runID == "" {
 		return ""
 	}
-	return filepath.Join(h.Root, ".hvft-journal-"+h.runID)
+	return filepath.Join(h.journalDir(), ".hvft-journal-"+h.runID)
 }
 
 // RemoveJournal deletes the journal at the end of a run.

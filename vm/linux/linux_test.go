@@ -343,7 +343,9 @@ func TestJournalResolvesTheLastCall(t *testing.T) {
 	os.WriteFile(victim, nil, 0o644)
 	random := bytes.Repeat([]byte{1}, 16)
 	old, _ := NewHost(root, nil, bytes.NewReader(random))
-	old.EnableJournal()
+	if err := old.EnableJournal(); err != nil {
+		t.Fatal(err)
+	}
 	old.DoAt(1, Call{Op: OpRandom, Size: 16})
 	if r := old.DoAt(5, Call{Op: OpUnlink, Path: "/victim"}); r.Value != 0 {
 		t.Fatalf("unlink = %d", r.Value)
@@ -351,7 +353,9 @@ func TestJournalResolvesTheLastCall(t *testing.T) {
 	old.Close()
 	// The new primary re-executes answer 5: the journal says it ran.
 	next, _ := NewHost(root, nil, nil)
-	next.EnableJournal()
+	if err := next.EnableJournal(); err != nil {
+		t.Fatal(err)
+	}
 	next.SetRunID(random)
 	if r := next.DoAt(5, Call{Op: OpUnlink, Path: "/victim"}); r.Value != 0 {
 		t.Fatalf("re-executed unlink = %d, want the journaled 0", r.Value)
@@ -372,6 +376,12 @@ func TestJournalResolvesTheLastCall(t *testing.T) {
 	}
 	if _, err := os.Stat(next.JournalPath()); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("the journal outlived the run")
+	}
+	// A journal directory that takes no file is refused up front.
+	ro, _ := NewHost(root, nil, nil)
+	ro.JournalDir = filepath.Join(root, "missing", "dir")
+	if err := ro.EnableJournal(); err == nil || !strings.Contains(err.Error(), "--journal-dir") {
+		t.Fatalf("a journal directory that does not exist: %v", err)
 	}
 }
 
