@@ -283,3 +283,24 @@ func TestQuietEpochRunsBesideThePrimary(t *testing.T) {
 		t.Error("a counted epoch, or one two ahead, may run before its end is held")
 	}
 }
+
+// TestHostAnswerDataRoundTrips: an answer of kind host carries its bytes
+// through the codec; one of another kind carries none on the wire.
+func TestHostAnswerDataRoundTrips(t *testing.T) {
+	data := bytes.Repeat([]byte{0xAB}, 256<<10)
+	buf, err := AppendFrame(nil, Message{Type: TypeAnswer, Answer: &Answer{Seq: 9, Kind: KindHost, Port: 2, Value: uint64(len(data)), Data: data}})
+	if err != nil {
+		t.Fatalf("a 256 KiB host answer does not fit a frame: %v", err)
+	}
+	m, err := ReadFrame(bytes.NewReader(buf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := m.Answer; a.Kind != KindHost || a.Seq != 9 || !bytes.Equal(a.Data, data) {
+		t.Fatalf("decoded kind %d seq %d with %d bytes", a.Kind, a.Seq, len(a.Data))
+	}
+	in, _ := AppendFrame(nil, Message{Type: TypeAnswer, Answer: &Answer{Seq: 1, Kind: 1, Data: []byte("dropped")}})
+	if m, err := ReadFrame(bytes.NewReader(in)); err != nil || m.Answer.Data != nil {
+		t.Fatalf("an IN answer decoded with data %q (%v)", m.Answer.Data, err)
+	}
+}

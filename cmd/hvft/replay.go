@@ -26,7 +26,8 @@ func replayCommand() *cli.Command {
 		Usage:     "re-execute a recorded log with no host input, checking every epoch's state hash",
 		ArgsUsage: "LOG [GUEST]",
 		Description: "LOG is a file written by --record (hvft run, primary or backup). GUEST is the image it\n" +
-			"ran (a built-in name or a path); by default the built-in whose digest the log names.\n" +
+			"ran (a built-in name or a path); by default the built-in whose digest the log names. For\n" +
+			"a Linux program's log (--linux), GUEST is the program, by default the path the log names.\n" +
 			"A log whose tail was torn by a crash replays up to its last whole epoch and says so.\n" +
 			"For a run that failed over, give the old primary's log and --then the new primary's.\n\n" +
 			"Exit status: 0 when every whole epoch the log holds (up to --until-epoch) replayed and its\n" +

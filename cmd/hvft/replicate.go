@@ -47,7 +47,8 @@ func primaryCommand() *cli.Command {
 		ArgsUsage: "[GUEST] [-- GUEST-ARGS...]",
 		Description: "Waits for a backup on --listen, then runs the guest, streaming every environment answer\n" +
 			"and epoch end to it. Console output leaves only once the backup holds every log record\n" +
-			"before it. If the backup dies, the primary goes on alone.",
+			"before it. If the backup dies, the primary goes on alone. With --linux, a Linux program's\n" +
+			"file writes, unlinks and renames also wait for the backup (docs/linux.md).",
 		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...), recordFlag(),
 			&cli.StringFlag{Name: "listen", Required: true, Usage: "address the backup connects to (host:port, or fd:N for an inherited listener)"},
 			&cli.DurationFlag{Name: "backup-wait", Value: 30 * time.Second, Usage: "how long to wait for the backup before failing (0: run alone at once); a primary running alone accepts a backup started with --join"},
@@ -65,7 +66,9 @@ func backupCommand() *cli.Command {
 		ArgsUsage: "[GUEST] [-- GUEST-ARGS...]",
 		Description: "Connects to the primary at --primary with the same guest and machine configuration,\n" +
 			"replays its log one epoch behind, compares state hashes at every epoch end and emits\n" +
-			"nothing. When the primary dies it finishes what it holds and goes on as the primary.",
+			"nothing. When the primary dies it finishes what it holds and goes on as the primary.\n" +
+			"With --linux, give it the same program, arguments, --root and standard input as the\n" +
+			"primary: a takeover skips the input the primary had read.",
 		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...), recordFlag(),
 			&cli.StringFlag{Name: "primary", Required: true, Usage: "the primary's address (host:port)"},
 			&cli.DurationFlag{Name: "connect-timeout", Value: 30 * time.Second, Usage: "how long to keep trying to reach the primary"},

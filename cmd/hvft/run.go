@@ -46,7 +46,10 @@ func runCommand() *cli.Command {
 		ArgsUsage: "[GUEST] [-- GUEST-ARGS...]",
 		Description: "GUEST is a built-in guest name (see `hvft guests`) or the path of a static x86-64 ELF;\n" +
 			"the default is " + guests.Default + ". Arguments after -- reach the guest as argv[1..].\n" +
-			"The exit status is the guest's power-off code.",
+			"With --linux, GUEST is a static x86-64 Linux program (glibc or musl, static or static-PIE)\n" +
+			"that runs under hvft's system-call personality, its files under --root, its standard\n" +
+			"input, output and error the host's (docs/linux.md).\n" +
+			"The exit status is the guest's power-off code (a Linux program's exit status).",
 		Flags:  append(append(machineFlags(), runFlags()...), recordFlag()),
 		Action: runAction,
 	}

@@ -102,8 +102,9 @@ type Result struct {
 const TSCHz = 3_000_000_000
 
 // MaxTransfer bounds the bytes one request moves: a larger read is cut
-// short, as Linux may do.
-const MaxTransfer = 1 << 20
+// short, as Linux may do. An answer travels in one protocol frame (at most
+// epoch.MaxFrame, 1 MiB), with room to spare.
+const MaxTransfer = 256 << 10
 
 // Host performs requests on the live side: files under Root, the host's
 // standard input, clock and random source.

@@ -431,3 +431,21 @@ func TestParseProgramRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestReadsAreCutToOneFrame: a read larger than MaxTransfer comes back
+// short, so that its answer fits the protocol's frame (a program that asks
+// for 8 MiB at once must still replicate).
+func TestReadsAreCutToOneFrame(t *testing.T) {
+	f := newFake(t)
+	os.WriteFile(filepath.Join(f.host.Root, "big"), bytes.Repeat([]byte("x"), 3*MaxTransfer), 0o644)
+	p, _ := NewProcess(Config{Args: []string{"prog"}})
+	buf := call(t, p, f, sysMmap, 0, 4*MaxTransfer, uint64(ProtRead|ProtWrite), mapPrivate|mapAnonymous, ^uint64(0))
+	f.Write(uint64(buf), []byte("/big\x00"))
+	fd := call(t, p, f, sysOpenat, uint64(atFDCWD&0xFFFFFFFF), uint64(buf), oRdonly)
+	if n := call(t, p, f, sysRead, uint64(fd), uint64(buf), 4*MaxTransfer); n != MaxTransfer {
+		t.Fatalf("read of %d bytes returned %d, want %d", 4*MaxTransfer, n, MaxTransfer)
+	}
+	if MaxTransfer+4096 > 1<<20 {
+		t.Fatalf("MaxTransfer %d leaves no room in a 1 MiB frame", MaxTransfer)
+	}
+}
