@@ -85,7 +85,8 @@ func (m Machine) wireConfig() epoch.MachineConfig {
 	if l := m.Config.Linux; l != nil {
 		// A Linux program's environment, path and directory are part of
 		// what it computes from.
-		fmt.Fprintf(h, "linux:%d:%s:%d:%s:%d", len(l.Process.Exe), l.Process.Exe, len(l.Process.Cwd), l.Process.Cwd, len(l.Process.Env))
+		fmt.Fprintf(h, "linux:%d:%s:%d:%s:%d:%d:%d", len(l.Process.Exe), l.Process.Exe, len(l.Process.Cwd), l.Process.Cwd,
+			l.Process.UID, l.Process.GID, len(l.Process.Env))
 		for _, e := range l.Process.Env {
 			fmt.Fprintf(h, "%d:%s", len(e), e)
 		}

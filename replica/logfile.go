@@ -60,6 +60,8 @@ type LinuxHeader struct {
 	Exe     string   `json:"exe"`
 	Cwd     string   `json:"cwd"`
 	Env     []string `json:"env"`
+	UID     uint32   `json:"uid"`
+	GID     uint32   `json:"gid"`
 }
 
 // HeaderFor describes a machine.
@@ -68,7 +70,7 @@ func HeaderFor(m Machine, role string) LogHeader {
 		RAMSize: m.Config.RAMSize, EpochBlocks: m.EpochBlocks,
 		BoardVersion: vm.BoardVersion, Engine: uc.Version(), DiskSectors: m.Config.DiskSectors, Clock: m.Config.Clock.String(), Role: role}
 	if l := m.Config.Linux; l != nil {
-		h.Linux = &LinuxHeader{Program: m.ProgramPath, Exe: l.Process.Exe, Cwd: l.Process.Cwd, Env: l.Process.Env}
+		h.Linux = &LinuxHeader{Program: m.ProgramPath, Exe: l.Process.Exe, Cwd: l.Process.Cwd, Env: l.Process.Env, UID: l.Process.UID, GID: l.Process.GID}
 	}
 	return h
 }

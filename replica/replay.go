@@ -65,7 +65,7 @@ func Replay(ctx context.Context, opt ReplayOptions) (*ReplayResult, error) {
 		if opt.Program == nil {
 			return nil, errors.New("the log records a Linux program: give it (ReplayOptions.Program)")
 		}
-		cfg.Linux = &vm.LinuxSetup{Program: opt.Program, Process: linux.Config{Args: h.Args, Env: l.Env, Exe: l.Exe, Cwd: l.Cwd}}
+		cfg.Linux = &vm.LinuxSetup{Program: opt.Program, Process: linux.Config{Args: h.Args, Env: l.Env, Exe: l.Exe, Cwd: l.Cwd, UID: l.UID, GID: l.GID}}
 	}
 	src := &trackedSource{RecordSource: vm.NewLogSource(&opt.Log.Log)}
 	env := &replayEnv{Replay: vm.NewReplay(ctx, src), src: src}

@@ -56,6 +56,7 @@ func loadLinux(c *cli.Context, cfg vm.Config, name string, args []string) (repli
 	cfg.Args = append([]string{name}, args...)
 	cfg.Linux = &vm.LinuxSetup{Program: prog, Process: linux.Config{
 		Args: cfg.Args, Env: env, Exe: underRoot(root, abs, abs), Cwd: underRoot(root, cwd, "/"),
+		UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
 	}}
 	img := &guestelf.Image{Entry: prog.Entry, Digest: prog.Digest}
 	m := replica.Machine{Image: img, Config: cfg, EpochBlocks: c.Uint64("epoch-blocks"), Root: root, ProgramPath: abs, JournalDir: c.String("journal-dir")}

@@ -263,9 +263,5 @@ const (
 	mmapTop    = 0x7f00_0000_0000
 )
 
-// The identity the program sees.
-const (
-	fakePID = 1000
-	fakeUID = 1000
-	fakeGID = 1000
-)
+// fakePID is the process ID the program sees (it is alone).
+const fakePID = 1000

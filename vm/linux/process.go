@@ -40,6 +40,9 @@ type Config struct {
 	Exe string
 	// Cwd is the initial working directory, absolute.
 	Cwd string
+	// UID and GID are the identity the program sees (the user running
+	// hvft, on the primary).
+	UID, GID uint32
 	// HWCap is AT_HWCAP: CPUID leaf 1's EDX as the board's CPU answers it
 	// (0: a baseline of fpu, cx8, cmov, mmx, fxsr, sse and sse2).
 	HWCap uint64
@@ -236,8 +239,8 @@ func (p *Process) initialStack(m Machine, prog *Program, random []byte) (uint64,
 	addr := func(off uint64) uint64 { return strBase + off }
 	auxv := [][2]uint64{
 		{atPhdr, prog.PHdr}, {atPhent, prog.PHEnt}, {atPhnum, prog.PHNum}, {atPagesz, PageSize},
-		{atBase, 0}, {atFlags, 0}, {atEntry, prog.Entry}, {atUID, fakeUID}, {atEUID, fakeUID},
-		{atGID, fakeGID}, {atEGID, fakeGID}, {atPlatform, addr(platOff)}, {atHwcap, p.hwcap()},
+		{atBase, 0}, {atFlags, 0}, {atEntry, prog.Entry}, {atUID, uint64(p.cfg.UID)}, {atEUID, uint64(p.cfg.UID)},
+		{atGID, uint64(p.cfg.GID)}, {atEGID, uint64(p.cfg.GID)}, {atPlatform, addr(platOff)}, {atHwcap, p.hwcap()},
 		{atClktck, 100}, {atSecure, 0}, {atRandom, addr(randOff)}, {atHwcap2, 0}, {atExecfn, addr(exeOff)},
 		{atNull, 0},
 	}

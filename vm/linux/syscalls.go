@@ -168,9 +168,9 @@ func (p *Process) Syscall(m Machine, nr uint64, a [6]uint64) (uint64, error) {
 	case sysGetpgrp, sysSetpgid:
 		return 0, nil
 	case sysGetuid, sysGeteuid:
-		return fakeUID, nil
+		return uint64(p.cfg.UID), nil
 	case sysGetgid, sysGetegid:
-		return fakeGID, nil
+		return uint64(p.cfg.GID), nil
 	case sysSetuid, sysSetgid, sysSetresuid, sysSetresgid, sysSetgroups:
 		return 0, nil
 	case sysGetgroups:
