@@ -464,3 +464,47 @@ func TestLinuxRejoinThreeKills(t *testing.T) {
 		t.Fatalf("the database says %q", lines[:2])
 	}
 }
+
+// TestBusyboxFileApplets: busybox's file applets under hvft change the
+// host's files as they would natively (under --root, paths as the program
+// sees them).
+func TestBusyboxFileApplets(t *testing.T) {
+	needBusybox(t)
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "d", "e"), 0o755)
+	os.WriteFile(filepath.Join(root, "d", "e", "b.txt"), []byte("hello\n"), 0o644)
+	for _, args := range [][]string{
+		{"touch", "-d", "2020-01-02 03:04:05", "/t1"}, {"mkdir", "-p", "/x/y/z"}, {"cp", "-rp", "/d", "/dcopy"},
+		{"mv", "/t1", "/t2"}, {"ln", "-s", "t2", "/link"}, {"ln", "/t2", "/hard"}, {"chmod", "600", "/t2"},
+		{"tar", "cf", "/arch.tar", "-C", "/", "d"}, {"rm", "-rf", "/x"}, {"sh", "-c", "echo appended >> /d/e/b.txt"},
+	} {
+		r := hvft(t, "", append([]string{"--log-level", "warn", "run", "--linux", "--root", root, busybox, "--"}, args...)...)
+		if r.code != 0 || strings.Contains(r.stderr, "unsupported") {
+			t.Fatalf("%v: exit %d\n%s", args, r.code, r.stderr)
+		}
+	}
+	st, err := os.Stat(filepath.Join(root, "t2"))
+	if err != nil || st.Mode().Perm() != 0o600 || st.ModTime().Year() != 2020 {
+		t.Fatalf("t2: %v %v", st, err)
+	}
+	if target, err := os.Readlink(filepath.Join(root, "link")); err != nil || target != "t2" {
+		t.Fatalf("link -> %q (%v)", target, err)
+	}
+	hard, _ := os.Stat(filepath.Join(root, "hard"))
+	if !os.SameFile(st, hard) {
+		t.Fatal("hard is not a link to t2")
+	}
+	if _, err := os.Stat(filepath.Join(root, "x")); !os.IsNotExist(err) {
+		t.Fatalf("rm -rf left x: %v", err)
+	}
+	if readFile(t, filepath.Join(root, "dcopy", "e", "b.txt")) != "hello\n" {
+		t.Fatal("cp -r lost the file")
+	}
+	if readFile(t, filepath.Join(root, "d", "e", "b.txt")) != "hello\nappended\n" {
+		t.Fatalf("append gave %q", readFile(t, filepath.Join(root, "d", "e", "b.txt")))
+	}
+	out, err := exec.Command("tar", "tf", filepath.Join(root, "arch.tar")).Output()
+	if err != nil || !strings.Contains(string(out), "d/e/b.txt") {
+		t.Fatalf("tar archive lists %q (%v)", out, err)
+	}
+}

@@ -32,6 +32,7 @@ const (
 	sysDup2           = 33
 	sysNanosleep      = 35
 	sysGetpid         = 39
+	sysSendfile       = 40
 	sysClone          = 56
 	sysFork           = 57
 	sysVfork          = 58
@@ -52,9 +53,15 @@ const (
 	sysMkdir          = 83
 	sysRmdir          = 84
 	sysCreat          = 85
+	sysLink           = 86
 	sysUnlink         = 87
+	sysSymlink        = 88
 	sysReadlink       = 89
+	sysChmod          = 90
 	sysFchmod         = 91
+	sysChown          = 92
+	sysFchown         = 93
+	sysLchown         = 94
 	sysUmask          = 95
 	sysGettimeofday   = 96
 	sysGetrlimit      = 97
@@ -92,10 +99,14 @@ const (
 	sysTgkill         = 234
 	sysOpenat         = 257
 	sysMkdirat        = 258
+	sysFchownat       = 260
 	sysNewfstatat     = 262
 	sysUnlinkat       = 263
 	sysRenameat       = 264
+	sysLinkat         = 265
+	sysSymlinkat      = 266
 	sysReadlinkat     = 267
+	sysFchmodat       = 268
 	sysFaccessat      = 269
 	sysPselect6       = 270
 	sysPpoll          = 271
@@ -200,6 +211,9 @@ const (
 	oDirectory = 0o200000
 	oCloexec   = 0o2000000
 )
+
+// utimeNow is UTIME_NOW in a timespec's nanoseconds.
+const utimeNow = (1 << 30) - 1
 
 const (
 	atFDCWD         = -100

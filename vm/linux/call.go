@@ -38,6 +38,11 @@ const (
 	OpAccess   Op = 15 // Path, Mode
 	OpTSC      Op = 16 // the time-stamp counter (RDTSC, RDTSCP)
 	OpSync     Op = 17 // Path: fsync
+	OpChmod    Op = 18 // Path, Mode
+	OpChown    Op = 19 // Path, Off = uid, Size = gid (-1: unchanged), Flags (atSymlinkNofoll)
+	OpUtimes   Op = 20 // Path, Data = two timespecs (UTIME_NOW, UTIME_OMIT), Flags (atSymlinkNofoll)
+	OpSymlink  Op = 21 // Path2 (the target) at Path
+	OpLink     Op = 22 // Path -> Path2
 )
 
 // Commits reports whether c changes the outside world in a way the
@@ -45,7 +50,7 @@ const (
 // backup holds every earlier answer (rule 3b, docs/linux.md).
 func (c Call) Commits() bool {
 	switch c.Op {
-	case OpWrite, OpUnlink, OpRename, OpMkdir, OpTruncate:
+	case OpWrite, OpUnlink, OpRename, OpMkdir, OpTruncate, OpChmod, OpChown, OpUtimes, OpSymlink, OpLink:
 		return true
 	case OpOpen:
 		return c.Flags&(oCreat|oTrunc) != 0
@@ -58,7 +63,7 @@ func (c Call) Commits() bool {
 // committing call; one that is not repeatable is journaled.
 func (c Call) repeatable() bool {
 	switch c.Op {
-	case OpUnlink, OpRename, OpMkdir:
+	case OpUnlink, OpRename, OpMkdir, OpSymlink, OpLink:
 		return false
 	case OpOpen:
 		return c.Flags&oExcl == 0
@@ -69,7 +74,7 @@ func (c Call) repeatable() bool {
 var opNames = map[Op]string{OpOpen: "open", OpRead: "read", OpStdin: "stdin", OpWrite: "write", OpStat: "stat",
 	OpStdStat: "std-stat", OpReadDir: "readdir", OpReadlink: "readlink", OpUnlink: "unlink", OpRename: "rename",
 	OpMkdir: "mkdir", OpTruncate: "truncate", OpClock: "clock", OpRandom: "random", OpAccess: "access", OpTSC: "tsc",
-	OpSync: "sync"}
+	OpSync: "sync", OpChmod: "chmod", OpChown: "chown", OpUtimes: "utimes", OpSymlink: "symlink", OpLink: "link"}
 
 func (o Op) String() string {
 	if n, ok := opNames[o]; ok {
@@ -310,6 +315,16 @@ func (h *Host) resolve(c Call) Result {
 		if st, err := os.Stat(h.hostPath(c.Path)); err == nil && st.IsDir() {
 			return Result{}
 		}
+	case OpSymlink:
+		if t, err := os.Readlink(h.hostPath(c.Path)); err == nil && t == c.Path2 {
+			return Result{}
+		}
+	case OpLink:
+		a, errA := os.Stat(h.hostPath(c.Path))
+		b, errB := os.Stat(h.hostPath(c.Path2))
+		if errA == nil && errB == nil && os.SameFile(a, b) {
+			return Result{}
+		}
 	case OpOpen:
 		if exists(c.Path) {
 			c.Flags &^= oExcl // the old primary created it
@@ -444,6 +459,19 @@ func (h *Host) Do(c Call) Result {
 			return fail(err)
 		}
 		return done(f.Sync())
+	case OpChmod:
+		return done(syscall.Chmod(h.hostPath(c.Path), c.Mode&0o7777))
+	case OpChown:
+		if c.Flags&atSymlinkNofoll != 0 {
+			return done(syscall.Lchown(h.hostPath(c.Path), int(c.Off), int(int64(c.Size))))
+		}
+		return done(syscall.Chown(h.hostPath(c.Path), int(c.Off), int(int64(c.Size))))
+	case OpUtimes:
+		return h.utimes(c)
+	case OpSymlink:
+		return done(syscall.Symlink(c.Path2, h.hostPath(c.Path)))
+	case OpLink:
+		return done(syscall.Link(h.hostPath(c.Path), h.hostPath(c.Path2)))
 	case OpTSC:
 		// A counter at TSCHz from the wall clock: machines that take over
 		// share it, where real TSCs would not.
@@ -512,6 +540,21 @@ func (h *Host) forget(p string) {
 			delete(h.files, k)
 		}
 	}
+}
+
+// utimes sets a file's times from two timespecs.
+func (h *Host) utimes(c Call) Result {
+	if len(c.Data) != 32 {
+		return Result{Value: -EINVAL}
+	}
+	// syscall.UtimesNano is utimensat(AT_FDCWD, path, ts, 0): it passes
+	// UTIME_NOW and UTIME_OMIT through, and follows a symbolic link.
+	var ts [2]syscall.Timespec
+	for i := range ts {
+		ts[i].Sec = int64(binary.LittleEndian.Uint64(c.Data[16*i:]))
+		ts[i].Nsec = int64(binary.LittleEndian.Uint64(c.Data[16*i+8:]))
+	}
+	return done(syscall.UtimesNano(h.hostPath(c.Path), ts[:]))
 }
 
 // readDir returns linux_dirent64 records for the entries from index Off

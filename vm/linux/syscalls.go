@@ -76,6 +76,30 @@ func (p *Process) Syscall(m Machine, nr uint64, a [6]uint64) (uint64, error) {
 			return errno(EINVAL), nil
 		}
 		return p.rename(m, int(int32(a[0])), a[1], int(int32(a[2])), a[3])
+	case sysSendfile:
+		return p.sendfile(m, int(a[0]), int(a[1]), a[2], a[3])
+	case sysChmod:
+		return p.pathOp(m, atFDCWD, a[0], OpChmod, 0, uint32(a[1]))
+	case sysFchmodat:
+		return p.pathOp(m, int(int32(a[0])), a[1], OpChmod, 0, uint32(a[2]))
+	case sysFchmod:
+		return p.fdOp(m, int(a[0]), Call{Op: OpChmod, Mode: uint32(a[1])})
+	case sysChown, sysLchown:
+		return p.chown(m, atFDCWD, a[0], a[1], a[2], map[uint64]uint64{sysChown: 0, sysLchown: atSymlinkNofoll}[nr])
+	case sysFchownat:
+		return p.chown(m, int(int32(a[0])), a[1], a[2], a[3], a[4])
+	case sysFchown:
+		return p.fdOp(m, int(a[0]), Call{Op: OpChown, Off: int64(int32(a[1])), Size: uint64(int64(int32(a[2])))})
+	case sysUtimensat:
+		return p.utimensat(m, int(int32(a[0])), a[1], a[2], a[3])
+	case sysSymlink:
+		return p.symlink(m, a[0], atFDCWD, a[1])
+	case sysSymlinkat:
+		return p.symlink(m, a[0], int(int32(a[1])), a[2])
+	case sysLink:
+		return p.link(m, atFDCWD, a[0], atFDCWD, a[1])
+	case sysLinkat:
+		return p.link(m, int(int32(a[0])), a[1], int(int32(a[2])), a[3])
 	case sysTruncate:
 		pth, e := p.pathArg(m, atFDCWD, a[0])
 		if e != 0 {
@@ -492,6 +516,12 @@ func (p *Process) write(m Machine, fdn int, buf, count uint64, at int64) (uint64
 	if err := m.Read(buf, data); err != nil {
 		return errno(EFAULT), nil
 	}
+	return p.writeData(m, f, data, at)
+}
+
+// writeData writes data to f at its offset (at < 0) or at at.
+func (p *Process) writeData(m Machine, f *file, data []byte, at int64) (uint64, error) {
+	count := uint64(len(data))
 	switch f.kind {
 	case kindStdout, kindStderr:
 		if at >= 0 {
@@ -1184,4 +1214,115 @@ func (p *Process) getrandom(m Machine, buf, count uint64) (uint64, error) {
 		return errno(EFAULT), nil
 	}
 	return uint64(len(r.Data)), nil
+}
+
+func (p *Process) sendfile(m Machine, out, in int, offAddr, count uint64) (uint64, error) {
+	src, dst := p.file(in), p.file(out)
+	if src == nil || dst == nil || src.kind != kindFile || dst.flags&oAccMode == oRdonly && dst.kind != kindStdout && dst.kind != kindStderr {
+		return errno(EBADF), nil
+	}
+	off := src.off
+	if offAddr != 0 {
+		var b [8]byte
+		if err := m.Read(offAddr, b[:]); err != nil {
+			return errno(EFAULT), nil
+		}
+		off = int64(binary.LittleEndian.Uint64(b[:]))
+	}
+	r, err := m.Ask(Call{Op: OpRead, Path: src.path, Off: off, Size: min(count, MaxTransfer)})
+	if err != nil || r.Value <= 0 {
+		return uint64(r.Value), err
+	}
+	n, err := p.writeData(m, dst, r.Data, -1)
+	if err != nil || int64(n) < 0 {
+		return n, err
+	}
+	if offAddr != 0 {
+		if err := m.Write(offAddr, u64(uint64(off)+n)); err != nil {
+			return errno(EFAULT), nil
+		}
+	} else {
+		src.off = off + int64(n)
+	}
+	return n, nil
+}
+
+// fdOp performs c on the file behind a descriptor.
+func (p *Process) fdOp(m Machine, fdn int, c Call) (uint64, error) {
+	f := p.file(fdn)
+	if f == nil {
+		return errno(EBADF), nil
+	}
+	if f.kind != kindFile && f.kind != kindDir {
+		return 0, nil // a stream's mode or owner is the host's business
+	}
+	c.Path = f.path
+	return p.ask(m, c)
+}
+
+func (p *Process) chown(m Machine, dirfd int, pathAddr, uid, gid, flags uint64) (uint64, error) {
+	if flags&atEmptyPath != 0 {
+		if s, _ := p.readString(m, pathAddr); s == "" {
+			return p.fdOp(m, dirfd, Call{Op: OpChown, Off: int64(int32(uid)), Size: uint64(int64(int32(gid)))})
+		}
+	}
+	pth, e := p.pathArg(m, dirfd, pathAddr)
+	if e != 0 {
+		return errno(e), nil
+	}
+	return p.ask(m, Call{Op: OpChown, Path: pth, Off: int64(int32(uid)), Size: uint64(int64(int32(gid))), Flags: flags & atSymlinkNofoll})
+}
+
+// utimensat sets times from the program's timespecs (UTIME_NOW and
+// UTIME_OMIT as on Linux); a NULL path names the descriptor.
+func (p *Process) utimensat(m Machine, dirfd int, pathAddr, times, flags uint64) (uint64, error) {
+	var pth string
+	if pathAddr == 0 {
+		f := p.file(dirfd)
+		if f == nil {
+			return errno(EBADF), nil
+		}
+		if f.kind != kindFile && f.kind != kindDir {
+			return 0, nil
+		}
+		pth = f.path
+	} else {
+		var e int
+		if pth, e = p.pathArg(m, dirfd, pathAddr); e != 0 {
+			return errno(e), nil
+		}
+	}
+	data := make([]byte, 32)
+	if times == 0 {
+		for i := 0; i < 2; i++ {
+			binary.LittleEndian.PutUint64(data[16*i+8:], utimeNow)
+		}
+	} else if err := m.Read(times, data); err != nil {
+		return errno(EFAULT), nil
+	}
+	return p.ask(m, Call{Op: OpUtimes, Path: pth, Data: data, Flags: flags & atSymlinkNofoll})
+}
+
+func (p *Process) symlink(m Machine, targetAddr uint64, dirfd int, pathAddr uint64) (uint64, error) {
+	target, e := p.readString(m, targetAddr)
+	if e != 0 {
+		return errno(e), nil
+	}
+	pth, e := p.pathArg(m, dirfd, pathAddr)
+	if e != 0 {
+		return errno(e), nil
+	}
+	return p.ask(m, Call{Op: OpSymlink, Path: pth, Path2: target})
+}
+
+func (p *Process) link(m Machine, oldfd int, oldAddr uint64, newfd int, newAddr uint64) (uint64, error) {
+	from, e := p.pathArg(m, oldfd, oldAddr)
+	if e != 0 {
+		return errno(e), nil
+	}
+	to, e := p.pathArg(m, newfd, newAddr)
+	if e != 0 {
+		return errno(e), nil
+	}
+	return p.ask(m, Call{Op: OpLink, Path: from, Path2: to})
 }
