@@ -2,6 +2,7 @@
 #
 #   make run     build hvft and run the replicated demo (see README.md)
 #   make test    every test: formatting, vet, unit, process and golden tests,
+#                the protocol and replication packages again under -race,
 #                a short fuzz run
 #   make bench   the go benchmarks, then hvft bench (plots into docs/)
 #   make chaos   the long chaos run (500 trials; CHAOS_TRIALS=N for another count),
@@ -33,6 +34,7 @@ test: deps
 	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
+	$(GO) test -race -count=1 ./epoch ./replica ./vm/linux
 	$(MAKE) --no-print-directory fuzz
 
 fuzz: deps
