@@ -43,6 +43,7 @@ const (
 	OpUtimes   Op = 20 // Path, Data = two timespecs (UTIME_NOW, UTIME_OMIT), Flags (atSymlinkNofoll)
 	OpSymlink  Op = 21 // Path2 (the target) at Path
 	OpLink     Op = 22 // Path -> Path2
+	OpSleep    Op = 23 // Off: nanoseconds to let pass
 )
 
 // Commits reports whether c changes the outside world in a way the
@@ -74,7 +75,7 @@ func (c Call) repeatable() bool {
 var opNames = map[Op]string{OpOpen: "open", OpRead: "read", OpStdin: "stdin", OpWrite: "write", OpStat: "stat",
 	OpStdStat: "std-stat", OpReadDir: "readdir", OpReadlink: "readlink", OpUnlink: "unlink", OpRename: "rename",
 	OpMkdir: "mkdir", OpTruncate: "truncate", OpClock: "clock", OpRandom: "random", OpAccess: "access", OpTSC: "tsc",
-	OpSync: "sync", OpChmod: "chmod", OpChown: "chown", OpUtimes: "utimes", OpSymlink: "symlink", OpLink: "link"}
+	OpSync: "sync", OpChmod: "chmod", OpChown: "chown", OpUtimes: "utimes", OpSymlink: "symlink", OpLink: "link", OpSleep: "sleep"}
 
 func (o Op) String() string {
 	if n, ok := opNames[o]; ok {
@@ -472,6 +473,9 @@ func (h *Host) Do(c Call) Result {
 		return done(syscall.Symlink(c.Path2, h.hostPath(c.Path)))
 	case OpLink:
 		return done(syscall.Link(h.hostPath(c.Path), h.hostPath(c.Path2)))
+	case OpSleep:
+		time.Sleep(time.Duration(c.Off))
+		return Result{}
 	case OpTSC:
 		// A counter at TSCHz from the wall clock: machines that take over
 		// share it, where real TSCs would not.

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // fakeMachine is a linux.Machine over a map of pages, with a real Host
@@ -447,5 +448,36 @@ func TestReadsAreCutToOneFrame(t *testing.T) {
 	}
 	if MaxTransfer+4096 > 1<<20 {
 		t.Fatalf("MaxTransfer %d leaves no room in a 1 MiB frame", MaxTransfer)
+	}
+}
+
+// TestSleepIsAnAnswer: nanosleep and clock_nanosleep (relative, and to an
+// absolute deadline) ask the environment to let the time pass, for as
+// long as asked: the live side sleeps, a replay answers at once.
+func TestSleepIsAnAnswer(t *testing.T) {
+	f := newFake(t)
+	p, _ := NewProcess(Config{Args: []string{"prog"}})
+	buf := scratch(t, p, f)
+	f.Write(buf, append(u64(0), u64(2e6)...)) // 2 ms
+	if got := call(t, p, f, sysNanosleep, buf, 0); got != 0 {
+		t.Fatalf("nanosleep = %d", got)
+	}
+	if last := f.asks[len(f.asks)-1]; last.Op != OpSleep || last.Off != 2e6 {
+		t.Fatalf("nanosleep asked %+v, want a sleep of 2 ms", last)
+	}
+	// An absolute deadline 3 ms past the clock's present.
+	now := f.host.Now().UnixNano()
+	f.Write(buf, append(u64(uint64(now/1e9)), u64(uint64(now%1e9))...))
+	n := len(f.asks)
+	f.host.Now = func() time.Time { return time.Unix(0, now-3e6) }
+	if got := call(t, p, f, sysClockNanosleep, clockRealtime, 1, buf, 0); got != 0 {
+		t.Fatalf("clock_nanosleep = %d", got)
+	}
+	if last := f.asks[len(f.asks)-1]; len(f.asks) != n+2 || last.Op != OpSleep || last.Off != 3e6 {
+		t.Fatalf("clock_nanosleep asked %+v, want the clock then a sleep of 3 ms", f.asks[n:])
+	}
+	f.Write(buf, append(u64(0), u64(2e9)...))
+	if got := call(t, p, f, sysNanosleep, buf, 0); got != -EINVAL {
+		t.Fatalf("nanosleep of 2e9 ns in tv_nsec = %d, want -EINVAL", got)
 	}
 }

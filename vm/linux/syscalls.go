@@ -2,8 +2,10 @@ package linux
 
 import (
 	"encoding/binary"
+	"math"
 	"path"
 	"strings"
+	"time"
 )
 
 // errno is a negated error number as a system call returns it.
@@ -241,11 +243,10 @@ func (p *Process) Syscall(m Machine, nr uint64, a [6]uint64) (uint64, error) {
 			}
 		}
 		return uint64(ns / 1e9), nil
-	case sysNanosleep, sysClockNanosleep:
-		// Sleeping is the host's business: the program's time passes in
-		// the clock it reads, and replay must not wait. A sleep returns
-		// at once (docs/linux.md).
-		return 0, nil
+	case sysNanosleep:
+		return p.sleep(m, clockMonotonic, 0, a[0])
+	case sysClockNanosleep:
+		return p.sleep(m, a[0], a[1], a[2])
 	case sysGetrandom:
 		return p.getrandom(m, a[0], a[1])
 	case sysFutex:
@@ -1325,4 +1326,37 @@ func (p *Process) link(m Machine, oldfd int, oldAddr uint64, newfd int, newAddr 
 		return errno(e), nil
 	}
 	return p.ask(m, Call{Op: OpLink, Path: from, Path2: to})
+}
+
+// maxSleep bounds one sleep request: a longer sleep is several.
+const maxSleep = int64(time.Hour)
+
+// sleep asks the environment to let the time pass: the live side sleeps,
+// a replay does not wait (the answer says the sleep is over). An absolute
+// deadline (TIMER_ABSTIME) is turned into a duration against the clock.
+func (p *Process) sleep(m Machine, clock, flags, req uint64) (uint64, error) {
+	var ts [16]byte
+	if err := m.Read(req, ts[:]); err != nil {
+		return errno(EFAULT), nil
+	}
+	sec, nsec := int64(binary.LittleEndian.Uint64(ts[:])), int64(binary.LittleEndian.Uint64(ts[8:]))
+	if sec < 0 || nsec < 0 || nsec >= 1e9 {
+		return errno(EINVAL), nil
+	}
+	if sec > math.MaxInt64/int64(time.Second)-1 {
+		sec = math.MaxInt64/int64(time.Second) - 1
+	}
+	d := sec*1e9 + nsec
+	if flags&1 != 0 { // TIMER_ABSTIME
+		now, err := p.clock(m, clock)
+		if err != nil {
+			return 0, err
+		}
+		d = max(0, d-now)
+	}
+	d = min(d, maxSleep)
+	if d == 0 {
+		return 0, nil
+	}
+	return p.ask(m, Call{Op: OpSleep, Off: d})
 }
