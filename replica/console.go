@@ -47,10 +47,12 @@ func writeNew(outs []epoch.Output, last *uint64, write func(o epoch.Output, firs
 		if first <= *last {
 			b, first = b[*last-first+1:], *last+1
 		}
-		*last = o.Seq
+		// Only what was written counts as written: after a failed write
+		// the output is still to be emitted (by this sink or another).
 		if err := write(o, first, b); err != nil {
 			return err
 		}
+		*last = o.Seq
 	}
 	return nil
 }
@@ -336,21 +338,24 @@ func (s *FileSink) Emit(outs []epoch.Output) error {
 		}
 	}
 	var buf []byte
+	last := s.last
 	for _, o := range outs {
 		first, b := outputBytes(o)
 		switch {
-		case o.Seq <= s.last:
+		case o.Seq <= last:
 			continue
-		case first > s.last+1:
-			return fmt.Errorf("console file %s holds %d bytes; output %d would leave a gap", s.path, s.last, first)
+		case first > last+1:
+			return fmt.Errorf("console file %s holds %d bytes; output %d would leave a gap", s.path, last, first)
 		}
-		buf = append(buf, b[s.last+1-first:]...)
-		s.last = o.Seq
+		buf = append(buf, b[last+1-first:]...)
+		last = o.Seq
 	}
 	if len(buf) == 0 {
 		return nil
 	}
-	if _, err := s.f.Write(buf); err != nil {
+	n, err := s.f.Write(buf)
+	s.last += uint64(n) // a short write leaves the rest to emit
+	if err != nil {
 		return fmt.Errorf("console file: %w", err)
 	}
 	return nil

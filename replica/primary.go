@@ -82,6 +82,8 @@ type primary struct {
 	proto  *epoch.Primary
 	report Report
 	live   *vm.Live
+	// sinkErr is the console sink's failure: nothing is released after it.
+	sinkErr error
 	// host performs a Linux program's requests (nil for a board guest).
 	host  *linux.Host
 	epoch uint64 // epoch being executed
@@ -144,6 +146,9 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	p.mu.Lock()
 	if p.fenced != nil {
 		runErr = p.fenced
+	}
+	if p.sinkErr != nil {
+		runErr = p.sinkErr
 	}
 	p.mu.Unlock()
 	p.mu.Lock()
@@ -229,6 +234,9 @@ func (p *primary) apply(act epoch.Actions) {
 			act.Release = nil // a fenced primary releases nothing more
 		}
 	}
+	if p.sinkErr != nil {
+		act.Release, act.Send = nil, withoutRelease(act.Send)
+	}
 	if len(act.Release) > 0 {
 		console := consoleOnly(act.Release)
 		err := p.opt.Sink.Emit(console)
@@ -236,7 +244,16 @@ func (p *primary) apply(act epoch.Actions) {
 			err = p.opt.Sink.Flush()
 		}
 		if err != nil {
-			p.log.Error("console sink", zap.Error(err))
+			// The release watermark must not claim outputs the sink did not
+			// take: the backup keeps them, to emit once it takes over, and
+			// this primary stops so that it does.
+			p.sinkErr = fmt.Errorf("the console sink failed: %w", err)
+			p.log.Error("console sink failed: stopping, so that the backup takes over and emits what did not leave", zap.Error(err))
+			act.Send = withoutRelease(act.Send)
+			if p.stop != nil {
+				p.stop()
+			}
+			p.cond.Broadcast()
 		}
 		p.report.OutputsEmitted += uint64(len(console))
 		for _, o := range act.Release {
@@ -249,6 +266,17 @@ func (p *primary) apply(act epoch.Actions) {
 	if len(act.Send) > 0 && p.link != nil && !p.proto.Alone() {
 		p.link.Send(act.Send...) // a failed send surfaces as a lost link
 	}
+}
+
+// withoutRelease drops release watermarks from msgs.
+func withoutRelease(msgs []epoch.Message) []epoch.Message {
+	out := msgs[:0:0]
+	for _, m := range msgs {
+		if m.Type != epoch.TypeRelease {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // RecordAnswer implements vm.Recorder (rule 1).
@@ -496,14 +524,20 @@ func (p *primary) drain(ctx context.Context, exitCode uint32, final vm.Digest, s
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for !p.proto.Alone() && p.proto.Held() > 0 && p.fenced == nil {
+	for !p.proto.Alone() && p.proto.Held() > 0 && p.fenced == nil && p.sinkErr == nil {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("waiting for the backup to acknowledge the last outputs: %w", err)
 		}
 		p.cond.Wait()
 	}
+	if p.sinkErr != nil {
+		// No goodbye: the backup must take over and emit what did not leave.
+		return p.sinkErr
+	}
 	if err := p.opt.Sink.Flush(); err != nil {
-		return fmt.Errorf("writing the console: %w", err)
+		// The same, for a failure of the last flush.
+		p.sinkErr = fmt.Errorf("the console sink failed: %w", err)
+		return p.sinkErr
 	}
 	if p.proto.Alone() || p.fenced != nil {
 		return p.fenced

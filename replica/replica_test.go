@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -57,6 +58,8 @@ type pairConfig struct {
 	// proxy, if set, stands between the replicas: it is given the
 	// primary's address and returns the one the backup dials.
 	proxy func(t *testing.T, target string) string
+	// primarySink, if set, wraps the primary's console sink.
+	primarySink func(Sink) Sink
 }
 
 // runPair runs a primary and a backup in this process over a real loopback
@@ -92,7 +95,11 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		p.rep, p.err = RunPrimary(ctx, PrimaryOptions{Options: opts(p, c.primaryTLB), Listener: ln, BackupWait: time.Minute, Mode: c.mode, MaxLag: 4})
+		o := opts(p, c.primaryTLB)
+		if c.primarySink != nil {
+			o.Sink = c.primarySink(o.Sink)
+		}
+		p.rep, p.err = RunPrimary(ctx, PrimaryOptions{Options: o, Listener: ln, BackupWait: time.Minute, Mode: c.mode, MaxLag: 4})
 	}()
 	go func() {
 		defer wg.Done()
@@ -435,5 +442,56 @@ func TestJoinDetectsASilentPrimary(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), "went silent during the state transfer") {
 		t.Fatalf("joiner: %v, want the primary declared silent", err)
+	}
+}
+
+// failingSink passes outputs to a sink until it has taken budget of them,
+// then fails every Emit.
+type failingSink struct {
+	Sink
+	budget int
+}
+
+func (f *failingSink) Emit(outs []epoch.Output) error {
+	if f.budget < len(outs) {
+		if err := f.Sink.Emit(outs[:f.budget]); err != nil {
+			return err
+		}
+		f.budget = 0
+		return errors.New("disk full")
+	}
+	f.budget -= len(outs)
+	return f.Sink.Emit(outs)
+}
+
+// TestFailingSinkHandsOverToTheBackup: a primary whose console sink fails
+// sends no release watermark for what the sink did not take, and stops;
+// the backup takes over and emits the rest. Together the two consoles hold
+// the whole output: nothing is lost (before, the primary ran on, its
+// watermark told the backup the outputs had left, and they were gone).
+func TestFailingSinkHandsOverToTheBackup(t *testing.T) {
+	tl := tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}
+	p, b := runPair(t, pairConfig{guest: "ticker", args: []string{"20", "1000"}, primaryTLB: tl, backupTLB: tl,
+		primarySink: func(s Sink) Sink { return &failingSink{Sink: s, budget: 100} }})
+	if p.err == nil || !strings.Contains(p.err.Error(), "console sink failed") {
+		t.Fatalf("primary: %v, want the sink's failure", p.err)
+	}
+	if b.err != nil || b.rep == nil || !b.rep.BecamePrimary {
+		t.Fatalf("backup: %v (report %+v), want it to take over", b.err, b.rep)
+	}
+	// The backup may re-emit lines the primary's sink took (a shared
+	// sink drops them by sequence number); what the primary's sink did not
+	// take must all be in the backup's.
+	got, rest := p.out.String(), b.out.String()
+	if !strings.HasSuffix(got, "\n") || !strings.Contains(rest, "tick 20 ") {
+		t.Fatalf("primary wrote %q, backup %q", got, rest)
+	}
+	last := strings.Count(got, "\n")
+	at := strings.Index(rest, fmt.Sprintf("tick %d ", last+1))
+	if at < 0 {
+		t.Fatalf("the backup's console does not go on where the primary's stopped (line %d):\nprimary %q\nbackup %q", last, got, rest)
+	}
+	if err := guests.CheckTicker(got+rest[at:], 20); err != nil {
+		t.Fatalf("the two consoles together: %v\nprimary %q\nbackup %q", err, got, rest)
 	}
 }
