@@ -304,3 +304,40 @@ func TestHostAnswerDataRoundTrips(t *testing.T) {
 		t.Fatalf("an IN answer decoded with data %q (%v)", m.Answer.Data, err)
 	}
 }
+
+// TestArbitrationClaimsTheNextGenerationOnce: rule 7. A replica claims
+// the generation after the one it holds, one claim at a time; a win moves
+// it on, a loss stops it for good.
+func TestArbitrationClaimsTheNextGenerationOnce(t *testing.T) {
+	var a Arbitration
+	if _, ok := a.Claim(); ok {
+		t.Fatal("a replica that holds no generation may not claim")
+	}
+	a.Start(3)
+	g, ok := a.Claim()
+	if !ok || g != 4 {
+		t.Fatalf("claim %d %v, want generation 4", g, ok)
+	}
+	if _, ok := a.Claim(); ok {
+		t.Fatal("a second claim while one is under way")
+	}
+	if a.MayActAlone() {
+		t.Fatal("acting alone before the claim is won")
+	}
+	if err := a.Won(5); err == nil {
+		t.Fatal("won a generation never claimed")
+	}
+	if err := a.Won(4); err != nil || !a.MayActAlone() || a.Held() != 4 {
+		t.Fatalf("after winning 4: %v, held %d", err, a.Held())
+	}
+	if g, ok := a.Claim(); !ok || g != 5 {
+		t.Fatalf("next claim %d %v, want 5", g, ok)
+	}
+	a.Lost(errors.New("generation 5 is another replica's"))
+	if a.MayActAlone() || a.Stopped() == nil {
+		t.Fatal("a replica that lost may still act")
+	}
+	if _, ok := a.Claim(); ok {
+		t.Fatal("a replica that lost claimed again")
+	}
+}

@@ -71,8 +71,11 @@ type backup struct {
 	// standard input the primary's answers carried (skipped on takeover).
 	host      *linux.Host
 	linuxInfo func() vm.LinuxInfo
-	lastEnd   *vm.EpochEnd // the primary's last epoch end replayed
-	compared  uint64       // its state hashes compared with this replica's, equal
+	// arb is rule 7's state (with Options.Arbiter); claimed once won.
+	arb      epoch.Arbitration
+	claimed  bool
+	lastEnd  *vm.EpochEnd // the primary's last epoch end replayed
+	compared uint64       // its state hashes compared with this replica's, equal
 }
 
 // errPrimaryStopped ends a replay that reached the point where the
@@ -99,6 +102,19 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	}
 	b.link = link
 	b.log.Info("connected to the primary", zap.String("primary", opt.Primary), zap.Bool("join", opt.Join))
+	if opt.Arbiter != nil {
+		// The primary claimed the run's generation before it accepted
+		// this replica: that is the one a takeover must move on from.
+		gen, _, err := opt.Arbiter.Current(ctx)
+		if err == nil && gen == 0 {
+			err = fmt.Errorf("the arbiter %s holds no generation: does the primary use the same --arbiter?", opt.Arbiter)
+		}
+		if err != nil {
+			link.Close()
+			return nil, err
+		}
+		b.arb.Start(gen)
+	}
 	if opt.Join {
 		start := time.Now()
 		// The transfer has a failure detector too: a primary stopped in
@@ -333,6 +349,9 @@ func (b *backup) failOver(reason string) {
 
 // takeLease wins the arbiter's lease for a takeover, once.
 func (b *backup) takeLease() error {
+	if b.opt.Arbiter != nil {
+		return b.claim()
+	}
 	if b.opt.Lease == nil {
 		return nil
 	}
@@ -356,6 +375,39 @@ func (b *backup) takeLease() error {
 	b.gen = gen
 	b.mu.Unlock()
 	b.log.Info("won the lease", zap.Uint64("generation", gen))
+	return nil
+}
+
+// claim wins the next generation for a takeover (rule 7), once.
+func (b *backup) claim() error {
+	b.leaseMu.Lock()
+	defer b.leaseMu.Unlock()
+	b.mu.Lock()
+	if lost := b.arb.Stopped(); lost != nil {
+		b.mu.Unlock()
+		return lost
+	}
+	if b.claimed || b.proto.IsPrimary() || b.stopped {
+		b.mu.Unlock()
+		return nil // the link's end and the silence detector both ask: one claim
+	}
+	gen, ok := b.arb.Claim()
+	b.mu.Unlock()
+	if !ok {
+		return errors.New("the arbiter's generation is unknown: no claim can be made")
+	}
+	err := b.opt.Arbiter.Claim(b.ctx, gen, b.opt.Holder)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err != nil {
+		b.arb.Lost(err)
+		return fmt.Errorf("another replica went on as the primary: %w", err)
+	}
+	if err := b.arb.Won(gen); err != nil {
+		return err
+	}
+	b.claimed = true
+	b.log.Info("won the next generation", zap.Uint64("generation", gen), zap.Stringer("arbiter", b.opt.Arbiter))
 	return nil
 }
 
@@ -552,6 +604,7 @@ func (b *backup) goLive(at vm.Point) error {
 	b.disk = disk
 	p := newPrimary(PrimaryOptions{Options: b.opt.Options, Listener: b.opt.Listener, Mode: b.opt.Mode, MaxLag: b.opt.MaxLag})
 	p.proto.BackupLost() // alone until a backup joins
+	p.arb.Start(b.arb.Held())
 	if b.opt.Lease != nil {
 		p.holdLease(b.ctx, b.gen)
 	}

@@ -45,6 +45,10 @@ type Options struct {
 	Lease    Arbiter
 	LeaseTTL time.Duration
 	Holder   string
+	// Arbiter, if set, is rule 7's generation register (--arbiter etcd://):
+	// a replica acts alone only once it has won the next generation there.
+	// It takes the place of Lease.
+	Arbiter Generations
 
 	// mutateAnswer, in tests, lets a backup answer from its own host.
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
@@ -84,6 +88,8 @@ type primary struct {
 	live   *vm.Live
 	// sinkErr is the console sink's failure: nothing is released after it.
 	sinkErr error
+	// arb is rule 7's state (with Options.Arbiter).
+	arb epoch.Arbitration
 	// host performs a Linux program's requests (nil for a board guest).
 	host  *linux.Host
 	epoch uint64 // epoch being executed
@@ -118,6 +124,14 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 		p.log.Info("holding the lease", zap.Uint64("generation", gen))
 		p.holdLease(ctx, gen)
 		defer opt.Lease.Release(gen)
+	}
+	if opt.Arbiter != nil {
+		gen, err := claimFirst(ctx, opt.Arbiter, opt.Holder)
+		if err != nil {
+			return nil, fmt.Errorf("starting the run at the arbiter: %w", err)
+		}
+		p.arb.Start(gen)
+		p.log.Info("holding the run's generation", zap.Uint64("generation", gen), zap.Stringer("arbiter", opt.Arbiter))
 	}
 	if err := p.connect(ctx); err != nil {
 		return nil, err
@@ -446,6 +460,32 @@ func (p *primary) loseBackup(l *Link, reason string) {
 	defer p.mu.Unlock()
 	if p.link != l || p.proto.Alone() || p.ended || p.backupEnd != nil {
 		return // a link already replaced, or a run already over
+	}
+	if p.opt.Arbiter != nil {
+		// Rule 7: going on alone needs the next generation. Until it is won
+		// nothing is released (the protocol still holds the outputs and
+		// the epochs wait for acknowledgements that will not come).
+		gen, ok := p.arb.Claim()
+		if !ok {
+			return // a claim is under way, or was lost
+		}
+		p.link.Close()
+		p.mu.Unlock()
+		err := p.opt.Arbiter.Claim(context.Background(), gen, p.opt.Holder)
+		p.mu.Lock()
+		if err != nil {
+			p.arb.Lost(err)
+			p.fence(fmt.Errorf("the backup was lost (%s) and this primary may not go on alone: %w", reason, err))
+			return
+		}
+		if err := p.arb.Won(gen); err != nil {
+			p.fence(err)
+			return
+		}
+		p.log.Warn("won the next generation: going on alone", zap.Uint64("generation", gen))
+		if p.link != l || p.proto.Alone() || p.ended || p.backupEnd != nil {
+			return
+		}
 	}
 	p.apply(p.proto.BackupLost())
 	p.report.BackupLost = reason

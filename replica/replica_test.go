@@ -1,12 +1,15 @@
 package replica
 
 import (
+	"os"
+
 	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"go.uber.org/zap"
 	"io"
 	"net"
 	"strings"
@@ -60,6 +63,9 @@ type pairConfig struct {
 	proxy func(t *testing.T, target string) string
 	// primarySink, if set, wraps the primary's console sink.
 	primarySink func(Sink) Sink
+	// arbiter, if set, gives each side its own connection to one
+	// generation register (rule 7).
+	arbiter func() Generations
 }
 
 // runPair runs a primary and a backup in this process over a real loopback
@@ -88,8 +94,15 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 			m.EpochBlocks = c.epochBlocks
 		}
 		m.Config.Clock = c.clock
-		return Options{Machine: m, Sink: NewPlainSink(&s.out), CPU: cpu, MaxEpochs: c.maxEpochs,
+		o := Options{Machine: m, Sink: NewPlainSink(&s.out), CPU: cpu, MaxEpochs: c.maxEpochs,
 			TimerJitter: 200 * time.Microsecond, OnEpoch: func(st vm.Stop) { s.trail = append(s.trail, st) }}
+		if c.arbiter != nil {
+			o.Arbiter, o.Holder = c.arbiter(), fmt.Sprintf("side-%p", s)
+			if os.Getenv("HVFT_TEST_LOG") != "" {
+				o.Log, _ = zap.NewDevelopment()
+			}
+		}
+		return o
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)

@@ -33,6 +33,7 @@ func linkFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "failure-timeout", Value: 500 * time.Millisecond, Usage: "declare the peer dead after this much silence (a closed link counts at once)"},
 		&cli.BoolFlag{Name: "console-stream", Usage: "write the console as a sequenced stream (\"o SEQ HEX\" and \"e EPOCH\" lines) for a merging sink such as hvft demo"},
 		&cli.StringFlag{Name: "key-file", Usage: "pre-shared link key (hvft keygen): authenticate and encrypt the replication link with TLS 1.3; both replicas need the same one"},
+		&cli.StringFlag{Name: "arbiter", Usage: "etcd://HOST:PORT[,HOST:PORT...]/PREFIX: the run's generation in etcd; a replica acts alone (a backup taking over, a primary going on without its backup) only once it has won the next generation there by compare-and-swap, and the loser stops (no lease, no clocks: docs/protocol.md, rule 7). PREFIX names the run; both replicas give the same one"},
 		&cli.StringFlag{Name: "lease", Usage: "lease directory both replicas can reach (e.g. beside the disk image): the arbiter that keeps a partitioned pair from having two primaries"},
 		&cli.DurationFlag{Name: "lease-ttl", Value: 500 * time.Millisecond, Usage: "how long a lease lives without renewal; a takeover after a crash waits for it"},
 		&cli.BoolFlag{Name: "insecure", Usage: "allow the replication link in the clear off loopback (it carries guest RAM, input and disk data)"},
@@ -148,15 +149,31 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 		}
 		lease = &replica.FileLease{Path: path, TTL: c.Duration("lease-ttl")}
 	}
+	var arbiter replica.Generations
+	if spec := c.String("arbiter"); spec != "" {
+		if lease != nil {
+			return nil, fmt.Errorf("--arbiter and --lease are two arbiters: give one")
+		}
+		var err error
+		if arbiter, err = replica.OpenArbiter(spec, log); err != nil {
+			return nil, err
+		}
+	}
 	host, _ := os.Hostname()
-	s := &replicaSetup{log: log, opts: replica.Options{Auth: auth, Lease: lease, LeaseTTL: c.Duration("lease-ttl"),
+	s := &replicaSetup{log: log, opts: replica.Options{Auth: auth, Lease: lease, LeaseTTL: c.Duration("lease-ttl"), Arbiter: arbiter,
 		Holder:  fmt.Sprintf("%s:%d:%s", host, os.Getpid(), c.Command.Name),
 		Machine: mach, Heartbeat: c.Duration("heartbeat"), FailureTimeout: c.Duration("failure-timeout"),
 		Sink: sink, Input: os.Stdin, MaxEpochs: c.Uint64("max-epochs"), Log: log,
 	}}
 	s.ctx, s.cancel = c.Context, func() {}
+	if arbiter != nil {
+		s.cancel = func() { arbiter.Close() }
+	}
 	if d := c.Duration("timeout"); d > 0 {
-		s.ctx, s.cancel = context.WithTimeout(c.Context, d)
+		var cancel context.CancelFunc
+		s.ctx, cancel = context.WithTimeout(c.Context, d)
+		prev := s.cancel
+		s.cancel = func() { cancel(); prev() }
 	}
 	if path := c.String("record"); path != "" {
 		w, err := replica.CreateLog(path, replica.HeaderFor(mach, c.Command.Name), false)

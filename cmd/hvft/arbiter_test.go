@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bufio"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"hvft/guests"
+)
+
+// startEtcd runs Debian's etcd (make deps installs etcd-server) on
+// loopback and returns its client address once it serves.
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	client, peer := freeAddr(t), freeAddr(t)
+	cmd := exec.Command("etcd", "--name", "t", "--data-dir", t.TempDir(), "--logger", "zap",
+		"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
+		"--listen-peer-urls", "http://"+peer, "--initial-advertise-peer-urls", "http://"+peer,
+		"--initial-cluster", "t=http://"+peer)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting etcd (make deps installs etcd-server): %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	ready := make(chan struct{})
+	go func() {
+		var once sync.Once
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "serving client traffic") {
+				once.Do(func() { close(ready) })
+			}
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+	select {
+	case <-ready:
+	case <-done:
+		t.Fatal("etcd exited before serving")
+	case <-time.After(time.Minute):
+		t.Fatal("etcd did not serve within a minute")
+	}
+	return client
+}
+
+// TestEtcdArbiterTakeover: a pair with --arbiter on a real etcd; the
+// primary is SIGKILLed; the backup wins the next generation and finishes
+// the run with every tick once. A malformed --arbiter, or one beside
+// --lease, is refused.
+func TestEtcdArbiterTakeover(t *testing.T) {
+	etcd := startEtcd(t)
+	arb := "etcd://" + etcd + "/hvft/takeover"
+	addr := freeAddr(t)
+	out := filepath.Join(t.TempDir(), "console")
+	primary := startHvft(t, "--log-level", "warn", "primary", "--listen", addr, "--arbiter", arb, "--console-out", out, "ticker", "--", "120", "3000")
+	backup := startHvft(t, "--log-level", "info", "backup", "--primary", addr, "--arbiter", arb, "--console-out", out, "ticker", "--", "120", "3000")
+	primary.waitFor(t, "progress", func() bool { return fileLines(out) >= 10 })
+	primary.cmd.Process.Kill()
+	primary.wait(t)
+	if code := backup.wait(t); code != 0 {
+		t.Fatalf("backup exit %d\n%s", code, backup.stderr.String())
+	}
+	if !strings.Contains(backup.stderr.String(), "won the next generation") {
+		t.Fatalf("the backup took over without saying it won the generation:\n%s", backup.stderr.String())
+	}
+	if err := guests.CheckTicker(readFile(t, out), 120); err != nil {
+		t.Fatalf("console: %v", err)
+	}
+	r := hvft(t, "", "primary", "--listen", freeAddr(t), "--backup-wait", "0", "--arbiter", "etcd://"+etcd, "hello")
+	if r.code == 0 || !strings.Contains(r.stderr, "name a key prefix") {
+		t.Fatalf("an arbiter without a prefix: exit %d, %s", r.code, r.stderr)
+	}
+	r = hvft(t, "", "primary", "--listen", freeAddr(t), "--backup-wait", "0", "--arbiter", arb, "--lease", t.TempDir(), "hello")
+	if r.code == 0 || !strings.Contains(r.stderr, "give one") {
+		t.Fatalf("--arbiter with --lease: exit %d, %s", r.code, r.stderr)
+	}
+}

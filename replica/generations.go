@@ -1,0 +1,140 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Generations is the arbiter of rule 7 (epoch.Arbitration): a register
+// holding the run's generation that only compare-and-swap moves. There is
+// no lease to renew: a replica consults it only when it wants to act
+// alone, and the first to move the register on wins.
+type Generations interface {
+	// Current reads the generation (0 before any) and its holder.
+	Current(ctx context.Context) (gen uint64, holder string, err error)
+	// Claim moves the register from gen-1 to gen for holder. It fails
+	// with ErrClaimLost when the register holds anything else.
+	Claim(ctx context.Context, gen uint64, holder string) error
+	// Close releases the connection.
+	Close() error
+	// String names the arbiter for the log.
+	String() string
+}
+
+// ErrClaimLost means another replica holds the generation claimed.
+var ErrClaimLost = errors.New("another replica holds that generation")
+
+// arbiterTimeout bounds one call to the arbiter: a replica that cannot
+// reach it in that time does not act alone.
+const arbiterTimeout = 5 * time.Second
+
+// EtcdGenerations keeps the register in etcd: key PREFIX/generation
+// holds the number, PREFIX/holder its holder, both written by one
+// transaction that compares the number first.
+type EtcdGenerations struct {
+	client *clientv3.Client
+	prefix string
+	desc   string
+}
+
+// OpenArbiter parses an --arbiter URL: etcd://HOST:PORT[,HOST:PORT...]/PREFIX.
+func OpenArbiter(spec string, log *zap.Logger) (Generations, error) {
+	u, err := url.Parse(spec)
+	if err != nil || u.Scheme != "etcd" || u.Host == "" {
+		return nil, fmt.Errorf("--arbiter %q: want etcd://HOST:PORT[,HOST:PORT...]/PREFIX", spec)
+	}
+	prefix := strings.Trim(u.Path, "/")
+	if prefix == "" {
+		return nil, fmt.Errorf("--arbiter %q: name a key prefix for the run, as in etcd://127.0.0.1:2379/hvft/myrun", spec)
+	}
+	var endpoints []string
+	for _, h := range strings.Split(u.Host, ",") {
+		if h == "" {
+			return nil, fmt.Errorf("--arbiter %q: an empty endpoint", spec)
+		}
+		endpoints = append(endpoints, "http://"+h)
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: arbiterTimeout, Logger: log.Named("etcd").WithOptions(zap.IncreaseLevel(zap.ErrorLevel))})
+	if err != nil {
+		return nil, fmt.Errorf("--arbiter %s: %w", spec, err)
+	}
+	return &EtcdGenerations{client: c, prefix: "/" + prefix, desc: spec}, nil
+}
+
+func (e *EtcdGenerations) genKey() string    { return e.prefix + "/generation" }
+func (e *EtcdGenerations) holderKey() string { return e.prefix + "/holder" }
+
+// String implements Generations.
+func (e *EtcdGenerations) String() string { return e.desc }
+
+// Current implements Generations.
+func (e *EtcdGenerations) Current(ctx context.Context) (uint64, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, arbiterTimeout)
+	defer cancel()
+	resp, err := e.client.Txn(ctx).Then(clientv3.OpGet(e.genKey()), clientv3.OpGet(e.holderKey())).Commit()
+	if err != nil {
+		return 0, "", fmt.Errorf("reading the arbiter %s: %w", e.desc, err)
+	}
+	var gen uint64
+	var holder string
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		if gen, err = strconv.ParseUint(string(kvs[0].Value), 10, 64); err != nil {
+			return 0, "", fmt.Errorf("the arbiter's %s holds %q, not a generation", e.genKey(), kvs[0].Value)
+		}
+	}
+	if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+		holder = string(kvs[0].Value)
+	}
+	return gen, holder, nil
+}
+
+// Claim implements Generations: an etcd transaction that puts gen only
+// if the register still holds gen-1 (or, for a first generation, holds
+// nothing).
+func (e *EtcdGenerations) Claim(ctx context.Context, gen uint64, holder string) error {
+	if gen == 0 {
+		return errors.New("generation 0 cannot be claimed")
+	}
+	ctx, cancel := context.WithTimeout(ctx, arbiterTimeout)
+	defer cancel()
+	cond := clientv3.Compare(clientv3.Value(e.genKey()), "=", strconv.FormatUint(gen-1, 10))
+	if gen == 1 {
+		cond = clientv3.Compare(clientv3.CreateRevision(e.genKey()), "=", 0)
+	}
+	resp, err := e.client.Txn(ctx).If(cond).
+		Then(clientv3.OpPut(e.genKey(), strconv.FormatUint(gen, 10)), clientv3.OpPut(e.holderKey(), holder)).Commit()
+	if err != nil {
+		return fmt.Errorf("claiming generation %d at %s: %w", gen, e.desc, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("%w (generation %d at %s)", ErrClaimLost, gen, e.desc)
+	}
+	return nil
+}
+
+// Close implements Generations.
+func (e *EtcdGenerations) Close() error { return e.client.Close() }
+
+// claimFirst makes a primary that starts a run the holder of the next
+// generation: it reads the register and claims the one after.
+func claimFirst(ctx context.Context, g Generations, holder string) (uint64, error) {
+	cur, _, err := g.Current(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := g.Claim(ctx, cur+1, holder); err != nil {
+		return 0, err
+	}
+	return cur + 1, nil
+}

@@ -1,0 +1,241 @@
+package replica
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"hvft/guests"
+	"hvft/vm/tlb"
+)
+
+// etcdServer is a real etcd (Debian's etcd-server, installed by make
+// deps) on loopback, for the arbiter's tests.
+type etcdServer struct {
+	endpoint string
+	cmd      *exec.Cmd
+	done     chan struct{}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startEtcd starts etcd and returns once it says it serves clients.
+func startEtcd(t *testing.T) *etcdServer {
+	t.Helper()
+	if _, err := exec.LookPath("etcd"); err != nil {
+		t.Fatalf("etcd is not installed (make deps installs etcd-server): %v", err)
+	}
+	client, peer := freePort(t), freePort(t)
+	cmd := exec.Command("etcd", "--name", "t", "--data-dir", t.TempDir(), "--logger", "zap",
+		"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
+		"--listen-peer-urls", "http://"+peer, "--initial-advertise-peer-urls", "http://"+peer,
+		"--initial-cluster", "t=http://"+peer)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e := &etcdServer{endpoint: client, cmd: cmd, done: make(chan struct{})}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "serving client traffic") {
+				once.Do(func() { close(ready) })
+			}
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+	go func() { cmd.Wait(); close(e.done) }()
+	t.Cleanup(e.stop)
+	select {
+	case <-ready:
+	case <-e.done:
+		t.Fatal("etcd exited before serving")
+	case <-time.After(time.Minute):
+		t.Fatal("etcd did not serve within a minute")
+	}
+	return e
+}
+
+func (e *etcdServer) stop() {
+	e.cmd.Process.Kill()
+	<-e.done
+}
+
+func (e *etcdServer) arbiter(t *testing.T, prefix string) Generations {
+	t.Helper()
+	g, err := OpenArbiter("etcd://"+e.endpoint+"/"+prefix, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	return g
+}
+
+// TestEtcdClaimIsCompareAndSwap: of replicas claiming one generation at
+// once, exactly one wins; a generation can only be claimed from the one
+// before it.
+func TestEtcdClaimIsCompareAndSwap(t *testing.T) {
+	e := startEtcd(t)
+	ctx := context.Background()
+	gens := []Generations{e.arbiter(t, "run1"), e.arbiter(t, "run1"), e.arbiter(t, "run1")}
+	if gen, _, err := gens[0].Current(ctx); err != nil || gen != 0 {
+		t.Fatalf("a fresh run's generation: %d, %v", gen, err)
+	}
+	for round := uint64(1); round <= 5; round++ {
+		var wg sync.WaitGroup
+		errs := make([]error, len(gens))
+		for i, g := range gens {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = g.Claim(ctx, round, fmt.Sprintf("replica-%d", i)) }()
+		}
+		wg.Wait()
+		won := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				won++
+			case !errors.Is(err, ErrClaimLost):
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		if won != 1 {
+			t.Fatalf("round %d: %d replicas won generation %d", round, won, round)
+		}
+	}
+	if err := gens[0].Claim(ctx, 9, "late"); !errors.Is(err, ErrClaimLost) {
+		t.Fatalf("claiming 9 from 5: %v", err)
+	}
+	if gen, holder, _ := gens[1].Current(ctx); gen != 5 || !strings.HasPrefix(holder, "replica-") {
+		t.Fatalf("current %d held by %q", gen, holder)
+	}
+	if _, _, err := e.arbiter(t, "other").Current(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cutProxy forwards a connection until the primary has sent n bytes, then
+// cuts both directions at once: a partition between the replicas, each
+// still reaching the arbiter.
+func cutProxy(n int) func(t *testing.T, target string) string { return cutProxyThen(n, nil) }
+
+// cutProxyThen is cutProxy, calling before (if set) just before the cut.
+func cutProxyThen(n int, before func()) func(t *testing.T, target string) string {
+	return func(t *testing.T, target string) string {
+		return relay(t, target, func(c, s net.Conn) {
+			go io.Copy(s, c)
+			buf := make([]byte, 4096)
+			sent := 0
+			for sent < n {
+				k, err := s.Read(buf[:min(len(buf), n-sent)])
+				if k > 0 {
+					if _, werr := c.Write(buf[:k]); werr != nil {
+						break
+					}
+					sent += k
+				}
+				if err != nil {
+					break
+				}
+			}
+			if before != nil {
+				before()
+			}
+			c.Close()
+			s.Close()
+		})
+	}
+}
+
+// TestPartitionWithEtcdLeavesOnePrimary: the link between the replicas is
+// cut in the middle of the run while both reach etcd: both want to act
+// alone, exactly one wins the next generation and finishes the run with
+// the whole output; the other stops with an error that says why.
+func TestPartitionWithEtcdLeavesOnePrimary(t *testing.T) {
+	e := startEtcd(t)
+	tl := tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}
+	for i, cut := range []int{4 << 10, 12 << 10, 24 << 10} {
+		prefix := fmt.Sprintf("partition-%d", i)
+		p, b := runPair(t, pairConfig{guest: "ticker", args: []string{"200", "1000"}, primaryTLB: tl, backupTLB: tl,
+			proxy: cutProxy(cut), arbiter: func() Generations { return e.arbiter(t, prefix) }})
+		pw, bw := p.err == nil, b.err == nil && b.rep != nil && b.rep.BecamePrimary
+		if pw == bw {
+			t.Fatalf("cut after %d bytes: primary %v, backup %v (%+v): want exactly one to go on", cut, p.err, b.err, b.rep)
+		}
+		loser := b.err
+		if bw {
+			loser = p.err
+		}
+		if loser == nil || !strings.Contains(loser.Error(), "generation") {
+			t.Fatalf("cut after %d bytes: the loser says %v, want the generation it lost", cut, loser)
+		}
+		out := p.out.String()
+		if bw {
+			// The backup re-emits from its last watermark: keep each tick once.
+			out = mergeTicks(p.out.String(), b.out.String())
+		}
+		if err := guests.CheckTicker(out, 200); err != nil {
+			t.Fatalf("cut after %d bytes (primary won: %v): %v\n%s", cut, pw, err, out)
+		}
+		gen, _, _ := e.arbiter(t, prefix).Current(context.Background())
+		if gen != 2 {
+			t.Fatalf("generation %d after one partition, want 2", gen)
+		}
+		t.Logf("cut after %d bytes: the %s won generation 2", cut, map[bool]string{true: "primary", false: "backup"}[pw])
+	}
+}
+
+// TestArbiterUnreachableMeansNobodyGoesOnAlone: with etcd gone, a pair
+// that loses its link has no replica that may act alone: both stop.
+func TestArbiterUnreachableMeansNobodyGoesOnAlone(t *testing.T) {
+	e := startEtcd(t)
+	tl := tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}
+	p, b := runPair(t, pairConfig{guest: "ticker", args: []string{"200", "1000"}, primaryTLB: tl, backupTLB: tl,
+		proxy: cutProxyThen(4<<10, e.stop), arbiter: func() Generations { return e.arbiter(t, "gone") }})
+	if p.err == nil || b.err == nil {
+		t.Fatalf("primary %v, backup %v: with the arbiter gone neither may go on alone", p.err, b.err)
+	}
+	if b.rep != nil && b.rep.BecamePrimary {
+		t.Fatal("the backup took over without the arbiter")
+	}
+}
+
+// mergeTicks joins the primary's console and the backup's (which may
+// repeat the primary's last lines) into one, each tick line once.
+func mergeTicks(primary, backup string) string {
+	seen := map[string]bool{}
+	var out strings.Builder
+	for _, l := range strings.SplitAfter(primary+backup, "\n") {
+		if l == "" {
+			continue
+		}
+		key := strings.Fields(l)[1]
+		if !seen[key] {
+			seen[key] = true
+			out.WriteString(l)
+		}
+	}
+	return out.String()
+}
