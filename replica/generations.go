@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -45,11 +48,18 @@ type EtcdGenerations struct {
 	desc   string
 }
 
-// OpenArbiter parses an --arbiter URL: etcd://HOST:PORT[,HOST:PORT...]/PREFIX.
+// OpenArbiter parses an --arbiter: etcd://HOST:PORT[,HOST:PORT...]/PREFIX,
+// or file:DIR (one machine).
 func OpenArbiter(spec string, log *zap.Logger) (Generations, error) {
+	if dir, ok := strings.CutPrefix(spec, "file:"); ok {
+		if dir == "" {
+			return nil, fmt.Errorf("--arbiter %q: name the directory, as in file:/shared/run1", spec)
+		}
+		return OpenFileGenerations(dir)
+	}
 	u, err := url.Parse(spec)
 	if err != nil || u.Scheme != "etcd" || u.Host == "" {
-		return nil, fmt.Errorf("--arbiter %q: want etcd://HOST:PORT[,HOST:PORT...]/PREFIX", spec)
+		return nil, fmt.Errorf("--arbiter %q: want etcd://HOST:PORT[,HOST:PORT...]/PREFIX or file:DIR", spec)
 	}
 	prefix := strings.Trim(u.Path, "/")
 	if prefix == "" {
@@ -138,3 +148,101 @@ func claimFirst(ctx context.Context, g Generations, holder string) (uint64, erro
 	}
 	return cur + 1, nil
 }
+
+// FileGenerations keeps the register in a directory on one machine's
+// file system: generation g is the file gen-g, created by link(2), which
+// fails when the file exists, so exactly one replica creates each
+// generation. A claim of g also requires gen-(g-1) to be the newest.
+type FileGenerations struct {
+	dir string
+}
+
+// Network file systems on which link(2) is not known to be atomic across
+// clients (statfs f_type): NFS, SMB/CIFS, FUSE.
+var untrustedFS = map[int64]string{0x6969: "NFS", 0xFF534D42: "CIFS", 0xFE534D42: "SMB2", 0x517B: "SMB", 0x65735546: "FUSE"}
+
+// OpenFileGenerations opens (creating) a register directory, refusing one
+// on a network file system whose link(2) it cannot trust.
+func OpenFileGenerations(dir string) (*FileGenerations, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("arbiter directory: %w", err)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return nil, fmt.Errorf("arbiter directory: %w", err)
+	}
+	if name, bad := untrustedFS[int64(st.Type)]; bad {
+		return nil, fmt.Errorf("arbiter directory %s is on %s, where creating a file is not known to be atomic across machines: use --arbiter etcd:// across machines", dir, name)
+	}
+	return &FileGenerations{dir: dir}, nil
+}
+
+func (f *FileGenerations) path(gen uint64) string {
+	return filepath.Join(f.dir, fmt.Sprintf("gen-%020d", gen))
+}
+
+// String implements Generations.
+func (f *FileGenerations) String() string { return "file:" + f.dir }
+
+// Current implements Generations.
+func (f *FileGenerations) Current(context.Context) (uint64, string, error) {
+	entries, err := os.ReadDir(f.dir)
+	if err != nil {
+		return 0, "", fmt.Errorf("reading the arbiter %s: %w", f.dir, err)
+	}
+	var gen uint64
+	for _, e := range entries {
+		var g uint64
+		if _, err := fmt.Sscanf(e.Name(), "gen-%d", &g); err == nil && len(e.Name()) == 24 && g > gen {
+			gen = g
+		}
+	}
+	if gen == 0 {
+		return 0, "", nil
+	}
+	holder, err := os.ReadFile(f.path(gen))
+	if err != nil {
+		return 0, "", fmt.Errorf("reading the arbiter %s: %w", f.dir, err)
+	}
+	return gen, string(holder), nil
+}
+
+// Claim implements Generations.
+func (f *FileGenerations) Claim(ctx context.Context, gen uint64, holder string) error {
+	if gen == 0 {
+		return errors.New("generation 0 cannot be claimed")
+	}
+	cur, _, err := f.Current(ctx)
+	if err != nil {
+		return err
+	}
+	if cur != gen-1 {
+		return fmt.Errorf("%w (generation %d claimed from %d at %s)", ErrClaimLost, gen, cur, f)
+	}
+	tmp, err := os.CreateTemp(f.dir, ".claim-")
+	if err != nil {
+		return fmt.Errorf("claiming generation %d at %s: %w", gen, f, err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.WriteString(holder)
+	serr := tmp.Sync()
+	tmp.Close()
+	if werr != nil || serr != nil {
+		return fmt.Errorf("claiming generation %d at %s: %v %v", gen, f, werr, serr)
+	}
+	if err := os.Link(tmp.Name(), f.path(gen)); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%w (generation %d at %s)", ErrClaimLost, gen, f)
+		}
+		return fmt.Errorf("claiming generation %d at %s: %w", gen, f, err)
+	}
+	// The claim must survive this machine's crash: sync the directory.
+	if d, err := os.Open(f.dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// Close implements Generations.
+func (f *FileGenerations) Close() error { return nil }

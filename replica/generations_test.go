@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -99,8 +100,24 @@ func (e *etcdServer) arbiter(t *testing.T, prefix string) Generations {
 // before it.
 func TestEtcdClaimIsCompareAndSwap(t *testing.T) {
 	e := startEtcd(t)
+	testClaimIsCompareAndSwap(t, func() Generations { return e.arbiter(t, "run1") })
+}
+
+// TestFileClaimIsCompareAndSwap: the same of the file arbiter.
+func TestFileClaimIsCompareAndSwap(t *testing.T) {
+	dir := t.TempDir()
+	testClaimIsCompareAndSwap(t, func() Generations {
+		g, err := OpenArbiter("file:"+dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	})
+}
+
+func testClaimIsCompareAndSwap(t *testing.T, open func() Generations) {
 	ctx := context.Background()
-	gens := []Generations{e.arbiter(t, "run1"), e.arbiter(t, "run1"), e.arbiter(t, "run1")}
+	gens := []Generations{open(), open(), open()}
 	if gen, _, err := gens[0].Current(ctx); err != nil || gen != 0 {
 		t.Fatalf("a fresh run's generation: %d, %v", gen, err)
 	}
@@ -130,9 +147,6 @@ func TestEtcdClaimIsCompareAndSwap(t *testing.T) {
 	}
 	if gen, holder, _ := gens[1].Current(ctx); gen != 5 || !strings.HasPrefix(holder, "replica-") {
 		t.Fatalf("current %d held by %q", gen, holder)
-	}
-	if _, _, err := e.arbiter(t, "other").Current(ctx); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -175,11 +189,28 @@ func cutProxyThen(n int, before func()) func(t *testing.T, target string) string
 // the whole output; the other stops with an error that says why.
 func TestPartitionWithEtcdLeavesOnePrimary(t *testing.T) {
 	e := startEtcd(t)
+	testPartitionLeavesOnePrimary(t, func(run string) Generations { return e.arbiter(t, run) })
+}
+
+// TestPartitionWithFileArbiterLeavesOnePrimary: the same on one host,
+// with the file arbiter.
+func TestPartitionWithFileArbiterLeavesOnePrimary(t *testing.T) {
+	root := t.TempDir()
+	testPartitionLeavesOnePrimary(t, func(run string) Generations {
+		g, err := OpenArbiter("file:"+filepath.Join(root, run), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	})
+}
+
+func testPartitionLeavesOnePrimary(t *testing.T, open func(run string) Generations) {
 	tl := tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}
 	for i, cut := range []int{4 << 10, 12 << 10, 24 << 10} {
 		prefix := fmt.Sprintf("partition-%d", i)
 		p, b := runPair(t, pairConfig{guest: "ticker", args: []string{"200", "1000"}, primaryTLB: tl, backupTLB: tl,
-			proxy: cutProxy(cut), arbiter: func() Generations { return e.arbiter(t, prefix) }})
+			proxy: cutProxy(cut), arbiter: func() Generations { return open(prefix) }})
 		pw, bw := p.err == nil, b.err == nil && b.rep != nil && b.rep.BecamePrimary
 		if pw == bw {
 			t.Fatalf("cut after %d bytes: primary %v, backup %v (%+v): want exactly one to go on", cut, p.err, b.err, b.rep)
@@ -199,7 +230,7 @@ func TestPartitionWithEtcdLeavesOnePrimary(t *testing.T) {
 		if err := guests.CheckTicker(out, 200); err != nil {
 			t.Fatalf("cut after %d bytes (primary won: %v): %v\n%s", cut, pw, err, out)
 		}
-		gen, _, _ := e.arbiter(t, prefix).Current(context.Background())
+		gen, _, _ := open(prefix).Current(context.Background())
 		if gen != 2 {
 			t.Fatalf("generation %d after one partition, want 2", gen)
 		}

@@ -364,7 +364,7 @@ func (p *primary) fence(err error) {
 		return
 	}
 	p.fenced = err
-	p.log.Error("FENCED: another replica holds the lease; releasing nothing more and stopping", zap.Error(err))
+	p.log.Error("FENCED: this replica may not act as the primary any more; releasing nothing more and stopping", zap.Error(err))
 	if p.stop != nil {
 		p.stop()
 	}
