@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,5 +84,39 @@ func TestEtcdArbiterTakeover(t *testing.T) {
 	r = hvft(t, "", "primary", "--listen", freeAddr(t), "--backup-wait", "0", "--arbiter", arb, "--lease", t.TempDir(), "hello")
 	if r.code == 0 || !strings.Contains(r.stderr, "give one") {
 		t.Fatalf("--arbiter with --lease: exit %d, %s", r.code, r.stderr)
+	}
+}
+
+// TestPausedPrimaryLosesItsGeneration: the primary is paused (SIGSTOP)
+// past the failure timeout, the backup wins the next generation and goes
+// on; resumed, the old primary finds the generation gone and stops,
+// releasing nothing more. No lease is renewed, so the pause's length
+// does not matter, nor does the machine's load. Both arbiters.
+func TestPausedPrimaryLosesItsGeneration(t *testing.T) {
+	etcd := startEtcd(t)
+	for _, arb := range []string{"etcd://" + etcd + "/hvft/pause", "file:" + filepath.Join(t.TempDir(), "gens")} {
+		t.Run(strings.SplitN(arb, ":", 2)[0], func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "console.txt")
+			addr := freeAddr(t)
+			guest := []string{"ticker", "--", "80", "3000"}
+			link := []string{"--console-out", out, "--arbiter", arb, "--failure-timeout", "300ms"}
+			primary := startHvft(t, append(append([]string{"--log-level", "warn", "primary", "--listen", addr}, link...), guest...)...)
+			backup := startHvft(t, append(append([]string{"--log-level", "warn", "backup", "--primary", addr}, link...), guest...)...)
+			primary.waitFor(t, "10 console lines", func() bool { return fileLines(out) >= 10 })
+			primary.cmd.Process.Signal(syscall.SIGSTOP)
+			backup.waitFor(t, "the takeover", func() bool {
+				return strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
+			})
+			primary.cmd.Process.Signal(syscall.SIGCONT)
+			if code := primary.wait(t); code != exitFailure || !strings.Contains(primary.stderr.String(), "generation") {
+				t.Errorf("old primary: exit %d, want %d and the generation it lost\n%s", code, exitFailure, primary.stderr.String())
+			}
+			if code := backup.wait(t); code != 0 {
+				t.Fatalf("backup exit %d\n%s", code, backup.stderr.String())
+			}
+			if err := guests.CheckTicker(readFile(t, out), 80); err != nil {
+				t.Fatalf("console file: %v", err)
+			}
+		})
 	}
 }
