@@ -18,9 +18,22 @@ import (
 // loopback and returns its client address once it serves.
 func startEtcd(t *testing.T) string {
 	t.Helper()
-	client, peer := freeAddr(t), freeAddr(t)
+	client := freeAddr(t)
+	startEtcdOn(t, []string{client})
+	return client
+}
+
+// startEtcdOn runs etcd serving clients at every address in clients and
+// returns once it says it serves them.
+func startEtcdOn(t *testing.T, clients []string) {
+	t.Helper()
+	peer := freeAddr(t)
+	var urls []string
+	for _, c := range clients {
+		urls = append(urls, "http://"+c)
+	}
 	cmd := exec.Command("etcd", "--name", "t", "--data-dir", t.TempDir(), "--logger", "zap",
-		"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
+		"--listen-client-urls", strings.Join(urls, ","), "--advertise-client-urls", urls[0],
 		"--listen-peer-urls", "http://"+peer, "--initial-advertise-peer-urls", "http://"+peer,
 		"--initial-cluster", "t=http://"+peer)
 	stderr, err := cmd.StderrPipe()
@@ -51,7 +64,6 @@ func startEtcd(t *testing.T) string {
 	case <-time.After(time.Minute):
 		t.Fatal("etcd did not serve within a minute")
 	}
-	return client
 }
 
 // TestEtcdArbiterTakeover: a pair with --arbiter on a real etcd; the

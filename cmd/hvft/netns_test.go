@@ -91,3 +91,139 @@ func TestPartitionBetweenHosts(t *testing.T) {
 		t.Fatalf("console: %v", err)
 	}
 }
+
+// etcdHosts makes three hosts: the primary's (A) and the backup's (B)
+// network namespaces, joined by one veth pair, and each joined to the
+// root namespace (where etcd runs) by another. It returns the namespaces,
+// the address each side reaches etcd's port at, and a function that takes
+// one of the three links down ("ab", "ae", "be").
+func etcdHosts(t *testing.T, etcdPort int) (a, b, etcdA, etcdB string, cut func(link string)) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: network namespaces need root")
+	}
+	n := os.Getpid()%200 + 1
+	a, b = fmt.Sprintf("hvfeA%d", n), fmt.Sprintf("hvfeB%d", n)
+	run := func(args ...string) error {
+		out, err := exec.Command("ip", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	clean := func() {
+		exec.Command("ip", "netns", "del", a).Run()
+		exec.Command("ip", "netns", "del", b).Run()
+		exec.Command("ip", "link", "del", fmt.Sprintf("hea%d", n)).Run()
+		exec.Command("ip", "link", "del", fmt.Sprintf("heb%d", n)).Run()
+	}
+	clean()
+	links := map[string][2]string{ // link -> (namespace, device) whose down cuts it
+		"ab": {a, fmt.Sprintf("hab%d", n)}, "ae": {a, fmt.Sprintf("hae%d", n)}, "be": {b, fmt.Sprintf("hbe%d", n)},
+	}
+	for _, args := range [][]string{
+		{"netns", "add", a}, {"netns", "add", b},
+		{"link", "add", fmt.Sprintf("hab%d", n), "type", "veth", "peer", "name", fmt.Sprintf("hba%d", n)},
+		{"link", "set", fmt.Sprintf("hab%d", n), "netns", a}, {"link", "set", fmt.Sprintf("hba%d", n), "netns", b},
+		{"-n", a, "addr", "add", fmt.Sprintf("10.212.%d.1/24", n), "dev", fmt.Sprintf("hab%d", n)},
+		{"-n", b, "addr", "add", fmt.Sprintf("10.212.%d.2/24", n), "dev", fmt.Sprintf("hba%d", n)},
+		{"link", "add", fmt.Sprintf("hae%d", n), "type", "veth", "peer", "name", fmt.Sprintf("hea%d", n)},
+		{"link", "set", fmt.Sprintf("hae%d", n), "netns", a},
+		{"-n", a, "addr", "add", fmt.Sprintf("10.213.%d.1/24", n), "dev", fmt.Sprintf("hae%d", n)},
+		{"addr", "add", fmt.Sprintf("10.213.%d.254/24", n), "dev", fmt.Sprintf("hea%d", n)},
+		{"link", "add", fmt.Sprintf("hbe%d", n), "type", "veth", "peer", "name", fmt.Sprintf("heb%d", n)},
+		{"link", "set", fmt.Sprintf("hbe%d", n), "netns", b},
+		{"-n", b, "addr", "add", fmt.Sprintf("10.214.%d.2/24", n), "dev", fmt.Sprintf("hbe%d", n)},
+		{"addr", "add", fmt.Sprintf("10.214.%d.254/24", n), "dev", fmt.Sprintf("heb%d", n)},
+		{"-n", a, "link", "set", fmt.Sprintf("hab%d", n), "up"}, {"-n", b, "link", "set", fmt.Sprintf("hba%d", n), "up"},
+		{"-n", a, "link", "set", fmt.Sprintf("hae%d", n), "up"}, {"link", "set", fmt.Sprintf("hea%d", n), "up"},
+		{"-n", b, "link", "set", fmt.Sprintf("hbe%d", n), "up"}, {"link", "set", fmt.Sprintf("heb%d", n), "up"},
+		{"-n", a, "link", "set", "lo", "up"}, {"-n", b, "link", "set", "lo", "up"},
+	} {
+		if err := run(args...); err != nil {
+			clean()
+			t.Skipf("skipped: cannot make network namespaces here: %v", err)
+		}
+	}
+	t.Cleanup(clean)
+	etcdA, etcdB = fmt.Sprintf("10.213.%d.254:%d", n, etcdPort), fmt.Sprintf("10.214.%d.254:%d", n, etcdPort)
+	return a, b, etcdA, etcdB, func(link string) {
+		l := links[link]
+		if err := run("-n", l[0], "link", "set", l[1], "down"); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestPartitionMatrixWithEtcd: primary, backup and etcd on three hosts.
+// Each cell cuts some of the links while the pair runs; in every cell at
+// most one replica goes on, every console line that left is in the
+// shared console once, and when some replica finishes the console is
+// whole. A link to etcd alone changes nothing: nobody needs the arbiter
+// while the pair talks.
+func TestPartitionMatrixWithEtcd(t *testing.T) {
+	etcdPort := 23000 + os.Getpid()%1000
+	a, b, etcdA, etcdB, cut := etcdHosts(t, etcdPort)
+	startEtcdOn(t, []string{etcdA, etcdB})
+	key := filepath.Join(t.TempDir(), "link.key")
+	if r := hvft(t, "", "keygen", key); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	n := os.Getpid()%200 + 1
+	for i, cell := range []struct {
+		cuts          []string
+		primaryGoesOn bool // else the backup does (or, with both false, nobody)
+		backupGoesOn  bool
+	}{
+		{[]string{"ab"}, true, true}, // exactly one of them, either
+		{[]string{"ae"}, true, false},
+		{[]string{"be"}, true, false},
+		{[]string{"ab", "ae"}, false, true},
+		{[]string{"ab", "be"}, true, false},
+		{[]string{"ab", "ae", "be"}, false, false},
+	} {
+		t.Run(strings.Join(cell.cuts, "+"), func(t *testing.T) {
+			if i > 0 {
+				// Every cell on fresh links: bring them all up again.
+				for _, l := range [][]string{{"-n", a, "link", "set", fmt.Sprintf("hab%d", n), "up"}, {"-n", a, "link", "set", fmt.Sprintf("hae%d", n), "up"}, {"-n", b, "link", "set", fmt.Sprintf("hbe%d", n), "up"}} {
+					exec.Command("ip", l...).Run()
+				}
+			}
+			out := filepath.Join(t.TempDir(), "console.txt")
+			addr := fmt.Sprintf("10.212.%d.1:%d", n, 7500+i)
+			prefix := fmt.Sprintf("/hvft/matrix%d", i)
+			common := []string{"--key-file", key, "--console-out", out, "--failure-timeout", "300ms"}
+			guest := []string{"ticker", "--", "150", "4000"}
+			primary := startIn(t, a, append(append([]string{"--log-level", "warn", "primary", "--listen", addr, "--arbiter", "etcd://" + etcdA + prefix}, common...), guest...)...)
+			backup := startIn(t, b, append(append([]string{"--log-level", "warn", "backup", "--primary", addr, "--arbiter", "etcd://" + etcdB + prefix}, common...), guest...)...)
+			primary.waitFor(t, "20 console lines", func() bool { return fileLines(out) >= 20 })
+			for _, l := range cell.cuts {
+				cut(l)
+			}
+			pcode, bcode := primary.wait(t), backup.wait(t)
+			bTook := strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
+			pOn, bOn := pcode == 0, bcode == 0 && bTook
+			switch {
+			case pOn && bOn:
+				t.Fatalf("two primaries: both finished\nprimary:\n%s\nbackup:\n%s", primary.stderr.String(), backup.stderr.String())
+			case cell.primaryGoesOn && cell.backupGoesOn:
+				if pOn == bOn {
+					t.Fatalf("primary exit %d, backup exit %d (took over %v): want exactly one to go on\n%s\n%s", pcode, bcode, bTook, primary.stderr.String(), backup.stderr.String())
+				}
+			case pOn != cell.primaryGoesOn || bOn != cell.backupGoesOn:
+				t.Fatalf("primary exit %d, backup exit %d (took over %v): want primary on %v, backup on %v\n%s\n%s",
+					pcode, bcode, bTook, cell.primaryGoesOn, cell.backupGoesOn, primary.stderr.String(), backup.stderr.String())
+			}
+			data, _ := os.ReadFile(out)
+			lines := strings.Count(string(data), "\n")
+			if pOn || bOn {
+				if err := guests.CheckTicker(string(data), 150); err != nil {
+					t.Fatalf("console: %v", err)
+				}
+			} else if err := guests.CheckTicker(string(data), lines); err != nil {
+				t.Fatalf("console of a run that nobody finished (%d lines): %v", lines, err)
+			}
+			t.Logf("cut %v: primary exit %d, backup exit %d (took over %v), %d console lines", cell.cuts, pcode, bcode, bTook, lines)
+		})
+	}
+}
