@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -130,5 +131,30 @@ func TestPausedPrimaryLosesItsGeneration(t *testing.T) {
 				t.Fatalf("console file: %v", err)
 			}
 		})
+	}
+}
+
+// TestRejoinsUnderTheArbiter: two kills with a backup joining each
+// survivor, under the file arbiter: each takeover won one generation (the
+// run ends at generation 3), and the console is whole.
+func TestRejoinsUnderTheArbiter(t *testing.T) {
+	gens := filepath.Join(t.TempDir(), "gens")
+	r := hvft(t, "", "--log-level", "warn", "demo", "--rejoin", "--kills", "2", "--kill-after", "30", "--arbiter", "file:"+gens, "ticker", "--", "600", "3000")
+	if r.code != 0 {
+		t.Fatalf("demo exit %d\n%s", r.code, r.stderr)
+	}
+	if err := guests.CheckTicker(r.stdout, 600); err != nil {
+		t.Fatalf("merged console: %v", err)
+	}
+	entries, err := os.ReadDir(gens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if len(names) != 3 || names[2] != "gen-00000000000000000003" {
+		t.Fatalf("generations %v, want 1, 2 and 3", names)
 	}
 }

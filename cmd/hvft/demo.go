@@ -48,6 +48,7 @@ func demoCommand() *cli.Command {
 			&cli.StringFlag{Name: "disk-sync", Value: "always", Usage: "always or never (see hvft run --help)"},
 			&cli.BoolFlag{Name: "rejoin", Usage: "after each failover, start a new backup that joins the new primary by state transfer"},
 			&cli.IntFlag{Name: "kills", Value: 1, Usage: "how many successive primaries to kill (more than one needs --rejoin); --kill-after counts from each one's takeover"},
+			&cli.StringFlag{Name: "arbiter", Usage: "etcd://HOST:PORT/PREFIX or file:DIR: the replicas' generation arbiter (rule 7; see hvft primary --help)"},
 			&cli.BoolFlag{Name: "linux", Usage: "GUEST is a static Linux program (see hvft run --help)"},
 			&cli.StringFlag{Name: "root", Value: "/", Usage: "with --linux: the directory the program sees as /"},
 			&cli.StringSliceFlag{Name: "env", Usage: "with --linux: NAME=VALUE in the program's environment (repeatable)"},
@@ -185,6 +186,14 @@ func demoAction(c *cli.Context) error {
 		shared = append(shared, "--disk", disk, "--disk-sync", c.String("disk-sync"))
 	}
 	shared = append(shared, linuxArgs...)
+	if arb := c.String("arbiter"); arb != "" {
+		g, err := replica.OpenArbiter(arb, nil) // refuse a bad one before any replica starts
+		if err != nil {
+			return err
+		}
+		g.Close()
+		shared = append(shared, "--arbiter", arb)
+	}
 	guest := append([]string{name, "--"}, args...)
 	merger := replica.NewMerger(c.App.Writer)
 	say := func(format string, a ...any) { fmt.Fprintf(c.App.ErrWriter, "[demo] "+format+"\n", a...) }
