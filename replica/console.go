@@ -308,7 +308,11 @@ func ResetConsoleFile(path string) error {
 func NewFileSink(path string, fresh bool) *FileSink { return &FileSink{path: path, fresh: fresh} }
 
 func (s *FileSink) open() error {
-	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND
+	// Not O_APPEND: output n is written at offset n-1, so a stale
+	// replica's late write of outputs the file holds rewrites the same
+	// bytes in place instead of adding them again (issue 12: a paused old
+	// primary's write that lands after the new primary's).
+	flags := os.O_WRONLY | os.O_CREATE
 	if s.fresh {
 		flags |= os.O_TRUNC
 	}
@@ -325,7 +329,7 @@ func (s *FileSink) open() error {
 	return nil
 }
 
-// Emit appends outputs the file does not hold yet.
+// Emit writes the outputs the file does not hold yet, each at its place.
 func (s *FileSink) Emit(outs []epoch.Output) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -353,7 +357,7 @@ func (s *FileSink) Emit(outs []epoch.Output) error {
 	if len(buf) == 0 {
 		return nil
 	}
-	n, err := s.f.Write(buf)
+	n, err := s.f.WriteAt(buf, int64(s.last))
 	s.last += uint64(n) // a short write leaves the rest to emit
 	if err != nil {
 		return fmt.Errorf("console file: %w", err)
