@@ -1,89 +1,36 @@
 package replica
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"go.uber.org/zap"
 
 	"hvft/guests"
+	"hvft/replica/etcdtest"
 	"hvft/vm/tlb"
 )
 
-// etcdServer is a real etcd (Debian's etcd-server, installed by make
-// deps) on loopback, for the arbiter's tests.
+// etcdServer is a real etcd on loopback, for the arbiter's tests.
 type etcdServer struct {
 	endpoint string
-	cmd      *exec.Cmd
-	done     chan struct{}
+	*etcdtest.Server
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// startEtcd starts etcd and returns once it says it serves clients.
 func startEtcd(t *testing.T) *etcdServer {
 	t.Helper()
-	if _, err := exec.LookPath("etcd"); err != nil {
-		t.Fatalf("etcd is not installed (make deps installs etcd-server): %v", err)
-	}
-	client, peer := freePort(t), freePort(t)
-	cmd := exec.Command("etcd", "--name", "t", "--data-dir", t.TempDir(), "--logger", "zap",
-		"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
-		"--listen-peer-urls", "http://"+peer, "--initial-advertise-peer-urls", "http://"+peer,
-		"--initial-cluster", "t=http://"+peer)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	e := &etcdServer{endpoint: client, cmd: cmd, done: make(chan struct{})}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		once := sync.Once{}
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "serving client traffic") {
-				once.Do(func() { close(ready) })
-			}
-		}
-		io.Copy(io.Discard, stderr)
-	}()
-	go func() { cmd.Wait(); close(e.done) }()
-	t.Cleanup(e.stop)
-	select {
-	case <-ready:
-	case <-e.done:
-		t.Fatal("etcd exited before serving")
-	case <-time.After(time.Minute):
-		t.Fatal("etcd did not serve within a minute")
-	}
-	return e
+	addr := etcdtest.FreeAddr(t)
+	return &etcdServer{endpoint: addr, Server: etcdtest.Start(t, []string{addr})}
 }
 
-func (e *etcdServer) stop() {
-	e.cmd.Process.Kill()
-	<-e.done
-}
+func (e *etcdServer) stop() { e.Stop() }
 
 func (e *etcdServer) arbiter(t *testing.T, prefix string) Generations {
 	t.Helper()

@@ -1,22 +1,17 @@
 package main
 
 import (
-	"bufio"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"hvft/guests"
+	"hvft/replica/etcdtest"
 )
 
-// startEtcd runs Debian's etcd (make deps installs etcd-server) on
-// loopback and returns its client address once it serves.
+// startEtcd runs etcd on loopback and returns its client address.
 func startEtcd(t *testing.T) string {
 	t.Helper()
 	client := freeAddr(t)
@@ -24,48 +19,8 @@ func startEtcd(t *testing.T) string {
 	return client
 }
 
-// startEtcdOn runs etcd serving clients at every address in clients and
-// returns once it says it serves them.
-func startEtcdOn(t *testing.T, clients []string) {
-	t.Helper()
-	peer := freeAddr(t)
-	var urls []string
-	for _, c := range clients {
-		urls = append(urls, "http://"+c)
-	}
-	cmd := exec.Command("etcd", "--name", "t", "--data-dir", t.TempDir(), "--logger", "zap",
-		"--listen-client-urls", strings.Join(urls, ","), "--advertise-client-urls", urls[0],
-		"--listen-peer-urls", "http://"+peer, "--initial-advertise-peer-urls", "http://"+peer,
-		"--initial-cluster", "t=http://"+peer)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting etcd (make deps installs etcd-server): %v", err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-done })
-	ready := make(chan struct{})
-	go func() {
-		var once sync.Once
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "serving client traffic") {
-				once.Do(func() { close(ready) })
-			}
-		}
-		io.Copy(io.Discard, stderr)
-	}()
-	select {
-	case <-ready:
-	case <-done:
-		t.Fatal("etcd exited before serving")
-	case <-time.After(time.Minute):
-		t.Fatal("etcd did not serve within a minute")
-	}
-}
+// startEtcdOn runs etcd serving clients at every address in clients.
+func startEtcdOn(t *testing.T, clients []string) { etcdtest.Start(t, clients) }
 
 // TestEtcdArbiterTakeover: a pair with --arbiter on a real etcd; the
 // primary is SIGKILLed; the backup wins the next generation and finishes

@@ -816,6 +816,11 @@ func (p *Process) pathOp(m Machine, dirfd int, pathAddr uint64, op Op, flags uin
 }
 
 func (p *Process) rename(m Machine, oldfd int, oldAddr uint64, newfd int, newAddr uint64) (uint64, error) {
+	return p.twoPaths(m, OpRename, oldfd, oldAddr, newfd, newAddr)
+}
+
+// twoPaths asks op of the paths at oldAddr and newAddr (rename, link).
+func (p *Process) twoPaths(m Machine, op Op, oldfd int, oldAddr uint64, newfd int, newAddr uint64) (uint64, error) {
 	from, e := p.pathArg(m, oldfd, oldAddr)
 	if e != 0 {
 		return errno(e), nil
@@ -824,7 +829,7 @@ func (p *Process) rename(m Machine, oldfd int, oldAddr uint64, newfd int, newAdd
 	if e != 0 {
 		return errno(e), nil
 	}
-	return p.ask(m, Call{Op: OpRename, Path: from, Path2: to})
+	return p.ask(m, Call{Op: op, Path: from, Path2: to})
 }
 
 func (p *Process) getcwd(m Machine, buf, size uint64) (uint64, error) {
@@ -1317,15 +1322,7 @@ func (p *Process) symlink(m Machine, targetAddr uint64, dirfd int, pathAddr uint
 }
 
 func (p *Process) link(m Machine, oldfd int, oldAddr uint64, newfd int, newAddr uint64) (uint64, error) {
-	from, e := p.pathArg(m, oldfd, oldAddr)
-	if e != 0 {
-		return errno(e), nil
-	}
-	to, e := p.pathArg(m, newfd, newAddr)
-	if e != 0 {
-		return errno(e), nil
-	}
-	return p.ask(m, Call{Op: OpLink, Path: from, Path2: to})
+	return p.twoPaths(m, OpLink, oldfd, oldAddr, newfd, newAddr)
 }
 
 // maxSleep bounds one sleep request: a longer sleep is several.
