@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -24,6 +25,8 @@ func loadLinux(c *cli.Context, cfg vm.Config, name string, args []string) (repli
 	if c.String("disk") != "" {
 		return replica.Machine{}, "", fmt.Errorf("--disk is for board guests: a Linux program reaches its files under --root")
 	}
+	typed := name // argv[0], as a shell would pass it
+	name = programPath(name)
 	data, err := os.ReadFile(name)
 	if err != nil {
 		return replica.Machine{}, "", fmt.Errorf("reading the program: %w", err)
@@ -53,7 +56,7 @@ func loadLinux(c *cli.Context, cfg vm.Config, name string, args []string) (repli
 	if err != nil {
 		return replica.Machine{}, "", err
 	}
-	cfg.Args = append([]string{name}, args...)
+	cfg.Args = append([]string{typed}, args...)
 	cfg.Linux = &vm.LinuxSetup{Program: prog, Process: linux.Config{
 		Args: cfg.Args, Env: env, Exe: underRoot(root, abs, abs), Cwd: underRoot(root, cwd, "/"),
 		UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
@@ -108,7 +111,7 @@ func demoLinuxArgs(c *cli.Context, name string) ([]string, error) {
 	if c.Args().Len() == 0 || c.Args().First() == "--" {
 		return nil, fmt.Errorf("--linux needs the program: hvft demo --linux PROG [-- ARGS...]")
 	}
-	data, err := os.ReadFile(name)
+	data, err := os.ReadFile(programPath(name))
 	if err != nil {
 		return nil, fmt.Errorf("reading the program: %w", err)
 	}
@@ -123,4 +126,19 @@ func demoLinuxArgs(c *cli.Context, name string) ([]string, error) {
 		args = append(args, "--env", e)
 	}
 	return args, nil
+}
+
+// programPath finds a program named without a slash on $PATH, as a shell
+// would (busybox, not only /bin/busybox); any other name is a path.
+func programPath(name string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	if _, err := os.Stat(name); err == nil {
+		return name
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return name
 }

@@ -132,6 +132,16 @@ func TestBusyboxAppletsMatchNative(t *testing.T) {
 	wg.Wait()
 }
 
+// TestProgramFoundOnPath: a program named without a slash is looked up
+// on $PATH, as a shell would, and keeps the name it was given as argv[0].
+func TestProgramFoundOnPath(t *testing.T) {
+	needBusybox(t)
+	r := hvft(t, "hello\n", "--log-level", "error", "run", "--linux", filepath.Base(busybox), "--", "sh", "-c", "echo $0; read x; echo $x")
+	if r.code != 0 || r.stdout != "sh\nhello\n" {
+		t.Fatalf("exit %d, output %q\n%s", r.code, r.stdout, r.stderr)
+	}
+}
+
 // TestGzipPipeline: gzip -c | gzip -dc, each under hvft, round-trips the
 // input, and the compressed stream is the native one.
 func TestGzipPipeline(t *testing.T) {
@@ -201,6 +211,7 @@ func TestUnsupportedProgramsFailClearly(t *testing.T) {
 		{[]string{"run", "--linux", elf32}, "32-bit"},
 		{[]string{"run", "--linux"}, "--linux needs the program"},
 		{[]string{"run", "--linux", filepath.Join(dir, "missing")}, "no such file"},
+		{[]string{"run", "--linux", "no-such-program-on-path"}, "no such file"},
 		{[]string{"run", "--linux", "--root", filepath.Join(dir, "nowhere"), busybox}, "not a directory"},
 		{[]string{"run", "--linux", "--env", "NOEQUALS", busybox}, "want NAME=VALUE"},
 		{[]string{"demo", "--linux", "--stdin", filepath.Join(dir, "missing"), busybox, "--", "true"}, "--stdin"},

@@ -25,6 +25,7 @@ const (
 	sysWritev         = 20
 	sysAccess         = 21
 	sysPipe           = 22
+	sysSelect         = 23
 	sysSchedYield     = 24
 	sysMremap         = 25
 	sysMadvise        = 28
@@ -130,7 +131,7 @@ var syscallNames = map[uint64]string{
 	sysLstat: "lstat", sysPoll: "poll", sysLseek: "lseek", sysMmap: "mmap", sysMprotect: "mprotect", sysMunmap: "munmap",
 	sysBrk: "brk", sysRtSigaction: "rt_sigaction", sysRtSigprocmask: "rt_sigprocmask", sysIoctl: "ioctl",
 	sysPread64: "pread64", sysPwrite64: "pwrite64", sysReadv: "readv", sysWritev: "writev", sysAccess: "access",
-	sysPipe: "pipe", sysSchedYield: "sched_yield", sysMremap: "mremap", sysMadvise: "madvise", sysDup: "dup",
+	sysPipe: "pipe", sysSelect: "select", sysSchedYield: "sched_yield", sysMremap: "mremap", sysMadvise: "madvise", sysDup: "dup",
 	sysDup2: "dup2", sysNanosleep: "nanosleep", sysGetpid: "getpid", sysClone: "clone", sysFork: "fork",
 	sysVfork: "vfork", sysExecve: "execve", sysExit: "exit", sysWait4: "wait4", sysKill: "kill", sysUname: "uname",
 	sysFcntl: "fcntl", sysFsync: "fsync", sysFdatasync: "fdatasync", sysTruncate: "truncate", sysFtruncate: "ftruncate",

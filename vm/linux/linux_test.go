@@ -481,3 +481,45 @@ func TestSleepIsAnAnswer(t *testing.T) {
 		t.Fatalf("nanosleep of 2e9 ns in tv_nsec = %d, want -EINVAL", got)
 	}
 }
+
+// TestPollReadiness: poll reports what a single-threaded process can do
+// without waiting: a pipe by its buffer, the standard streams always, a
+// closed descriptor as POLLNVAL; old signal state reads as the default.
+func TestPollReadiness(t *testing.T) {
+	f := newFake(t)
+	p, _ := NewProcess(Config{Args: []string{"prog"}})
+	buf := scratch(t, p, f)
+	call(t, p, f, sysPipe, buf)
+	var fds [8]byte
+	f.Read(buf, fds[:])
+	rfd, wfd := binary.LittleEndian.Uint32(fds[:]), binary.LittleEndian.Uint32(fds[4:])
+	pollfd := func(fd uint32, events uint16) []byte {
+		e := binary.LittleEndian.AppendUint32(nil, fd)
+		e = binary.LittleEndian.AppendUint16(e, events)
+		return append(e, 0, 0)
+	}
+	set := append(append(append(pollfd(rfd, pollIn), pollfd(wfd, pollOut)...), pollfd(0, pollIn)...), pollfd(77, pollIn)...)
+	f.Write(buf+64, set)
+	if n := call(t, p, f, sysPoll, buf+64, 4, 0); n != 3 {
+		t.Fatalf("poll = %d, want 3 (write end, stdin, bad fd)", n)
+	}
+	got := make([]byte, len(set))
+	f.Read(buf+64, got)
+	revents := func(i int) uint16 { return binary.LittleEndian.Uint16(got[8*i+6:]) }
+	if revents(0) != 0 || revents(1) != pollOut || revents(2) != pollIn || revents(3) != pollNval {
+		t.Fatalf("revents %#x %#x %#x %#x", revents(0), revents(1), revents(2), revents(3))
+	}
+	f.Write(buf+200, []byte("x"))
+	call(t, p, f, sysWrite, uint64(wfd), buf+200, 1)
+	f.Write(buf+64, set[:8])
+	if n := call(t, p, f, sysPoll, buf+64, 1, 0); n != 1 {
+		t.Fatalf("poll of a pipe holding a byte = %d", n)
+	}
+	f.Write(buf+300, bytes.Repeat([]byte{0xFF}, 32))
+	call(t, p, f, sysRtSigaction, 2, 0, buf+300, 8)
+	old := make([]byte, 32)
+	f.Read(buf+300, old)
+	if !bytes.Equal(old, make([]byte, 32)) {
+		t.Fatalf("old sigaction %x, want SIG_DFL (zeros)", old)
+	}
+}

@@ -201,7 +201,22 @@ func (p *Process) Syscall(m Machine, nr uint64, a [6]uint64) (uint64, error) {
 		return 0, nil
 	case sysGetgroups:
 		return 0, nil
-	case sysSetRobustList, sysRtSigaction, sysRtSigprocmask, sysSigaltstack, sysSchedYield:
+	case sysRtSigaction:
+		// Accepted; no signal is ever delivered. The old action reads as
+		// SIG_DFL (a kernel sigaction: handler, flags, restorer, mask).
+		return p.zeroOut(m, a[2], 32)
+	case sysRtSigprocmask:
+		return p.zeroOut(m, a[2], 8)
+	case sysSigaltstack:
+		if a[1] != 0 {
+			old := make([]byte, 24)
+			binary.LittleEndian.PutUint32(old[8:], 2) // SS_DISABLE
+			if err := m.Write(a[1], old); err != nil {
+				return errno(EFAULT), nil
+			}
+		}
+		return 0, nil
+	case sysSetRobustList, sysSchedYield:
 		return 0, nil
 	case sysRseq:
 		return errno(ENOSYS), nil // glibc runs without it
@@ -259,8 +274,10 @@ func (p *Process) Syscall(m Machine, nr uint64, a [6]uint64) (uint64, error) {
 			return errno(EFAULT), nil
 		}
 		return 8, nil
-	case sysPoll, sysPpoll, sysPselect6:
-		return errno(ENOSYS), nil
+	case sysPoll, sysPpoll:
+		return p.poll(m, a[0], a[1])
+	case sysSelect, sysPselect6:
+		return p.selectFDs(m, int(a[0]), a[1], a[2], a[3])
 	case sysExit, sysExitGroup:
 		p.Exited, p.ExitCode = true, int(a[0]&0xFF)
 		return 0, nil
@@ -1356,4 +1373,119 @@ func (p *Process) sleep(m Machine, clock, flags, req uint64) (uint64, error) {
 		return 0, nil
 	}
 	return p.ask(m, Call{Op: OpSleep, Off: d})
+}
+
+// zeroOut writes n zero bytes at addr (0: nothing) and returns 0.
+func (p *Process) zeroOut(m Machine, addr, n uint64) (uint64, error) {
+	if addr != 0 {
+		if err := m.Write(addr, make([]byte, n)); err != nil {
+			return errno(EFAULT), nil
+		}
+	}
+	return 0, nil
+}
+
+const (
+	pollIn   = 0x1
+	pollOut  = 0x4
+	pollHup  = 0x10
+	pollNval = 0x20
+)
+
+// ready says which of events a descriptor has now. A single-threaded
+// process has nothing to wait for: files and the host's streams are
+// always ready (a read of standard input waits in the read itself, as it
+// would in the poll), a pipe by its buffer.
+func (p *Process) ready(fdn int, events uint16) uint16 {
+	f := p.file(fdn)
+	if f == nil {
+		return pollNval
+	}
+	var r uint16
+	switch f.kind {
+	case kindPipeRead:
+		if len(f.pipe.buf) > 0 {
+			r |= pollIn
+		}
+		if f.pipe.writers == 0 {
+			r |= pollHup
+		}
+	case kindPipeWrite:
+		if f.pipe.readers > 0 {
+			r |= pollOut
+		}
+	case kindStdin:
+		r |= pollIn
+	case kindStdout, kindStderr:
+		r |= pollOut
+	default:
+		r |= pollIn | pollOut
+	}
+	return r & (events | pollHup | pollNval)
+}
+
+func (p *Process) poll(m Machine, fds, n uint64) (uint64, error) {
+	if n > maxFDs {
+		return errno(EINVAL), nil
+	}
+	buf := make([]byte, 8*n)
+	if err := m.Read(fds, buf); err != nil {
+		return errno(EFAULT), nil
+	}
+	count := uint64(0)
+	for i := uint64(0); i < n; i++ {
+		e := buf[8*i:]
+		fdn := int(int32(binary.LittleEndian.Uint32(e)))
+		rev := uint16(0)
+		if fdn >= 0 {
+			rev = p.ready(fdn, binary.LittleEndian.Uint16(e[4:]))
+		}
+		binary.LittleEndian.PutUint16(e[6:], rev)
+		if rev != 0 {
+			count++
+		}
+	}
+	if err := m.Write(fds, buf); err != nil {
+		return errno(EFAULT), nil
+	}
+	return count, nil
+}
+
+// selectFDs is select and pselect6 over the same readiness as poll.
+func (p *Process) selectFDs(m Machine, nfds int, readfds, writefds, exceptfds uint64) (uint64, error) {
+	if nfds < 0 || nfds > maxFDs {
+		return errno(EINVAL), nil
+	}
+	size := uint64((nfds + 63) / 64 * 8)
+	count := uint64(0)
+	for _, set := range []struct {
+		addr   uint64
+		events uint16
+	}{{readfds, pollIn}, {writefds, pollOut}, {exceptfds, 0}} {
+		if set.addr == 0 || size == 0 {
+			continue
+		}
+		bits := make([]byte, size)
+		if err := m.Read(set.addr, bits); err != nil {
+			return errno(EFAULT), nil
+		}
+		for fdn := 0; fdn < nfds; fdn++ {
+			if bits[fdn/8]&(1<<(fdn%8)) == 0 {
+				continue
+			}
+			r := p.ready(fdn, set.events)
+			if r&pollNval != 0 {
+				return errno(EBADF), nil
+			}
+			if set.events == 0 || r&(set.events|pollHup) == 0 {
+				bits[fdn/8] &^= 1 << (fdn % 8)
+				continue
+			}
+			count++
+		}
+		if err := m.Write(set.addr, bits); err != nil {
+			return errno(EFAULT), nil
+		}
+	}
+	return count, nil
 }
