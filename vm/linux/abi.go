@@ -28,10 +28,12 @@ const (
 	sysSelect         = 23
 	sysSchedYield     = 24
 	sysMremap         = 25
+	sysMsync          = 26
 	sysMadvise        = 28
 	sysDup            = 32
 	sysDup2           = 33
 	sysNanosleep      = 35
+	sysAlarm          = 37
 	sysGetpid         = 39
 	sysSendfile       = 40
 	sysClone          = 56
@@ -43,6 +45,7 @@ const (
 	sysKill           = 62
 	sysUname          = 63
 	sysFcntl          = 72
+	sysFlock          = 73
 	sysFsync          = 74
 	sysFdatasync      = 75
 	sysTruncate       = 76
@@ -76,12 +79,15 @@ const (
 	sysSetgroups      = 116
 	sysSetresuid      = 117
 	sysSetresgid      = 119
+	sysGetpgid        = 121
+	sysGetsid         = 124
 	sysGetgid         = 104
 	sysGeteuid        = 107
 	sysGetegid        = 108
 	sysSetpgid        = 109
 	sysGetppid        = 110
 	sysGetpgrp        = 111
+	sysSetsid         = 112
 	sysSigaltstack    = 131
 	sysPrctl          = 157
 	sysArchPrctl      = 158
@@ -131,7 +137,8 @@ var syscallNames = map[uint64]string{
 	sysLstat: "lstat", sysPoll: "poll", sysLseek: "lseek", sysMmap: "mmap", sysMprotect: "mprotect", sysMunmap: "munmap",
 	sysBrk: "brk", sysRtSigaction: "rt_sigaction", sysRtSigprocmask: "rt_sigprocmask", sysIoctl: "ioctl",
 	sysPread64: "pread64", sysPwrite64: "pwrite64", sysReadv: "readv", sysWritev: "writev", sysAccess: "access",
-	sysPipe: "pipe", sysSelect: "select", sysSchedYield: "sched_yield", sysMremap: "mremap", sysMadvise: "madvise", sysDup: "dup",
+	sysPipe: "pipe", sysSelect: "select", sysMsync: "msync", sysAlarm: "alarm", sysFlock: "flock",
+	sysSetsid: "setsid", sysGetpgid: "getpgid", sysGetsid: "getsid", sysSchedYield: "sched_yield", sysMremap: "mremap", sysMadvise: "madvise", sysDup: "dup",
 	sysDup2: "dup2", sysNanosleep: "nanosleep", sysGetpid: "getpid", sysClone: "clone", sysFork: "fork",
 	sysVfork: "vfork", sysExecve: "execve", sysExit: "exit", sysWait4: "wait4", sysKill: "kill", sysUname: "uname",
 	sysFcntl: "fcntl", sysFsync: "fsync", sysFdatasync: "fdatasync", sysTruncate: "truncate", sysFtruncate: "ftruncate",
