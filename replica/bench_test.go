@@ -191,10 +191,11 @@ func joinOnce(b testing.TB, ram uint64, guest string, args []string) Join {
 	go func() {
 		defer wg.Done()
 		prep, perr = RunPrimary(ctx, PrimaryOptions{Options: Options{Machine: m, Sink: NewPlainSink(io.Discard), CPU: cpu,
-			OnStart: func() { close(started) }}, Listener: ln, Mode: epoch.Bounded, MaxLag: 4})
+			FailureTimeout: quietLinkTimeout, OnStart: func() { close(started) }}, Listener: ln, Mode: epoch.Bounded, MaxLag: 4})
 	}()
 	<-started
-	brep, berr := RunBackup(ctx, BackupOptions{Options: Options{Machine: m, Sink: NewPlainSink(io.Discard), CPU: cpu}, Primary: ln.Addr().String(), Join: true})
+	brep, berr := RunBackup(ctx, BackupOptions{Options: Options{Machine: m, Sink: NewPlainSink(io.Discard), CPU: cpu,
+		FailureTimeout: quietLinkTimeout}, Primary: ln.Addr().String(), Join: true})
 	wg.Wait()
 	if perr != nil || berr != nil {
 		b.Fatalf("join: primary %v, backup %v", perr, berr)

@@ -41,6 +41,12 @@ func machine(t testing.TB, name string, args []string, tlbCfg tlb.Config) Machin
 	return Machine{Image: img, EpochBlocks: 20_000, Config: vm.Config{RAMSize: vm.DefaultRAMSize, TLB: tlbCfg, Args: append([]string{name}, args...)}}
 }
 
+// quietLinkTimeout is the failure timeout of tests that do not test the
+// failure detector: a silence this long on loopback means a dead peer,
+// not a loaded machine (500 ms, the default, was exceeded under two
+// parallel make test runs, failing a join by a false death).
+const quietLinkTimeout = 5 * time.Second
+
 type side struct {
 	rep   *Report
 	err   error
@@ -94,7 +100,7 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 			m.EpochBlocks = c.epochBlocks
 		}
 		m.Config.Clock = c.clock
-		o := Options{Machine: m, Sink: NewPlainSink(&s.out), CPU: cpu, MaxEpochs: c.maxEpochs,
+		o := Options{Machine: m, Sink: NewPlainSink(&s.out), CPU: cpu, MaxEpochs: c.maxEpochs, FailureTimeout: quietLinkTimeout,
 			TimerJitter: 200 * time.Microsecond, OnEpoch: func(st vm.Stop) { s.trail = append(s.trail, st) }}
 		if c.arbiter != nil {
 			o.Arbiter, o.Holder = c.arbiter(), fmt.Sprintf("side-%p", s)

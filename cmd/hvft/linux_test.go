@@ -378,9 +378,9 @@ func TestLinuxPairWithDifferentTLBs(t *testing.T) {
 	addr := freeAddr(t)
 	dir := t.TempDir()
 	out, prep, brep := filepath.Join(dir, "out"), filepath.Join(dir, "p.json"), filepath.Join(dir, "b.json")
-	p := startHvft(t, "--log-level", "warn", "primary", "--listen", addr, "--console-out", out, "--report", prep,
+	p := startHvft(t, "--log-level", "warn", "primary", "--listen", addr, "--console-out", out, "--report", prep, "--failure-timeout", "5s",
 		"--tlb-entries", "64", "--tlb-policy", "random", "--tlb-seed", "11", "--epoch-blocks", "20000", "--linux", busybox, "--", "sort", in)
-	b := startHvft(t, "--log-level", "warn", "backup", "--primary", addr, "--console-out", out, "--report", brep,
+	b := startHvft(t, "--log-level", "warn", "backup", "--primary", addr, "--console-out", out, "--report", brep, "--failure-timeout", "5s",
 		"--tlb-entries", "16", "--tlb-page", "16KiB", "--tlb-policy", "lru", "--epoch-blocks", "20000", "--linux", busybox, "--", "sort", in)
 	if c := p.wait(t); c != 0 {
 		t.Fatalf("primary exit %d\n%s", c, p.stderr.String())
