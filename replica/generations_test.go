@@ -171,8 +171,10 @@ func testPartitionLeavesOnePrimary(t *testing.T, open func(run string) Generatio
 		}
 		out := p.out.String()
 		if bw {
-			// The backup re-emits from its last watermark: keep each tick once.
-			out = mergeTicks(p.out.String(), b.out.String())
+			var ok bool
+			if out, ok = mergeConsoles(p.out.String(), b.out.String()); !ok {
+				t.Fatalf("cut after %d bytes: the backup's console does not go on from the primary's:\n%q\n%q", cut, p.out.String(), b.out.String())
+			}
 		}
 		if err := guests.CheckTicker(out, 200); err != nil {
 			t.Fatalf("cut after %d bytes (primary won: %v): %v\n%s", cut, pw, err, out)
@@ -200,20 +202,16 @@ func TestArbiterUnreachableMeansNobodyGoesOnAlone(t *testing.T) {
 	}
 }
 
-// mergeTicks joins the primary's console and the backup's (which may
-// repeat the primary's last lines) into one, each tick line once.
-func mergeTicks(primary, backup string) string {
-	seen := map[string]bool{}
-	var out strings.Builder
-	for _, l := range strings.SplitAfter(primary+backup, "\n") {
-		if l == "" {
-			continue
-		}
-		key := strings.Fields(l)[1]
-		if !seen[key] {
-			seen[key] = true
-			out.WriteString(l)
+// mergeConsoles joins the primary's console and the backup's, which goes
+// on from some byte of the primary's (it re-emits from its last release
+// watermark, possibly before the end of what the primary's sink took, and
+// possibly inside a line): the shortest primary prefix after which the
+// backup's console continues. ok is false when there is none.
+func mergeConsoles(primary, backup string) (string, bool) {
+	for k := 0; k <= len(primary); k++ {
+		if strings.HasPrefix(backup, primary[k:]) {
+			return primary[:k] + backup, true
 		}
 	}
-	return out.String()
+	return "", false
 }
