@@ -94,11 +94,11 @@ func TestPausedPrimaryLosesItsGeneration(t *testing.T) {
 // run ends at generation 3), and the console is whole.
 func TestRejoinsUnderTheArbiter(t *testing.T) {
 	gens := filepath.Join(t.TempDir(), "gens")
-	r := hvft(t, "", "--log-level", "warn", "demo", "--rejoin", "--kills", "2", "--kill-after", "30", "--arbiter", "file:"+gens, "ticker", "--", "600", "3000")
+	r := hvft(t, "", "--log-level", "warn", "demo", "--rejoin", "--kills", "2", "--kill-after", "30", "--arbiter", "file:"+gens, "ticker", "--", "1000", "3000")
 	if r.code != 0 {
 		t.Fatalf("demo exit %d\n%s", r.code, r.stderr)
 	}
-	if err := guests.CheckTicker(r.stdout, 600); err != nil {
+	if err := guests.CheckTicker(r.stdout, 1000); err != nil {
 		t.Fatalf("merged console: %v", err)
 	}
 	entries, err := os.ReadDir(gens)
