@@ -167,10 +167,15 @@ func TestTamperedFrameIsRejected(t *testing.T) {
 	proxy := tamperProxy(t, ln.Addr().String(), 6000)
 	brep, err := RunBackup(ctx, BackupOptions{Options: Options{Machine: m, Sink: NewPlainSink(io.Discard), CPU: cpu, Auth: key}, Primary: proxy})
 	<-done
-	if err != nil && !strings.Contains(err.Error(), "bad record MAC") {
+	// The flipped byte lands in a record's payload (a bad MAC) or, when
+	// the writes were cut into records otherwise, in a record's header (a
+	// bad version or length): TLS refuses the record either way. (Only the
+	// MAC was accepted before, and under load the test failed on a header.)
+	rejected := func(s string) bool { return strings.Contains(s, "tls: ") }
+	if err != nil && !rejected(err.Error()) {
 		t.Fatalf("backup: %v", err)
 	}
-	if brep.Failover == nil || !strings.Contains(brep.Failover.Reason, "bad record MAC") {
+	if brep.Failover == nil || !rejected(brep.Failover.Reason) {
 		t.Fatalf("the tampered record was not rejected by the link: %+v", brep.Failover)
 	}
 	if brep.Divergence != "" {
