@@ -81,6 +81,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		buf = le.AppendUint64(buf, c.EpochBlocks)
 		buf = le.AppendUint32(buf, c.BoardVersion)
 		buf = le.AppendUint64(buf, c.DiskSectors)
+		buf = append(buf, c.DiskID[:]...)
 		buf = appendString(buf, c.Engine)
 		buf = appendString(buf, c.Clock)
 		buf = appendBool(buf, m.Hello.Join)
@@ -229,6 +230,7 @@ func DecodeFrame(body []byte) (Message, error) {
 		c.RAMSize, c.EpochBlocks = d.u64(), d.u64()
 		c.BoardVersion = d.u32()
 		c.DiskSectors = d.u64()
+		copy(c.DiskID[:], d.bytes(16))
 		c.Engine = d.string()
 		c.Clock = d.string()
 		m.Hello = &Hello{Config: c, Join: d.bool()}

@@ -8,7 +8,7 @@ package epoch
 
 // Version is the wire protocol's version; a frame of another version is
 // refused.
-const Version = 3
+const Version = 4
 
 // Type names a message.
 type Type uint8
@@ -66,6 +66,9 @@ type MachineConfig struct {
 	// boundaries, and so epoch boundaries, differ between versions.
 	Engine      string
 	DiskSectors uint64
+	// DiskID is the shared disk's identity (vm.DiskIdentity): replicas
+	// that name different image files must not pair.
+	DiskID [16]byte
 	// Clock is the epoch clock ("always" or "adaptive"): where epochs end.
 	Clock string
 }

@@ -51,6 +51,8 @@ type backup struct {
 	// applies the output rule and serves joining backups.
 	as  *primary
 	ctx context.Context
+	// stopRun ends the run: a fenced takeover stops with it.
+	stopRun context.CancelFunc
 	// gen is the lease generation won at the takeover; stepDown says why
 	// this replica may not take over (the primary is alive).
 	gen      uint64
@@ -89,6 +91,9 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	opt.defaults()
 	if opt.ConnectTimeout <= 0 {
 		opt.ConnectTimeout = 30 * time.Second
+	}
+	if err := opt.Machine.identifyDisk(); err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	b := &backup{opt: opt, log: opt.Log, proto: epoch.NewBackup()}
@@ -143,7 +148,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	b.ctx = ctx
+	b.ctx, b.stopRun = ctx, stop
 	go b.receive()
 	go heartbeat(ctx, link, opt.Heartbeat, opt.FailureTimeout, func(reason string) bool {
 		// After a goodbye the primary says nothing more while this
@@ -172,6 +177,11 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	}
 	b.mu.Unlock()
 	if p := b.as; p != nil {
+		p.mu.Lock()
+		if p.fenced != nil {
+			runErr = p.fenced
+		}
+		p.mu.Unlock()
 		if runErr == nil {
 			runErr = p.drain(ctx, res.ExitCode, b.finalHash(), "")
 			p.endJournal(runErr)
@@ -605,6 +615,14 @@ func (b *backup) goLive(at vm.Point) error {
 	p := newPrimary(PrimaryOptions{Options: b.opt.Options, Listener: b.opt.Listener, Mode: b.opt.Mode, MaxLag: b.opt.MaxLag})
 	p.proto.BackupLost() // alone until a backup joins
 	p.arb.Start(b.arb.Held())
+	p.stop = b.stopRun
+	if disk != nil {
+		// The fence goes up before this replica's first write: a write
+		// of the old primary still on its way lands first or not at all.
+		if err := p.guardDisk(b.ctx, disk, b.arb.Held()); err != nil {
+			return fmt.Errorf("taking over: %w", err)
+		}
+	}
 	if b.opt.Lease != nil {
 		p.holdLease(b.ctx, b.gen)
 	}

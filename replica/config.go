@@ -28,6 +28,9 @@ type Machine struct {
 	// Only the primary opens it; a backup opens it when it takes over.
 	DiskPath string
 	DiskSync vm.DiskSync
+	// DiskID is the image's identity (identifyDisk), compared at the
+	// handshake.
+	DiskID vm.DiskID
 	// Root is the host directory a Linux program (Config.Linux) sees as
 	// "/"; the live side performs its file requests there. ProgramPath
 	// is the host file the program was loaded from.
@@ -76,6 +79,29 @@ func (m Machine) openDisk() (*vm.HostDisk, error) {
 	return d, nil
 }
 
+// identifyDisk reads (or gives) the shared disk its identity, which the
+// handshake compares; it never touches the image's contents.
+func (m *Machine) identifyDisk() error {
+	if m.DiskPath == "" {
+		return nil
+	}
+	id, err := vm.DiskIdentity(m.DiskPath)
+	if err != nil {
+		return err
+	}
+	m.DiskID = id
+	return nil
+}
+
+// fenceToken is the disk fence's token for generation gen of the run
+// named at arb.
+func fenceToken(arb Generations, gen uint64) vm.FenceToken {
+	t := vm.FenceToken{Gen: gen}
+	sum := sha256.Sum256([]byte(arb.RunName()))
+	copy(t.Run[:], sum[:])
+	return t
+}
+
 // wireConfig is what the handshake compares.
 func (m Machine) wireConfig() epoch.MachineConfig {
 	h := sha256.New()
@@ -101,6 +127,7 @@ func (m Machine) wireConfig() epoch.MachineConfig {
 		BoardVersion: vm.BoardVersion,
 		Engine:       uc.Version(),
 		DiskSectors:  m.Config.DiskSectors,
+		DiskID:       m.DiskID,
 		Clock:        m.Config.Clock.String(),
 	}
 }
@@ -129,6 +156,9 @@ func compareConfigs(primary, backup epoch.MachineConfig) string {
 	}
 	if primary.DiskSectors != backup.DiskSectors {
 		why = append(why, fmt.Sprintf("disk size differs (primary %d, backup %d sectors)", primary.DiskSectors, backup.DiskSectors))
+	}
+	if primary.DiskID != backup.DiskID {
+		why = append(why, "the disk images are different files (their fence files' identities differ): both replicas must name the same shared image")
 	}
 	if primary.BoardVersion != backup.BoardVersion {
 		why = append(why, fmt.Sprintf("board version differs (primary %d, backup %d)", primary.BoardVersion, backup.BoardVersion))

@@ -30,6 +30,10 @@ type Generations interface {
 	Close() error
 	// String names the arbiter for the log.
 	String() string
+	// RunName names the run's register the same way on every replica
+	// (not the endpoints, which each may reach by another address): the
+	// disk's fence token carries it.
+	RunName() string
 }
 
 // ErrClaimLost means another replica holds the generation claimed.
@@ -87,6 +91,9 @@ func (e *EtcdGenerations) holderKey() string { return e.prefix + "/holder" }
 
 // String implements Generations.
 func (e *EtcdGenerations) String() string { return e.desc }
+
+// RunName implements Generations.
+func (e *EtcdGenerations) RunName() string { return "etcd:" + e.prefix }
 
 // Current implements Generations.
 func (e *EtcdGenerations) Current(ctx context.Context) (uint64, string, error) {
@@ -183,6 +190,14 @@ func (f *FileGenerations) path(gen uint64) string {
 
 // String implements Generations.
 func (f *FileGenerations) String() string { return "file:" + f.dir }
+
+// RunName implements Generations: the directory's absolute path.
+func (f *FileGenerations) RunName() string {
+	if abs, err := filepath.Abs(f.dir); err == nil {
+		return "file:" + abs
+	}
+	return "file:" + f.dir
+}
 
 // Current implements Generations.
 func (f *FileGenerations) Current(context.Context) (uint64, string, error) {

@@ -103,7 +103,9 @@ type primary struct {
 	// The lease generation this primary holds, and why it was fenced.
 	gen    uint64
 	fenced error
-	stop   context.CancelFunc
+	// disk is the shared disk once its fence is this primary's.
+	disk *vm.HostDisk
+	stop context.CancelFunc
 }
 
 // RunPrimary waits for a backup (or not), then runs the guest as primary:
@@ -111,6 +113,9 @@ type primary struct {
 // the output rule, and a lost backup leaves the primary running alone.
 func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	opt.defaults()
+	if err := opt.Machine.identifyDisk(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	p := newPrimary(opt)
 	ctx, cancel := context.WithCancel(ctx)
@@ -454,6 +459,27 @@ func (p *primary) receive(l *Link) {
 	}
 }
 
+// guardDisk raises the disk's fence to this primary's generation and
+// fences the primary if a write of it is ever refused (a newer generation
+// owns the disk). Without an arbiter there are no generations to fence by.
+func (p *primary) guardDisk(ctx context.Context, disk *vm.HostDisk, gen uint64) error {
+	if p.opt.Arbiter == nil {
+		return nil
+	}
+	if err := disk.Claim(ctx, fenceToken(p.opt.Arbiter, gen)); err != nil {
+		return fmt.Errorf("raising the disk's fence: %w", err)
+	}
+	p.mu.Lock()
+	p.disk = disk
+	p.mu.Unlock()
+	disk.OnStale(func(err error) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.fence(err)
+	})
+	return nil
+}
+
 // loseBackup makes the primary go on alone (rule 6).
 func (p *primary) loseBackup(l *Link, reason string) {
 	p.mu.Lock()
@@ -482,6 +508,15 @@ func (p *primary) loseBackup(l *Link, reason string) {
 			p.fence(err)
 			return
 		}
+		if disk := p.disk; disk != nil {
+			p.mu.Unlock()
+			err := disk.Claim(context.Background(), fenceToken(p.opt.Arbiter, gen))
+			p.mu.Lock()
+			if err != nil {
+				p.fence(fmt.Errorf("going on alone: %w", err))
+				return
+			}
+		}
 		p.log.Warn("won the next generation: going on alone", zap.Uint64("generation", gen))
 		if p.link != l || p.proto.Alone() || p.ended || p.backupEnd != nil {
 			return
@@ -502,6 +537,9 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 	}
 	if disk != nil {
 		defer disk.Close()
+		if err := p.guardDisk(ctx, disk, p.arb.Held()); err != nil {
+			return vm.Result{}, vm.Digest{}, err
+		}
 	}
 	input := p.opt.Input
 	host, err := mc.linuxHost(input, nil)

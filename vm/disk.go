@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 )
 
@@ -129,10 +130,20 @@ const (
 // a primary (or an unreplicated run) opens it for I/O.
 type HostDisk struct {
 	f       *os.File
+	path    string
 	sectors uint64
 	sync    DiskSync
 	reads   atomic.Uint64
 	writes  atomic.Uint64
+
+	// The fence (diskfence.go): nil until Claim, then the fence file and
+	// this handle's token; onStale hears of a write the fence refused.
+	mu      sync.Mutex
+	fence   *os.File
+	token   FenceToken
+	onStale func(error)
+	// beforeWrite, in tests, runs inside a fenced write's lock.
+	beforeWrite func()
 }
 
 // ErrDiskSize means an image's size is not a positive multiple of the
@@ -183,7 +194,15 @@ func OpenDisk(path string, sync DiskSync) (*HostDisk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening disk image for writing: %w", err)
 	}
-	return &HostDisk{f: f, sectors: sectors, sync: sync}, nil
+	return &HostDisk{f: f, path: path, sectors: sectors, sync: sync}, nil
+}
+
+// OnStale sets what hears of a write the disk's fence refused: a newer
+// generation owns the disk, so this replica must stop.
+func (d *HostDisk) OnStale(fn func(error)) {
+	d.mu.Lock()
+	d.onStale = fn
+	d.mu.Unlock()
 }
 
 // Sectors is the image's size in sectors.
@@ -193,7 +212,14 @@ func (d *HostDisk) Sectors() uint64 { return d.sectors }
 func (d *HostDisk) Counts() (reads, writes uint64) { return d.reads.Load(), d.writes.Load() }
 
 // Close closes the image.
-func (d *HostDisk) Close() error { return d.f.Close() }
+func (d *HostDisk) Close() error {
+	d.mu.Lock()
+	if d.fence != nil {
+		d.fence.Close()
+	}
+	d.mu.Unlock()
+	return d.f.Close()
+}
 
 // perform carries out op (data is a write's payload) and returns the
 // completion event.
@@ -214,7 +240,15 @@ func (d *HostDisk) perform(op DiskOp, data []byte) Event {
 	if len(data) != n {
 		return CompletionEvent(op, DiskError, nil)
 	}
-	if _, err := d.f.WriteAt(data, off); err != nil {
+	if err := d.fencedWrite(data, off); err != nil {
+		if errors.Is(err, ErrStaleGeneration) {
+			d.mu.Lock()
+			stale := d.onStale
+			d.mu.Unlock()
+			if stale != nil {
+				stale(fmt.Errorf("disk image %s: %w", d.path, err))
+			}
+		}
 		return CompletionEvent(op, DiskError, nil)
 	}
 	if d.sync == SyncAlways {

@@ -113,3 +113,30 @@ func TestRejoinsUnderTheArbiter(t *testing.T) {
 		t.Fatalf("generations %v, want 1, 2 and 3", names)
 	}
 }
+
+// TestNewerGenerationFencesTheDisk: a primary runs diskkv alone; a second
+// primary of the same run (the same arbiter and disk) wins the next
+// generation and raises the disk's fence before its first write. The
+// first primary's next write is refused by the disk itself, and it stops
+// (exit 125) instead of writing on over the newer primary's records; the
+// image's chain verifies whole. Without the fence the first primary writes
+// on and exits 0.
+func TestNewerGenerationFencesTheDisk(t *testing.T) {
+	dir := t.TempDir()
+	img, out := filepath.Join(dir, "d.img"), filepath.Join(dir, "console.txt")
+	arb := "file:" + filepath.Join(dir, "gens")
+	common := []string{"--log-level", "warn", "primary", "--backup-wait", "0", "--arbiter", arb, "--disk", img, "--disk-size", "256MiB"}
+	first := startHvft(t, append(common, "--listen", freeAddr(t), "--console-out", out, "diskkv", "--", "run", "400000", "7", "16")...)
+	first.waitFor(t, "the first primary's puts", func() bool { return fileLines(out) >= 20 })
+	second := hvft(t, "", append(common, "--listen", freeAddr(t), "diskkv", "--", "run", "50", "8", "16")...)
+	if second.code != 0 || !strings.Contains(second.stdout, "diskkv done") {
+		t.Fatalf("second primary: exit %d\n%s%s", second.code, second.stdout, second.stderr)
+	}
+	if code := first.wait(t); code != exitFailure || !strings.Contains(first.stderr.String(), "fenced by a newer generation") {
+		t.Fatalf("first primary: exit %d, want %d and the disk's refusal\n%s", code, exitFailure, first.stderr.String())
+	}
+	r := hvft(t, "", "--log-level", "warn", "run", "--disk", img, "diskkv", "--", "verify")
+	if r.code != 0 || !strings.Contains(r.stdout, "diskkv verify ok") {
+		t.Fatalf("the image after both: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}

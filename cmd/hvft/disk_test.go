@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"hvft/guests"
+	"hvft/vm"
 )
 
 // splitmix64 and the key/value derivation of the diskkv guest
@@ -140,9 +141,11 @@ func TestDiskkvSurvivesPrimaryKills(t *testing.T) {
 }
 
 // TestBackupNeverTouchesTheDisk: a backup given its own copy of the image
-// (same size, so the handshake passes) leaves it byte-identical and
-// unmodified through a whole replicated run, while the primary's image
-// gains every record.
+// is refused at the handshake (the images' identities differ: the two
+// would write different disks). Given the copy and the primary's fence
+// file too, so that it passes for the same disk, it leaves its image
+// byte-identical and unmodified through a whole replicated run, while the
+// primary's image gains every record.
 func TestBackupNeverTouchesTheDisk(t *testing.T) {
 	dir := t.TempDir()
 	primaryImg, backupImg := filepath.Join(dir, "p.img"), filepath.Join(dir, "b.img")
@@ -152,12 +155,27 @@ func TestBackupNeverTouchesTheDisk(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	guest := []string{"diskkv", "--", "run", "30", "5", "4"}
+	addr := freeAddr(t)
+	primary := startHvft(t, append([]string{"--log-level", "warn", "primary", "--listen", addr, "--disk", primaryImg, "--timeout", "2m"}, guest...)...)
+	b := hvft(t, "", append([]string{"--log-level", "warn", "backup", "--primary", addr, "--disk", backupImg}, guest...)...)
+	if b.code != exitFailure || !strings.Contains(b.stderr, "the disk images are different files") {
+		t.Fatalf("a backup on another image: exit %d\n%s", b.code, b.stderr)
+	}
+	primary.cmd.Process.Kill()
+	<-primary.done
+	fence, err := os.ReadFile(vm.FencePath(primaryImg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(vm.FencePath(backupImg), fence, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	old := time.Now().Add(-time.Hour).Truncate(time.Second)
 	os.Chtimes(backupImg, old, old)
-	addr := freeAddr(t)
-	guest := []string{"diskkv", "--", "run", "30", "5", "4"}
-	primary := startHvft(t, append([]string{"--log-level", "warn", "primary", "--listen", addr, "--disk", primaryImg}, guest...)...)
-	b := hvft(t, "", append([]string{"--log-level", "warn", "backup", "--primary", addr, "--disk", backupImg}, guest...)...)
+	addr = freeAddr(t)
+	primary = startHvft(t, append([]string{"--log-level", "warn", "primary", "--listen", addr, "--disk", primaryImg}, guest...)...)
+	b = hvft(t, "", append([]string{"--log-level", "warn", "backup", "--primary", addr, "--disk", backupImg}, guest...)...)
 	if b.code != 0 || b.stdout != "" {
 		t.Fatalf("backup: exit %d, stdout %q\n%s", b.code, b.stdout, b.stderr)
 	}
