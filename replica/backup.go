@@ -53,9 +53,8 @@ type backup struct {
 	ctx context.Context
 	// stopRun ends the run: a fenced takeover stops with it.
 	stopRun context.CancelFunc
-	// gen is the lease generation won at the takeover; stepDown says why
-	// this replica may not take over (the primary is alive).
-	gen      uint64
+	// stepDown says why this replica may not take over (another replica
+	// won the generation).
 	stepDown error
 	leaseMu  sync.Mutex
 	report   Report
@@ -336,9 +335,9 @@ func (b *backup) endLink(err error) {
 // failOver makes this replica the primary (rule 5): it stops waiting for
 // epoch ends, re-emits its outputs past the last release watermark, and
 // will go live at the first environment instruction without a logged
-// answer. With an arbiter it first takes the lease: if the primary keeps
-// renewing it, the primary is alive and only the link failed, and this
-// replica steps down instead of becoming a second primary.
+// answer. With an arbiter it first wins the next generation (rule 7): if
+// the primary won it, going on without this replica, this replica steps
+// down instead of becoming a second primary.
 func (b *backup) failOver(reason string) {
 	if err := b.takeLease(); err != nil {
 		b.mu.Lock()
@@ -357,35 +356,13 @@ func (b *backup) failOver(reason string) {
 	b.failOverLocked(reason)
 }
 
-// takeLease wins the arbiter's lease for a takeover, once.
+// takeLease wins the arbiter's next generation for a takeover, if the
+// pair has an arbiter.
 func (b *backup) takeLease() error {
-	if b.opt.Arbiter != nil {
-		return b.claim()
-	}
-	if b.opt.Lease == nil {
+	if b.opt.Arbiter == nil {
 		return nil
 	}
-	// Both the link's end and the silence detector may call this: one
-	// acquisition, or the second would fence the first.
-	b.leaseMu.Lock()
-	defer b.leaseMu.Unlock()
-	b.mu.Lock()
-	have, primary, done := b.gen, b.proto.IsPrimary(), b.stopped
-	b.mu.Unlock()
-	if have != 0 || primary || done {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(b.ctx, 10*b.opt.LeaseTTL+10*time.Second)
-	defer cancel()
-	gen, err := b.opt.Lease.Acquire(ctx, b.opt.Holder, true)
-	if err != nil {
-		return fmt.Errorf("the primary's lease: %w", err)
-	}
-	b.mu.Lock()
-	b.gen = gen
-	b.mu.Unlock()
-	b.log.Info("won the lease", zap.Uint64("generation", gen))
-	return nil
+	return b.claim()
 }
 
 // claim wins the next generation for a takeover (rule 7), once.
@@ -622,9 +599,6 @@ func (b *backup) goLive(at vm.Point) error {
 		if err := p.guardDisk(b.ctx, disk, b.arb.Held()); err != nil {
 			return fmt.Errorf("taking over: %w", err)
 		}
-	}
-	if b.opt.Lease != nil {
-		p.holdLease(b.ctx, b.gen)
 	}
 	input := b.opt.Input
 	host, err := b.opt.Machine.linuxHost(input, nil)

@@ -39,16 +39,12 @@ type Options struct {
 	Record vm.Recorder
 	// Auth, if set, authenticates and encrypts the replication link.
 	Auth *Auth
-	// Lease, if set, is the arbiter that keeps two replicas that cannot
-	// talk from both acting as primary (no split brain); LeaseTTL is how
-	// long a lease lives without renewal. Holder names this replica.
-	Lease    Arbiter
-	LeaseTTL time.Duration
-	Holder   string
-	// Arbiter, if set, is rule 7's generation register (--arbiter etcd://):
-	// a replica acts alone only once it has won the next generation there.
-	// It takes the place of Lease.
+	// Arbiter, if set, is rule 7's generation register (--arbiter): a
+	// replica acts alone only once it has won the next generation there,
+	// so two replicas that cannot talk never both act as the primary.
+	// Holder names this replica there.
 	Arbiter Generations
+	Holder  string
 
 	// mutateAnswer, in tests, lets a backup answer from its own host.
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
@@ -100,8 +96,7 @@ type primary struct {
 	// state transfer in progress (machine thread only).
 	joins    chan *Link
 	transfer *transfer
-	// The lease generation this primary holds, and why it was fenced.
-	gen    uint64
+	// Why this primary was fenced (rule 7, or the disk's fence).
 	fenced error
 	// disk is the shared disk once its fence is this primary's.
 	disk *vm.HostDisk
@@ -121,15 +116,6 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p.stop = cancel
-	if opt.Lease != nil {
-		gen, err := opt.Lease.Acquire(ctx, opt.Holder, false)
-		if err != nil {
-			return nil, fmt.Errorf("taking the primary's lease: %w", err)
-		}
-		p.log.Info("holding the lease", zap.Uint64("generation", gen))
-		p.holdLease(ctx, gen)
-		defer opt.Lease.Release(gen)
-	}
 	if opt.Arbiter != nil {
 		gen, err := claimFirst(ctx, opt.Arbiter, opt.Holder)
 		if err != nil {
@@ -243,15 +229,9 @@ func (p *primary) connect(ctx context.Context) error {
 // never tell the backup that an output left while it still sits in this
 // process's buffer, or a crash would lose it.
 func (p *primary) apply(act epoch.Actions) {
-	if len(act.Release) > 0 && p.opt.Lease != nil {
-		if p.fenced == nil {
-			if err := p.opt.Lease.Verify(p.gen); err != nil {
-				p.fence(err)
-			}
-		}
-		if p.fenced != nil {
-			act.Release = nil // a fenced primary releases nothing more
-		}
+	if p.fenced != nil {
+		// A fenced primary releases nothing more, and claims no release.
+		act.Release, act.Send = nil, withoutRelease(act.Send)
 	}
 	if p.sinkErr != nil {
 		act.Release, act.Send = nil, withoutRelease(act.Send)
@@ -376,30 +356,6 @@ func (p *primary) fence(err error) {
 	p.cond.Broadcast()
 }
 
-// holdLease takes the lease and keeps it alive until ctx ends, fencing
-// this primary if a renewal finds it lost.
-func (p *primary) holdLease(ctx context.Context, gen uint64) {
-	p.mu.Lock()
-	p.gen = gen
-	p.mu.Unlock()
-	go func() {
-		t := time.NewTicker(p.opt.LeaseTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if err := p.opt.Lease.Check(gen); err != nil {
-				p.mu.Lock()
-				p.fence(err)
-				p.mu.Unlock()
-				return
-			}
-		}
-	}()
-}
 
 // watch starts the receiver and the heartbeat of a backup's link.
 func (p *primary) watch(ctx context.Context, l *Link) {

@@ -34,8 +34,8 @@ func linkFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "console-stream", Usage: "write the console as a sequenced stream (\"o SEQ HEX\" and \"e EPOCH\" lines) for a merging sink such as hvft demo"},
 		&cli.StringFlag{Name: "key-file", Usage: "pre-shared link key (hvft keygen): authenticate and encrypt the replication link with TLS 1.3; both replicas need the same one"},
 		&cli.StringFlag{Name: "arbiter", Usage: "etcd://HOST:PORT[,HOST:PORT...]/PREFIX (across machines) or file:DIR (one machine): the run's generation; a replica acts alone (a backup taking over, a primary going on without its backup) only once it has won the next generation there by compare-and-swap, and the loser stops (no lease, no clocks: docs/protocol.md, rule 7). PREFIX or DIR names the run; both replicas give the same one"},
-		&cli.StringFlag{Name: "lease", Usage: "lease directory both replicas can reach (e.g. beside the disk image): the arbiter that keeps a partitioned pair from having two primaries"},
-		&cli.DurationFlag{Name: "lease-ttl", Value: 500 * time.Millisecond, Usage: "how long a lease lives without renewal; a takeover after a crash waits for it"},
+		&cli.StringFlag{Name: "lease", Usage: "DIR: the same as --arbiter file:DIR (the older, renewed lease is gone; kept so that scripts naming it keep working)"},
+		&cli.DurationFlag{Name: "lease-ttl", Usage: "ignored: the arbiter renews nothing (accepted for old scripts)"},
 		&cli.BoolFlag{Name: "insecure", Usage: "allow the replication link in the clear off loopback (it carries guest RAM, input and disk data)"},
 		&cli.StringFlag{Name: "console-out", Usage: "write the console to this file instead, shared by primary and backup: each output lands once (a new primary appends after what the file holds)"},
 	}
@@ -142,25 +142,32 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 			}
 		}
 	}
-	var lease replica.Arbiter
-	if path := c.String("lease"); path != "" {
-		if ttl := c.Duration("lease-ttl"); ttl < replica.MinLeaseTTL {
-			return nil, fmt.Errorf("--lease-ttl %v: must be at least %v (the holder renews every third of it)", ttl, replica.MinLeaseTTL)
-		}
-		lease = &replica.FileLease{Path: path, TTL: c.Duration("lease-ttl")}
-	}
-	var arbiter replica.Generations
-	if spec := c.String("arbiter"); spec != "" {
-		if lease != nil {
+	spec := c.String("arbiter")
+	if dir := c.String("lease"); dir != "" {
+		if spec != "" {
 			return nil, fmt.Errorf("--arbiter and --lease are two arbiters: give one")
 		}
+		// The renewed lease is gone (it fenced healthy primaries on a
+		// loaded host and compared wall clocks): its directory now holds
+		// the file arbiter's generations.
+		spec = "file:" + dir
+		log.Warn("--lease DIR is --arbiter file:DIR now: no lease is renewed (docs/protocol.md, rule 7)", zap.String("dir", dir))
+	}
+	if c.IsSet("lease-ttl") {
+		if ttl := c.Duration("lease-ttl"); ttl <= 0 {
+			return nil, fmt.Errorf("--lease-ttl %v: must be positive (and is ignored: nothing is renewed)", ttl)
+		}
+		log.Warn("--lease-ttl is ignored: the arbiter renews nothing")
+	}
+	var arbiter replica.Generations
+	if spec != "" {
 		var err error
 		if arbiter, err = replica.OpenArbiter(spec, log); err != nil {
 			return nil, err
 		}
 	}
 	host, _ := os.Hostname()
-	s := &replicaSetup{log: log, opts: replica.Options{Auth: auth, Lease: lease, LeaseTTL: c.Duration("lease-ttl"), Arbiter: arbiter,
+	s := &replicaSetup{log: log, opts: replica.Options{Auth: auth, Arbiter: arbiter,
 		Holder:  fmt.Sprintf("%s:%d:%s", host, os.Getpid(), c.Command.Name),
 		Machine: mach, Heartbeat: c.Duration("heartbeat"), FailureTimeout: c.Duration("failure-timeout"),
 		Sink: sink, Input: os.Stdin, MaxEpochs: c.Uint64("max-epochs"), Log: log,

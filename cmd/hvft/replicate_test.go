@@ -380,10 +380,11 @@ func TestLinkOffLoopbackNeedsAKey(t *testing.T) {
 	}
 }
 
-// TestNoSplitBrainAfterAPause: with a lease, a primary that stops
-// (SIGSTOP) loses the lease to the backup, which takes over; when the old
-// primary resumes it finds itself fenced and releases nothing more. The
-// shared console file holds every ticker line exactly once.
+// TestNoSplitBrainAfterAPause: with --lease (the file arbiter under its
+// old name), a primary that stops (SIGSTOP) loses the next generation to
+// the backup, which takes over; when the old primary resumes it finds
+// itself fenced and releases nothing more. The shared console file holds
+// every ticker line exactly once.
 func TestNoSplitBrainAfterAPause(t *testing.T) {
 	dir := t.TempDir()
 	out, lease := filepath.Join(dir, "console.txt"), filepath.Join(dir, "run.lease")
@@ -470,9 +471,10 @@ func TestDemoReportsABackupDivergence(t *testing.T) {
 	}
 }
 
-// TestReplicaBadSetup: a replica refuses, before anything runs, a lease
-// TTL too short to renew (it panicked), and a --console-out it could never
-// write (every output was lost with exit 0).
+// TestReplicaBadSetup: a replica refuses, before anything runs, a
+// zero lease TTL (the option is ignored now: nothing is renewed; a 1ns
+// one panicked when it was), and a --console-out it could never write
+// (every output was lost with exit 0). A 1ns TTL runs.
 func TestReplicaBadSetup(t *testing.T) {
 	dir := t.TempDir()
 	for _, c := range []struct {
@@ -480,7 +482,7 @@ func TestReplicaBadSetup(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"tiny lease TTL", []string{"primary", "--listen", "127.0.0.1:0", "--backup-wait", "0", "--lease", filepath.Join(dir, "lease"), "--lease-ttl", "1ns"}, "--lease-ttl 1ns: must be at least"},
+		{"zero lease TTL", []string{"primary", "--listen", "127.0.0.1:0", "--backup-wait", "0", "--lease", filepath.Join(dir, "lease"), "--lease-ttl", "0s"}, "--lease-ttl 0s: must be positive"},
 		{"console file in a missing directory", []string{"primary", "--listen", "127.0.0.1:0", "--backup-wait", "0", "--console-out", filepath.Join(dir, "missing", "out.txt")}, "--console-out: the directory of"},
 		{"console file is a directory", []string{"backup", "--primary", "127.0.0.1:1", "--console-out", dir}, "is not a regular file"},
 	} {
@@ -490,6 +492,10 @@ func TestReplicaBadSetup(t *testing.T) {
 				t.Fatalf("exit %d, stdout %q, stderr %q; want %d and %q", r.code, r.stdout, r.stderr, exitFailure, c.want)
 			}
 		})
+	}
+	r := hvft(t, "", "--log-level", "warn", "primary", "--listen", "127.0.0.1:0", "--backup-wait", "0", "--lease", filepath.Join(dir, "lease"), "--lease-ttl", "1ns", "ticker", "--", "3", "1000")
+	if r.code != 0 || strings.Count(r.stdout, "tick") != 3 || !strings.Contains(r.stderr, "--lease-ttl is ignored") {
+		t.Fatalf("--lease-ttl 1ns: exit %d, stdout %q\n%s", r.code, r.stdout, r.stderr)
 	}
 }
 
