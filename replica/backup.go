@@ -626,7 +626,7 @@ func (b *backup) goLive(at vm.Point) error {
 	b.live, b.as = live, p
 	b.mu.Unlock()
 	if b.opt.Listener != nil {
-		go p.acceptJoins(b.ctx)
+		go p.acceptAll(b.ctx)
 	}
 	live.Resume(b.board) // an operation in flight completes as uncertain
 	b.mu.Lock()

@@ -51,20 +51,15 @@ func (p *primary) abortTransfer() {
 	p.transfer = nil
 }
 
-// acceptJoins takes joining backups on the primary's listener while it
-// runs, one at a time, and only while it has no backup.
-func (p *primary) acceptJoins(ctx context.Context) {
-	ln := p.opt.Listener
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
+// acceptAll serves the primary's listener for the whole run, one
+// handshake per connection, so that idle or slow peers never make a real
+// backup wait behind them: while the primary waits for its first backup
+// (awaiting) the first matching backup started without --join becomes
+// it; once the guest runs, a backup started with --join may join while
+// the primary has none.
+func (p *primary) acceptAll(ctx context.Context) {
 	want := p.opt.Machine.wireConfig()
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go p.admit(ctx, conn, want)
-	}
+	acceptLoop(ctx, p.opt.Listener, p.log, func(conn net.Conn) { go p.admit(ctx, conn, want) })
 }
 
 func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineConfig) {
@@ -75,29 +70,52 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 		return
 	}
 	l := newLink(conn)
-	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
-	m, err := l.Recv()
-	l.conn.SetDeadline(time.Time{})
-	if err != nil || m.Type != epoch.TypeHello {
-		p.log.Warn("turned away a peer that failed the handshake", zap.String("peer", conn.RemoteAddr().String()), zap.Error(err))
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	hello, err := l.readHello()
+	if err != nil {
+		p.log.Warn("turned away a peer that failed the handshake", zap.String("peer", peer), zap.Error(err))
 		l.Close()
 		return
 	}
-	reason := compareConfigs(want, m.Hello.Config)
+	reason := compareConfigs(want, hello.Config)
 	p.mu.Lock()
+	first := p.awaiting
 	busy := !p.proto.Alone() || p.transfer != nil || len(p.joins) > 0 || p.ended
-	p.mu.Unlock()
 	switch {
 	case reason != "":
-	case !m.Hello.Join:
+	case first && hello.Join:
+		reason = "the primary has not started the guest yet: start the backup without --join"
+	case first && p.firstTaken:
+		reason = "the primary already has a backup"
+	case first:
+		p.firstTaken = true
+	case !hello.Join:
 		reason = "the primary is already running: start the backup with --join"
 	case busy:
 		reason = "the primary already has a backup (or one joining)"
 	}
-	l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason}})
+	p.mu.Unlock()
+	if err := l.answerHello(reason); err != nil {
+		if first && reason == "" {
+			p.mu.Lock()
+			p.firstTaken = false // it gave up: the next peer may be the backup
+			p.mu.Unlock()
+		}
+		p.log.Warn("turned away a peer that failed the handshake", zap.String("peer", peer), zap.Error(err))
+		l.Close()
+		return
+	}
 	if reason != "" {
-		p.log.Warn("refused a joining backup", zap.String("peer", conn.RemoteAddr().String()), zap.String("reason", reason))
+		p.log.Warn("refused a backup", zap.String("peer", peer), zap.String("reason", reason))
 		l.CloseAfter(time.Second)
+		return
+	}
+	if !stop() {
+		return // the run is over
+	}
+	if first {
+		p.first <- l // buffered: there is only ever one first backup
 		return
 	}
 	select {

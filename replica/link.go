@@ -178,58 +178,85 @@ type RefusedError struct{ Reason string }
 
 func (e *RefusedError) Error() string { return "the primary refused this backup: " + e.Reason }
 
-// acceptBackup waits on ln for a backup whose configuration matches want.
-// A backup that does not match is told why and turned away, and the wait
-// goes on; so is a peer that does not speak the protocol.
-func acceptBackup(ctx context.Context, ln net.Listener, want epoch.MachineConfig, auth *Auth, log *zap.Logger) (*Link, error) {
+// acceptLoop hands every connection on ln to handle until ctx ends or ln
+// fails for good; ln is closed when ctx ends. A transient failure (EMFILE,
+// ENFILE, ECONNABORTED...) is logged once per run of them and retried
+// with a growing pause: one flood of connections must not stop the
+// primary from accepting for ever.
+func acceptLoop(ctx context.Context, ln net.Listener, log *zap.Logger, handle func(net.Conn)) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	var pause time.Duration
 	for {
 		conn, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+		if ctx.Err() != nil {
+			if conn != nil {
+				conn.Close()
 			}
-			return nil, fmt.Errorf("accepting a backup: %w", err)
+			return
 		}
-		peer := conn.RemoteAddr().String()
-		if conn, err = auth.secure(ctx, conn, true); err != nil {
-			log.Warn("refused a peer that did not authenticate", zap.String("peer", peer), zap.Error(err))
+		if err == nil {
+			if pause > 0 {
+				log.Info("accepting connections again")
+			}
+			pause = 0
+			handle(conn)
 			continue
 		}
-		l := newLink(conn)
-		reason, err := l.welcome(want)
-		if err == nil && reason == "" {
-			return l, nil
+		if errors.Is(err, net.ErrClosed) {
+			return
 		}
-		if err != nil {
-			log.Warn("turned away a peer that failed the handshake", zap.String("peer", conn.RemoteAddr().String()), zap.Error(err))
-		} else {
-			log.Warn("refused a backup", zap.String("peer", conn.RemoteAddr().String()), zap.String("reason", reason))
+		if pause == 0 {
+			log.Warn("accepting a connection failed; retrying", zap.Error(err))
+			pause = 5 * time.Millisecond
+		} else if pause *= 2; pause > time.Second {
+			pause = time.Second
 		}
-		l.Close()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
 	}
 }
 
-// welcome reads the peer's Hello and answers it.
-func (l *Link) welcome(want epoch.MachineConfig) (string, error) {
+// readHello reads a peer's first message, which must be a Hello.
+func (l *Link) readHello() (*epoch.Hello, error) {
 	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
 	defer l.conn.SetDeadline(time.Time{})
 	m, err := l.Recv()
 	if err != nil {
-		return "", fmt.Errorf("reading hello: %w", err)
+		return nil, fmt.Errorf("reading hello: %w", err)
 	}
 	if m.Type != epoch.TypeHello {
-		return "", fmt.Errorf("first message is %v, not hello", m.Type)
+		return nil, fmt.Errorf("first message is %v, not hello", m.Type)
 	}
-	reason := compareConfigs(want, m.Hello.Config)
-	if reason == "" && m.Hello.Join {
-		reason = "the primary has not started the guest yet: start the backup without --join"
-	}
+	return m.Hello, nil
+}
+
+// answerHello sends the Welcome (refused when reason is set). An accepted
+// peer must confirm with a heartbeat: a backup that gave up waiting (its
+// Hello was still queued when it left) is not taken for a backup.
+func (l *Link) answerHello(reason string) error {
+	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
+	defer l.conn.SetDeadline(time.Time{})
 	if err := l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason}}); err != nil {
-		return "", err
+		return err
 	}
-	return reason, l.Drain(handshakeTimeout)
+	if err := l.Drain(handshakeTimeout); err != nil {
+		return err
+	}
+	if reason != "" {
+		return nil
+	}
+	m, err := l.Recv()
+	if err != nil {
+		return fmt.Errorf("the accepted peer did not confirm (it gave up?): %w", err)
+	}
+	if m.Type != epoch.TypeHeartbeat {
+		return fmt.Errorf("the accepted peer confirmed with %v, not a heartbeat", m.Type)
+	}
+	return nil
 }
 
 // dialPrimary connects to the primary, retrying until ctx ends, and
@@ -280,6 +307,10 @@ func (l *Link) hello(cfg epoch.MachineConfig, join bool) error {
 	}
 	if !m.Welcome.Accepted {
 		return &RefusedError{Reason: m.Welcome.Reason}
+	}
+	// Confirm: the primary takes this replica for its backup only now.
+	if err := l.Send(epoch.Message{Type: epoch.TypeHeartbeat}); err != nil {
+		return fmt.Errorf("handshake: %w", err)
 	}
 	return nil
 }

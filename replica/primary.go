@@ -96,6 +96,12 @@ type primary struct {
 	// state transfer in progress (machine thread only).
 	joins    chan *Link
 	transfer *transfer
+	// awaiting is set while the primary waits for its first backup;
+	// firstTaken once a peer is completing that handshake, and first
+	// hands it over.
+	awaiting   bool
+	firstTaken bool
+	first      chan *Link
 	// Why this primary was fenced (rule 7, or the disk's fence).
 	fenced error
 	// disk is the shared disk once its fence is this primary's.
@@ -124,14 +130,15 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 		p.arb.Start(gen)
 		p.log.Info("holding the run's generation", zap.Uint64("generation", gen), zap.Stringer("arbiter", opt.Arbiter))
 	}
+	if opt.Listener != nil {
+		p.awaiting = opt.BackupWait > 0
+		go p.acceptAll(ctx)
+	}
 	if err := p.connect(ctx); err != nil {
 		return nil, err
 	}
 	if p.link != nil {
 		p.watch(ctx, p.link)
-	}
-	if opt.Listener != nil {
-		go p.acceptJoins(ctx)
 	}
 	stopWake := context.AfterFunc(ctx, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
 	defer stopWake()
@@ -179,7 +186,7 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 }
 
 func newPrimary(opt PrimaryOptions) *primary {
-	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag), joins: make(chan *Link, 1)}
+	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag), joins: make(chan *Link, 1), first: make(chan *Link, 1)}
 	p.cond = sync.NewCond(&p.mu)
 	p.report.Role, p.report.Engine = "primary", uc.Version()
 	return p
@@ -210,14 +217,27 @@ func (p *primary) connect(ctx context.Context) error {
 	}
 	p.log.Info("waiting for a backup", zap.String("listen", p.opt.Listener.Addr().String()),
 		zap.Duration("up_to", p.opt.BackupWait))
-	wctx, cancel := context.WithTimeout(ctx, p.opt.BackupWait)
-	defer cancel()
-	link, err := acceptBackup(wctx, p.opt.Listener, p.opt.Machine.wireConfig(), p.opt.Auth, p.log)
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			return fmt.Errorf("no backup connected to %s within %v (start `hvft backup --primary ADDR` with the same guest, or use --backup-wait 0 to run alone)", p.opt.Listener.Addr(), p.opt.BackupWait)
+	t := time.NewTimer(p.opt.BackupWait)
+	defer t.Stop()
+	var link *Link
+	select {
+	case link = <-p.first:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	p.awaiting = false
+	p.mu.Unlock()
+	if link == nil {
+		select {
+		case late := <-p.first: // admitted as the wait ended
+			late.Close()
+		default:
 		}
-		return err
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("no backup connected to %s within %v (start `hvft backup --primary ADDR` with the same guest, or use --backup-wait 0 to run alone)", p.opt.Listener.Addr(), p.opt.BackupWait)
 	}
 	p.link = link
 	p.log.Info("backup connected", zap.String("backup", link.RemoteAddr()), zap.Stringer("protocol", p.opt.Mode), zap.Uint64("max_lag", p.opt.MaxLag))

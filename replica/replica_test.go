@@ -72,6 +72,9 @@ type pairConfig struct {
 	// arbiter, if set, gives each side its own connection to one
 	// generation register (rule 7).
 	arbiter func() Generations
+	// beforeBackup, if set, runs once the primary's listener is up and
+	// before the backup starts, with the address the backup will dial.
+	beforeBackup func(t *testing.T, addr string)
 }
 
 // runPair runs a primary and a backup in this process over a real loopback
@@ -120,6 +123,9 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 		}
 		p.rep, p.err = RunPrimary(ctx, PrimaryOptions{Options: o, Listener: ln, BackupWait: time.Minute, Mode: c.mode, MaxLag: 4})
 	}()
+	if c.beforeBackup != nil {
+		c.beforeBackup(t, addr)
+	}
 	go func() {
 		defer wg.Done()
 		o := opts(b, c.backupTLB)
@@ -509,5 +515,68 @@ func TestFailingSinkHandsOverToTheBackup(t *testing.T) {
 	}
 	if err := guests.CheckTicker(whole, 20); err != nil {
 		t.Fatalf("the two consoles together: %v\nprimary %q\nbackup %q", err, got, rest)
+	}
+}
+
+// TestIdlePeersDoNotDelayTheBackup: three peers connect to the primary
+// and say nothing. Each handshake runs on its own, so the real backup is
+// paired at once; before, the primary served them one at a time, 5 s
+// each, and the backup's own handshake timed out with a message blaming
+// the key.
+func TestIdlePeersDoNotDelayTheBackup(t *testing.T) {
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	cfg := tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}
+	p, b := runPair(t, pairConfig{guest: "ticker", args: []string{"5", "1000"}, primaryTLB: cfg, backupTLB: cfg, beforeBackup: func(t *testing.T, addr string) {
+		for range 3 {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			idle = append(idle, c)
+		}
+	}})
+	if p.err != nil || b.err != nil {
+		t.Fatalf("primary: %v; backup: %v", p.err, b.err)
+	}
+	if p.rep.BackupLost != "" || strings.Count(p.out.String(), "tick") != 5 {
+		t.Fatalf("backup lost %q; primary console %q", p.rep.BackupLost, p.out.String())
+	}
+}
+
+// TestBackupThatGaveUpIsNotTaken: a peer sends a matching Hello, reads
+// the Welcome and leaves without confirming (a backup that gave up
+// waiting). The primary must not take it for its backup: the real backup
+// that comes next is paired, and no backup is lost. Before, the primary
+// ran with the departed peer, lost it at once, went on alone and refused
+// the real backup ("start the backup with --join").
+func TestBackupThatGaveUpIsNotTaken(t *testing.T) {
+	cfg := tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}
+	m := machine(t, "ticker", []string{"5", "1000"}, cfg)
+	p, b := runPair(t, pairConfig{guest: "ticker", args: []string{"5", "1000"}, primaryTLB: cfg, backupTLB: cfg, beforeBackup: func(t *testing.T, addr string) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		hello, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: m.wireConfig()}})
+		if _, err := c.Write(hello); err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(time.Minute))
+		w, err := epoch.ReadFrame(bufio.NewReader(c))
+		if err != nil || w.Type != epoch.TypeWelcome || !w.Welcome.Accepted {
+			t.Fatalf("the departing peer's welcome: %+v, %v", w, err)
+		}
+	}})
+	if p.err != nil || b.err != nil {
+		t.Fatalf("primary: %v; backup: %v", p.err, b.err)
+	}
+	if p.rep.BackupLost != "" || b.rep.Failover != nil {
+		t.Fatalf("the primary lost a backup (%q) or the backup took over: the departed peer was taken", p.rep.BackupLost)
 	}
 }

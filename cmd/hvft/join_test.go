@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -110,4 +111,37 @@ func TestJoinWhileGuestWritesRAM(t *testing.T) {
 		t.Errorf("plain backup against a running primary: exit %d %s", r.code, r.stderr)
 	}
 	primary.cmd.Process.Kill()
+}
+
+// TestJoinAfterDescriptorExhaustion: a primary allowed 40 open files is
+// flooded with 100 idle connections, so that accepting fails (EMFILE).
+// It says so in its log and keeps accepting: once the flood is gone a
+// backup joins it. Before, the first failed accept ended the primary's
+// accepting for the rest of the run, silently.
+func TestJoinAfterDescriptorExhaustion(t *testing.T) {
+	addr := freeAddr(t)
+	guest := []string{"ticker", "--", "100000", "5000"}
+	primary := startHvft(t, append([]string{"__nofile", "40", "--log-level", "info", "primary", "--listen", addr, "--backup-wait", "0"}, guest...)...)
+	primary.waitFor(t, "the primary's first tick", func() bool { return strings.Contains(primary.stdout.String(), "tick 1 ") })
+	var flood []net.Conn
+	for range 100 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flood = append(flood, c)
+	}
+	primary.waitFor(t, "a failed accept in the log", func() bool {
+		return strings.Contains(primary.stderr.String(), "accepting a connection failed; retrying")
+	})
+	for _, c := range flood {
+		c.Close()
+	}
+	backup := startHvft(t, append([]string{"--log-level", "info", "backup", "--primary", addr, "--join"}, guest...)...)
+	backup.waitFor(t, "the join", func() bool {
+		return strings.Contains(backup.stderr.String(), "received the primary's state")
+	})
+	if !strings.Contains(primary.stderr.String(), "a backup is joining") {
+		t.Fatalf("the primary did not log the join\n%s", primary.stderr.String())
+	}
 }

@@ -55,6 +55,9 @@ func startHvft(t *testing.T, args ...string) *proc {
 	if len(args) > 1 && args[0] == "__netns" { // run inside a network namespace
 		name, args = "ip", append([]string{"netns", "exec", args[1], hvftBin}, args[2:]...)
 	}
+	if len(args) > 1 && args[0] == "__nofile" { // with at most args[1] open files
+		name, args = "sh", append([]string{"-c", `ulimit -n "$0" && exec "$@"`, args[1], hvftBin}, args[2:]...)
+	}
 	p := &proc{cmd: exec.CommandContext(ctx, name, args...), done: make(chan struct{}), cancel: cancel}
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {
