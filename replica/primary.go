@@ -376,7 +376,6 @@ func (p *primary) fence(err error) {
 	p.cond.Broadcast()
 }
 
-
 // watch starts the receiver and the heartbeat of a backup's link.
 func (p *primary) watch(ctx context.Context, l *Link) {
 	go p.receive(l)
