@@ -82,6 +82,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		buf = le.AppendUint32(buf, c.BoardVersion)
 		buf = le.AppendUint64(buf, c.DiskSectors)
 		buf = append(buf, c.DiskID[:]...)
+		buf = appendString(buf, c.Console)
 		buf = appendString(buf, c.Engine)
 		buf = appendString(buf, c.Clock)
 		buf = appendBool(buf, m.Hello.Join)
@@ -231,6 +232,7 @@ func DecodeFrame(body []byte) (Message, error) {
 		c.BoardVersion = d.u32()
 		c.DiskSectors = d.u64()
 		copy(c.DiskID[:], d.bytes(16))
+		c.Console = d.string()
 		c.Engine = d.string()
 		c.Clock = d.string()
 		m.Hello = &Hello{Config: c, Join: d.bool()}

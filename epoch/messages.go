@@ -69,6 +69,10 @@ type MachineConfig struct {
 	// DiskID is the shared disk's identity (vm.DiskIdentity): replicas
 	// that name different image files must not pair.
 	DiskID [16]byte
+	// Console identifies a --console-out file on its host (host, device,
+	// inode; empty without one): two replicas on one host that name
+	// different files must not pair.
+	Console string
 	// Clock is the epoch clock ("always" or "adaptive"): where epochs end.
 	Clock string
 }

@@ -99,7 +99,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.cond = sync.NewCond(&b.mu)
 	b.report.Role, b.report.Engine = "backup", uc.Version()
 	dctx, cancel := context.WithTimeout(ctx, opt.ConnectTimeout)
-	link, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig(), opt.Join, opt.Auth, b.log)
+	link, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig, opt.Join, opt.Auth, b.log)
 	cancel()
 	if err != nil {
 		return nil, err
@@ -179,6 +179,9 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		p.mu.Lock()
 		if p.fenced != nil {
 			runErr = p.fenced
+		}
+		if p.sinkErr != nil {
+			runErr = p.sinkErr
 		}
 		p.mu.Unlock()
 		if runErr == nil {

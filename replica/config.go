@@ -10,7 +10,9 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"os"
 	"strings"
+	"syscall"
 
 	"hvft/epoch"
 	"hvft/vm"
@@ -31,6 +33,9 @@ type Machine struct {
 	// DiskID is the image's identity (identifyDisk), compared at the
 	// handshake.
 	DiskID vm.DiskID
+	// ConsolePath is the shared --console-out file, if any: the
+	// handshake compares its identity on this host.
+	ConsolePath string
 	// Root is the host directory a Linux program (Config.Linux) sees as
 	// "/"; the live side performs its file requests there. ProgramPath
 	// is the host file the program was loaded from.
@@ -93,6 +98,22 @@ func (m *Machine) identifyDisk() error {
 	return nil
 }
 
+// consoleFileID names the console file at path on this host: host name,
+// device and inode ("HOST:absent" when there is no such file yet). Across
+// hosts it proves nothing, and is not compared.
+func consoleFileID(path string) string {
+	if path == "" {
+		return ""
+	}
+	host, _ := os.Hostname()
+	host = strings.ReplaceAll(host, ":", "_")
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return host + ":absent"
+	}
+	return fmt.Sprintf("%s:%d:%d", host, st.Dev, st.Ino)
+}
+
 // fenceToken is the disk fence's token for generation gen of the run
 // named at arb.
 func fenceToken(arb Generations, gen uint64) vm.FenceToken {
@@ -128,6 +149,7 @@ func (m Machine) wireConfig() epoch.MachineConfig {
 		Engine:       uc.Version(),
 		DiskSectors:  m.Config.DiskSectors,
 		DiskID:       m.DiskID,
+		Console:      consoleFileID(m.ConsolePath),
 		Clock:        m.Config.Clock.String(),
 	}
 }
@@ -159,6 +181,9 @@ func compareConfigs(primary, backup epoch.MachineConfig) string {
 	}
 	if primary.DiskID != backup.DiskID {
 		why = append(why, "the disk images are different files (their fence files' identities differ): both replicas must name the same shared image")
+	}
+	if p, b := strings.SplitN(primary.Console, ":", 2), strings.SplitN(backup.Console, ":", 2); len(p) == 2 && len(b) == 2 && p[0] == b[0] && p[1] != b[1] {
+		why = append(why, "the console files are different files on this host: --console-out must name the one file both replicas share")
 	}
 	if primary.BoardVersion != backup.BoardVersion {
 		why = append(why, fmt.Sprintf("board version differs (primary %d, backup %d)", primary.BoardVersion, backup.BoardVersion))

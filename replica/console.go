@@ -264,6 +264,7 @@ type FileSink struct {
 	f      *os.File
 	last   uint64
 	opened bool
+	wrote  bool // this sink has written: a gap is its own, not a foreign file
 }
 
 // CheckConsoleFile reports why path cannot be a console file: a directory,
@@ -348,6 +349,8 @@ func (s *FileSink) Emit(outs []epoch.Output) error {
 		switch {
 		case o.Seq <= last:
 			continue
+		case first > last+1 && !s.fresh && !s.wrote:
+			return fmt.Errorf("console file %s holds %d bytes, but this replica goes on from output %d: it is not the file the primary wrote (both replicas must name the same shared --console-out)", s.path, last, first)
 		case first > last+1:
 			return fmt.Errorf("console file %s holds %d bytes; output %d would leave a gap", s.path, last, first)
 		}
@@ -359,6 +362,7 @@ func (s *FileSink) Emit(outs []epoch.Output) error {
 	}
 	n, err := s.f.WriteAt(buf, int64(s.last))
 	s.last += uint64(n) // a short write leaves the rest to emit
+	s.wrote = s.wrote || n > 0
 	if err != nil {
 		return fmt.Errorf("console file: %w", err)
 	}

@@ -3,6 +3,7 @@ package replica
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"hvft/epoch"
@@ -46,5 +47,28 @@ func TestStaleConsoleWriteRewritesInPlace(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(path); string(got) != text+chunk {
 		t.Fatalf("console %q after a chunk", got)
+	}
+}
+
+// TestTakeoverOnAnotherConsoleFileFails: a backup whose --console-out is
+// not the primary's file (another host's, so the handshake could not
+// tell) finds it shorter than the output it goes on from. That is an
+// error naming the cause, not a silent loss of everything after the
+// failover; its own later gap is reported as a gap.
+func TestTakeoverOnAnotherConsoleFileFails(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console.txt")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := NewFileSink(path, false)
+	err := s.Emit(consoleBytes("tick 9\n", 200))
+	if err == nil || !strings.Contains(err.Error(), "not the file the primary wrote") {
+		t.Fatalf("a takeover 199 bytes past the file's end: %v", err)
+	}
+	if err := s.Emit(consoleBytes("tick 1\n", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Emit(consoleBytes("x", 20)); err == nil || !strings.Contains(err.Error(), "would leave a gap") {
+		t.Fatalf("a gap after writing: %v", err)
 	}
 }

@@ -33,8 +33,9 @@ type Link struct {
 	pending   []byte // encoded frames not yet written
 	writing   bool
 	closed    bool
-	err       error // first write error; the link is dead after it
-	lastHeard atomic.Int64
+	err       error         // first write error; the link is dead after it
+	born      time.Time     // with its monotonic reading
+	lastHeard atomic.Int64  // time.Since(born) when last heard from
 	sent      atomic.Uint64 // bytes written
 	done      chan struct{} // the writer exited
 	// writeTimeout bounds one write: a peer that stops reading kills the
@@ -43,18 +44,20 @@ type Link struct {
 }
 
 func newLink(conn net.Conn) *Link {
-	l := &Link{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), done: make(chan struct{}), writeTimeout: handshakeTimeout}
+	l := &Link{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), done: make(chan struct{}), writeTimeout: handshakeTimeout, born: time.Now()}
 	l.cond = sync.NewCond(&l.mu)
 	l.heard()
 	go l.writer()
 	return l
 }
 
-func (l *Link) heard() { l.lastHeard.Store(time.Now().UnixNano()) }
+// heard stamps the monotonic clock (time since the link was made), never
+// the wall clock: a clock step must not declare a live peer dead.
+func (l *Link) heard() { l.lastHeard.Store(int64(time.Since(l.born))) }
 
 // Silence is how long since the peer was last heard from.
 func (l *Link) Silence() time.Duration {
-	return time.Since(time.Unix(0, l.lastHeard.Load()))
+	return time.Since(l.born) - time.Duration(l.lastHeard.Load())
 }
 
 // BytesSent counts the bytes written to the connection.
@@ -261,7 +264,9 @@ func (l *Link) answerHello(reason string) error {
 
 // dialPrimary connects to the primary, retrying until ctx ends, and
 // presents cfg. A refusal is final.
-func dialPrimary(ctx context.Context, addr string, cfg epoch.MachineConfig, join bool, auth *Auth, log *zap.Logger) (*Link, error) {
+// The configuration is taken at each connection: a console file the
+// primary creates at its start may appear only after this replica began.
+func dialPrimary(ctx context.Context, addr string, cfg func() epoch.MachineConfig, join bool, auth *Auth, log *zap.Logger) (*Link, error) {
 	var d net.Dialer
 	warned := false
 	for {
@@ -271,7 +276,7 @@ func dialPrimary(ctx context.Context, addr string, cfg epoch.MachineConfig, join
 				return nil, err
 			}
 			l := newLink(conn)
-			if err := l.hello(cfg, join); err != nil {
+			if err := l.hello(cfg(), join); err != nil {
 				l.Close()
 				return nil, err
 			}

@@ -267,7 +267,11 @@ func (p *primary) apply(act epoch.Actions) {
 			// take: the backup keeps them, to emit once it takes over, and
 			// this primary stops so that it does.
 			p.sinkErr = fmt.Errorf("the console sink failed: %w", err)
-			p.log.Error("console sink failed: stopping, so that the backup takes over and emits what did not leave", zap.Error(err))
+			if p.proto.Alone() {
+				p.log.Error("console sink failed: stopping (with no backup, what did not leave is lost)", zap.Error(err))
+			} else {
+				p.log.Error("console sink failed: stopping, so that the backup takes over and emits what did not leave", zap.Error(err))
+			}
 			act.Send = withoutRelease(act.Send)
 			if p.stop != nil {
 				p.stop()

@@ -123,6 +123,7 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 			}
 		}
 		sink = replica.NewFileSink(c.String("console-out"), false)
+		mach.ConsolePath = c.String("console-out")
 	case c.Bool("console-stream"):
 		sink = replica.NewStreamSink(c.App.Writer)
 	}

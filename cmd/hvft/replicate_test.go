@@ -519,3 +519,35 @@ func TestConsoleFileStartsEmpty(t *testing.T) {
 		t.Fatalf("console file after a run without output: %q, %v", data, err)
 	}
 }
+
+// TestConsoleFilesMustBeShared: primary and backup on one host naming two
+// different --console-out files are refused at the handshake; before,
+// the pair ran and a failover lost everything after it with exit 0. A
+// backup started before its primary created the shared file pairs.
+func TestConsoleFilesMustBeShared(t *testing.T) {
+	dir := t.TempDir()
+	shared, other := filepath.Join(dir, "console.txt"), filepath.Join(dir, "other.txt")
+	guest := []string{"ticker", "--", "5", "1000"}
+	addr := freeAddr(t)
+	primary := startHvft(t, append([]string{"--log-level", "warn", "primary", "--listen", addr, "--console-out", shared, "--backup-wait", "1m"}, guest...)...)
+	b := hvft(t, "", append([]string{"--log-level", "warn", "backup", "--primary", addr, "--console-out", other}, guest...)...)
+	if b.code != exitFailure || !strings.Contains(b.stderr, "the console files are different files") {
+		t.Fatalf("a backup on another console file: exit %d\n%s", b.code, b.stderr)
+	}
+	primary.cmd.Process.Kill()
+	<-primary.done
+	os.Remove(shared)
+	addr = freeAddr(t)
+	backup := startHvft(t, append([]string{"--log-level", "info", "backup", "--primary", addr, "--console-out", shared}, guest...)...)
+	backup.waitFor(t, "the backup's first dial", func() bool { return strings.Contains(backup.stderr.String(), "waiting for the primary") })
+	primary = startHvft(t, append([]string{"--log-level", "warn", "primary", "--listen", addr, "--console-out", shared}, guest...)...)
+	if code := primary.wait(t); code != 0 {
+		t.Fatalf("primary exit %d\n%s", code, primary.stderr.String())
+	}
+	if code := backup.wait(t); code != 0 {
+		t.Fatalf("backup exit %d\n%s", code, backup.stderr.String())
+	}
+	if data := readFile(t, shared); strings.Count(data, "tick") != 5 {
+		t.Fatalf("shared console: %q", data)
+	}
+}
