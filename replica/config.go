@@ -182,7 +182,10 @@ func compareConfigs(primary, backup epoch.MachineConfig) string {
 	if primary.DiskID != backup.DiskID {
 		why = append(why, "the disk images are different files (their fence files' identities differ): both replicas must name the same shared image")
 	}
-	if p, b := strings.SplitN(primary.Console, ":", 2), strings.SplitN(backup.Console, ":", 2); len(p) == 2 && len(b) == 2 && p[0] == b[0] && p[1] != b[1] {
+	// A file absent on either side proves nothing: the backup may have
+	// looked before the primary created it.
+	if p, b := strings.SplitN(primary.Console, ":", 2), strings.SplitN(backup.Console, ":", 2); len(p) == 2 && len(b) == 2 &&
+		p[0] == b[0] && p[1] != b[1] && p[1] != "absent" && b[1] != "absent" {
 		why = append(why, "the console files are different files on this host: --console-out must name the one file both replicas share")
 	}
 	if primary.BoardVersion != backup.BoardVersion {

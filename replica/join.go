@@ -81,6 +81,21 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 	reason := compareConfigs(want, hello.Config)
 	p.mu.Lock()
 	first := p.awaiting
+	p.mu.Unlock()
+	if first && reason == "" && !hello.Join {
+		// One candidate at a time completes the first backup's
+		// handshake; the next waits for its outcome (one that gave up
+		// frees the slot at once) instead of being refused.
+		select {
+		case p.firstSlot <- struct{}{}:
+			defer func() { <-p.firstSlot }()
+		case <-ctx.Done():
+			l.Close()
+			return
+		}
+	}
+	p.mu.Lock()
+	first = p.awaiting
 	busy := !p.proto.Alone() || p.transfer != nil || len(p.joins) > 0 || p.ended
 	switch {
 	case reason != "":
@@ -89,7 +104,6 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 	case first && p.firstTaken:
 		reason = "the primary already has a backup"
 	case first:
-		p.firstTaken = true
 	case !hello.Join:
 		reason = "the primary is already running: start the backup with --join"
 	case busy:
@@ -97,14 +111,14 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 	}
 	p.mu.Unlock()
 	if err := l.answerHello(reason); err != nil {
-		if first && reason == "" {
-			p.mu.Lock()
-			p.firstTaken = false // it gave up: the next peer may be the backup
-			p.mu.Unlock()
-		}
 		p.log.Warn("turned away a peer that failed the handshake", zap.String("peer", peer), zap.Error(err))
 		l.Close()
 		return
+	}
+	if first && reason == "" {
+		p.mu.Lock()
+		p.firstTaken = true
+		p.mu.Unlock()
 	}
 	if reason != "" {
 		p.log.Warn("refused a backup", zap.String("peer", peer), zap.String("reason", reason))

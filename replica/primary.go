@@ -97,9 +97,10 @@ type primary struct {
 	joins    chan *Link
 	transfer *transfer
 	// awaiting is set while the primary waits for its first backup;
-	// firstTaken once a peer is completing that handshake, and first
-	// hands it over.
+	// firstSlot admits one candidate at a time to that handshake,
+	// firstTaken is set once one completed it, and first hands it over.
 	awaiting   bool
+	firstSlot  chan struct{}
 	firstTaken bool
 	first      chan *Link
 	// Why this primary was fenced (rule 7, or the disk's fence).
@@ -186,7 +187,7 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 }
 
 func newPrimary(opt PrimaryOptions) *primary {
-	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag), joins: make(chan *Link, 1), first: make(chan *Link, 1)}
+	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag), joins: make(chan *Link, 1), first: make(chan *Link, 1), firstSlot: make(chan struct{}, 1)}
 	p.cond = sync.NewCond(&p.mu)
 	p.report.Role, p.report.Engine = "primary", uc.Version()
 	return p

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"hvft/guests"
 	"hvft/replica/etcdtest"
@@ -20,7 +24,7 @@ func startEtcd(t *testing.T) string {
 }
 
 // startEtcdOn runs etcd serving clients at every address in clients.
-func startEtcdOn(t *testing.T, clients []string) { etcdtest.Start(t, clients) }
+func startEtcdOn(t *testing.T, clients []string) *etcdtest.Server { return etcdtest.Start(t, clients) }
 
 // TestEtcdArbiterTakeover: a pair with --arbiter on a real etcd; the
 // primary is SIGKILLed; the backup wins the next generation and finishes
@@ -138,5 +142,137 @@ func TestNewerGenerationFencesTheDisk(t *testing.T) {
 	r := hvft(t, "", "--log-level", "warn", "run", "--disk", img, "diskkv", "--", "verify")
 	if r.code != 0 || !strings.Contains(r.stdout, "diskkv verify ok") {
 		t.Fatalf("the image after both: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// silentProxy forwards TCP connections to target and can drop, without
+// closing anything, the bytes of one direction or both: a partition as
+// the replicas see it (silence), on one host. toBackup and toPrimary
+// drop what flows that way.
+type silentProxy struct {
+	addr                string
+	toBackup, toPrimary atomic.Bool
+}
+
+func startSilentProxy(t *testing.T, target string) *silentProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &silentProxy{addr: ln.Addr().String()}
+	var conns sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); conns.Wait() })
+	pipe := func(dst, src net.Conn, drop *atomic.Bool) {
+		defer conns.Done()
+		defer dst.Close()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 && !drop.Load() {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// The backup may dial before the primary listens: wait for it.
+			var up net.Conn
+			for deadline := time.Now().Add(time.Minute); ; {
+				if up, err = net.Dial("tcp", target); err == nil || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(10 * time.Millisecond) // a retry pause, bounded by the deadline
+			}
+			if err != nil {
+				c.Close()
+				continue
+			}
+			conns.Add(2)
+			go pipe(up, c, &p.toPrimary)
+			go pipe(c, up, &p.toBackup)
+			t.Cleanup(func() { c.Close(); up.Close() })
+		}
+	}()
+	return p
+}
+
+// TestPartitionMatrixWithFileArbiter: the matrix of
+// TestPartitionMatrixWithEtcd on one host, with --arbiter file:DIR. The
+// link runs through a proxy that falls silent in one direction or both;
+// or one replica is paused. (One host has no link to cut between a
+// replica and a directory: those cells are etcd's.) Each cell ends with
+// exactly the expected replica going on and the console whole.
+func TestPartitionMatrixWithFileArbiter(t *testing.T) {
+	for _, cell := range []struct {
+		fault string
+		// who may go on: "primary", "backup" or "either" (exactly one)
+		want string
+	}{
+		{"ab", "either"}, {"a>b", "either"}, {"b>a", "either"},
+		{"pause-primary", "backup"}, {"pause-backup", "primary"},
+	} {
+		t.Run(cell.fault, func(t *testing.T) {
+			dir := t.TempDir()
+			out := filepath.Join(dir, "console.txt")
+			addr := freeAddr(t)
+			proxy := startSilentProxy(t, addr)
+			common := []string{"--console-out", out, "--arbiter", "file:" + filepath.Join(dir, "gens"), "--failure-timeout", "300ms"}
+			guest := []string{"ticker", "--", "150", "4000"}
+			primary := startHvft(t, append(append([]string{"--log-level", "warn", "primary", "--listen", addr}, common...), guest...)...)
+			backup := startHvft(t, append(append([]string{"--log-level", "warn", "backup", "--primary", proxy.addr}, common...), guest...)...)
+			primary.waitFor(t, "20 console lines", func() bool { return fileLines(out) >= 20 })
+			switch cell.fault {
+			case "ab":
+				proxy.toBackup.Store(true)
+				proxy.toPrimary.Store(true)
+			case "a>b":
+				proxy.toBackup.Store(true)
+			case "b>a":
+				proxy.toPrimary.Store(true)
+			case "pause-primary":
+				primary.cmd.Process.Signal(syscall.SIGSTOP)
+				backup.waitFor(t, "the takeover", func() bool {
+					return strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
+				})
+				primary.cmd.Process.Signal(syscall.SIGCONT)
+			case "pause-backup":
+				backup.cmd.Process.Signal(syscall.SIGSTOP)
+				primary.waitFor(t, "the primary going on alone", func() bool {
+					return strings.Contains(primary.stderr.String(), "going on alone")
+				})
+				backup.cmd.Process.Signal(syscall.SIGCONT)
+			}
+			pcode, bcode := primary.wait(t), backup.wait(t)
+			bTook := strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
+			pOn, bOn := pcode == 0, bcode == 0 && bTook
+			ok := map[string]bool{"primary": pOn && !bOn, "backup": bOn && !pOn, "either": pOn != bOn}[cell.want]
+			if !ok {
+				t.Fatalf("primary exit %d, backup exit %d (took over %v): want %s to go on\nprimary:\n%s\nbackup:\n%s",
+					pcode, bcode, bTook, cell.want, primary.stderr.String(), backup.stderr.String())
+			}
+			for _, r := range []struct {
+				name string
+				code int
+				p    *proc
+			}{{"primary", pcode, primary}, {"backup", bcode, backup}} {
+				if r.code != 0 && !strings.Contains(r.p.stderr.String(), "generation") {
+					t.Errorf("%s stopped (exit %d) without naming the generation it lost\n%s", r.name, r.code, r.p.stderr.String())
+				}
+			}
+			if err := guests.CheckTicker(readFile(t, out), 150); err != nil {
+				t.Fatalf("console: %v", err)
+			}
+			t.Logf("%s: primary exit %d, backup exit %d (took over %v)", cell.fault, pcode, bcode, bTook)
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"hvft/guests"
@@ -167,33 +168,58 @@ func etcdHosts(t *testing.T, etcdPort int) (a, b, etcdA, etcdB string, cut func(
 }
 
 // TestPartitionMatrixWithEtcd: primary, backup and etcd on three hosts.
-// Each cell cuts some of the links while the pair runs; in every cell at
-// most one replica goes on, every console line that left is in the
-// shared console once, and when some replica finishes the console is
-// whole. A link to etcd alone changes nothing: nobody needs the arbiter
+// Each cell injects one fault while the pair runs: a link taken down
+// (both directions), packets of one direction only dropped (a blackhole
+// route on one side: "a>b" drops what the primary sends the backup), or
+// one of the three processes paused (SIGSTOP, resumed once the others
+// have acted on it). In every cell at most one replica goes on, the one
+// the cell expects; every console line that left is in the shared
+// console once; and when some replica finishes the console is whole. A
+// fault that touches only etcd changes nothing: nobody needs the arbiter
 // while the pair talks.
 func TestPartitionMatrixWithEtcd(t *testing.T) {
 	etcdPort := 23000 + os.Getpid()%1000
 	a, b, etcdA, etcdB, cut := etcdHosts(t, etcdPort)
-	startEtcdOn(t, []string{etcdA, etcdB})
+	etcd := startEtcdOn(t, []string{etcdA, etcdB})
 	key := filepath.Join(t.TempDir(), "link.key")
 	if r := hvft(t, "", "keygen", key); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
 	n := os.Getpid()%200 + 1
+	ip := func(args ...string) {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Errorf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	// Where each side's packets to the other go: a blackhole route there
+	// drops one direction only.
+	oneWay := map[string][2]string{"a>b": {a, fmt.Sprintf("10.212.%d.2", n)}, "b>a": {b, fmt.Sprintf("10.212.%d.1", n)},
+		"a>e": {a, fmt.Sprintf("10.213.%d.254", n)}}
+	const (
+		primaryOn = iota
+		backupOn
+		eitherOne
+		nobody
+		bothFinish // the pair goes on together
+	)
 	for i, cell := range []struct {
-		cuts          []string
-		primaryGoesOn bool // else the backup does (or, with both false, nobody)
-		backupGoesOn  bool
+		faults []string
+		want   int
 	}{
-		{[]string{"ab"}, true, true}, // exactly one of them, either
-		{[]string{"ae"}, true, false},
-		{[]string{"be"}, true, false},
-		{[]string{"ab", "ae"}, false, true},
-		{[]string{"ab", "be"}, true, false},
-		{[]string{"ab", "ae", "be"}, false, false},
+		{[]string{"ab"}, eitherOne},
+		{[]string{"ae"}, primaryOn},
+		{[]string{"be"}, primaryOn},
+		{[]string{"ab", "ae"}, backupOn},
+		{[]string{"ab", "be"}, primaryOn},
+		{[]string{"ab", "ae", "be"}, nobody},
+		{[]string{"a>b"}, eitherOne},
+		{[]string{"b>a"}, eitherOne},
+		{[]string{"a>e"}, bothFinish},
+		{[]string{"pause-primary"}, backupOn},
+		{[]string{"pause-backup"}, primaryOn},
+		{[]string{"pause-etcd"}, bothFinish},
 	} {
-		t.Run(strings.Join(cell.cuts, "+"), func(t *testing.T) {
+		t.Run(strings.Join(cell.faults, "+"), func(t *testing.T) {
 			if i > 0 {
 				// Every cell on fresh links: bring them all up again.
 				for _, l := range [][]string{{"-n", a, "link", "set", fmt.Sprintf("hab%d", n), "up"}, {"-n", a, "link", "set", fmt.Sprintf("hae%d", n), "up"}, {"-n", b, "link", "set", fmt.Sprintf("hbe%d", n), "up"}} {
@@ -208,22 +234,45 @@ func TestPartitionMatrixWithEtcd(t *testing.T) {
 			primary := startIn(t, a, append(append([]string{"--log-level", "warn", "primary", "--listen", addr, "--arbiter", "etcd://" + etcdA + prefix}, common...), guest...)...)
 			backup := startIn(t, b, append(append([]string{"--log-level", "warn", "backup", "--primary", addr, "--arbiter", "etcd://" + etcdB + prefix}, common...), guest...)...)
 			primary.waitFor(t, "20 console lines", func() bool { return fileLines(out) >= 20 })
-			for _, l := range cell.cuts {
-				cut(l)
+			for _, f := range cell.faults {
+				switch f {
+				case "ab", "ae", "be":
+					cut(f)
+				case "a>b", "b>a", "a>e":
+					r := oneWay[f]
+					ip("-n", r[0], "route", "add", "blackhole", r[1]+"/32")
+					t.Cleanup(func() { exec.Command("ip", "-n", r[0], "route", "del", "blackhole", r[1]+"/32").Run() })
+				case "pause-primary":
+					primary.cmd.Process.Signal(syscall.SIGSTOP)
+					backup.waitFor(t, "the takeover", func() bool {
+						return strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
+					})
+					primary.cmd.Process.Signal(syscall.SIGCONT)
+				case "pause-backup":
+					backup.cmd.Process.Signal(syscall.SIGSTOP)
+					primary.waitFor(t, "the primary going on alone", func() bool {
+						return strings.Contains(primary.stderr.String(), "going on alone")
+					})
+					backup.cmd.Process.Signal(syscall.SIGCONT)
+				case "pause-etcd":
+					etcd.Signal(syscall.SIGSTOP)
+					primary.waitFor(t, "60 console lines with etcd paused", func() bool { return fileLines(out) >= 60 })
+					etcd.Signal(syscall.SIGCONT)
+				default:
+					t.Fatalf("unknown fault %q", f)
+				}
 			}
 			pcode, bcode := primary.wait(t), backup.wait(t)
 			bTook := strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
 			pOn, bOn := pcode == 0, bcode == 0 && bTook
-			switch {
-			case pOn && bOn:
+			if pOn && bOn {
 				t.Fatalf("two primaries: both finished\nprimary:\n%s\nbackup:\n%s", primary.stderr.String(), backup.stderr.String())
-			case cell.primaryGoesOn && cell.backupGoesOn:
-				if pOn == bOn {
-					t.Fatalf("primary exit %d, backup exit %d (took over %v): want exactly one to go on\n%s\n%s", pcode, bcode, bTook, primary.stderr.String(), backup.stderr.String())
-				}
-			case pOn != cell.primaryGoesOn || bOn != cell.backupGoesOn:
-				t.Fatalf("primary exit %d, backup exit %d (took over %v): want primary on %v, backup on %v\n%s\n%s",
-					pcode, bcode, bTook, cell.primaryGoesOn, cell.backupGoesOn, primary.stderr.String(), backup.stderr.String())
+			}
+			ok := map[int]bool{primaryOn: pOn && !bOn, backupOn: bOn && !pOn, eitherOne: pOn != bOn, nobody: !pOn && !bOn,
+				bothFinish: pcode == 0 && bcode == 0 && !bTook}[cell.want]
+			if !ok {
+				t.Fatalf("primary exit %d, backup exit %d (took over %v): want outcome %d\nprimary:\n%s\nbackup:\n%s",
+					pcode, bcode, bTook, cell.want, primary.stderr.String(), backup.stderr.String())
 			}
 			data, _ := os.ReadFile(out)
 			lines := strings.Count(string(data), "\n")
@@ -234,7 +283,7 @@ func TestPartitionMatrixWithEtcd(t *testing.T) {
 			} else if err := guests.CheckTicker(string(data), lines); err != nil {
 				t.Fatalf("console of a run that nobody finished (%d lines): %v", lines, err)
 			}
-			t.Logf("cut %v: primary exit %d, backup exit %d (took over %v), %d console lines", cell.cuts, pcode, bcode, bTook, lines)
+			t.Logf("%v: primary exit %d, backup exit %d (took over %v), %d console lines", cell.faults, pcode, bcode, bTook, lines)
 		})
 	}
 }

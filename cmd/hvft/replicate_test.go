@@ -521,13 +521,18 @@ func TestConsoleFileStartsEmpty(t *testing.T) {
 }
 
 // TestConsoleFilesMustBeShared: primary and backup on one host naming two
-// different --console-out files are refused at the handshake; before,
-// the pair ran and a failover lost everything after it with exit 0. A
-// backup started before its primary created the shared file pairs.
+// different existing --console-out files are refused at the handshake;
+// before, the pair ran and a failover lost everything after it with exit
+// 0. (A backup's file that does not exist yet proves nothing: a takeover
+// onto it fails naming the cause, TestTakeoverOnAnotherConsoleFileFails.)
+// A backup started before its primary created the shared file pairs.
 func TestConsoleFilesMustBeShared(t *testing.T) {
 	dir := t.TempDir()
 	shared, other := filepath.Join(dir, "console.txt"), filepath.Join(dir, "other.txt")
 	guest := []string{"ticker", "--", "5", "1000"}
+	if err := os.WriteFile(other, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	addr := freeAddr(t)
 	primary := startHvft(t, append([]string{"--log-level", "warn", "primary", "--listen", addr, "--console-out", shared, "--backup-wait", "1m"}, guest...)...)
 	b := hvft(t, "", append([]string{"--log-level", "warn", "backup", "--primary", addr, "--console-out", other}, guest...)...)

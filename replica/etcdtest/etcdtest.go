@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -79,6 +80,9 @@ func Start(t testing.TB, clients []string) *Server {
 	}
 	return s
 }
+
+// Signal sends sig to the server (SIGSTOP and SIGCONT pause and resume it).
+func (s *Server) Signal(sig os.Signal) error { return s.cmd.Process.Signal(sig) }
 
 // Stop kills the server and waits for it; calling it again is harmless.
 func (s *Server) Stop() {
