@@ -276,3 +276,65 @@ func TestPartitionMatrixWithFileArbiter(t *testing.T) {
 		})
 	}
 }
+
+// TestLonePrimarySurvivesAPause: a primary running alone under --lease
+// (the old flag, with the old 300 ms TTL) is paused for a second. Under
+// the renewed lease it fenced itself on resuming ("a newer generation
+// holds the lease") and truncated its output with exit 0; with the
+// arbiter nothing is renewed, so it finishes whole.
+func TestLonePrimarySurvivesAPause(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "console.txt")
+	primary := startHvft(t, "--log-level", "warn", "primary", "--listen", freeAddr(t), "--backup-wait", "0",
+		"--console-out", out, "--lease", filepath.Join(dir, "lease"), "--lease-ttl", "300ms", "ticker", "--", "60", "5000")
+	primary.waitFor(t, "10 console lines", func() bool { return fileLines(out) >= 10 })
+	primary.cmd.Process.Signal(syscall.SIGSTOP)
+	<-time.After(time.Second) // the pause's length: three old TTLs
+	primary.cmd.Process.Signal(syscall.SIGCONT)
+	if code := primary.wait(t); code != 0 {
+		t.Fatalf("the paused lone primary: exit %d\n%s", code, primary.stderr.String())
+	}
+	if err := guests.CheckTicker(readFile(t, out), 60); err != nil {
+		t.Fatalf("console: %v", err)
+	}
+}
+
+// TestFencedTakeoverStops: a backup takes over from a killed primary and
+// a new backup joins it; the new primary is then paused, the joiner takes
+// over in its turn (generation 3), and the paused one, resumed, finds its
+// backup gone, loses its claim and stops with exit 125, releasing nothing
+// more. Before, a fenced replica that had taken over ran on and exited 0
+// with output missing. The console holds every tick once.
+func TestFencedTakeoverStops(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "console.txt")
+	common := []string{"--console-out", out, "--arbiter", "file:" + filepath.Join(dir, "gens"), "--failure-timeout", "300ms"}
+	guest := []string{"ticker", "--", "300", "5000"}
+	first, second := freeAddr(t), freeAddr(t)
+	primary := startHvft(t, append(append([]string{"--log-level", "warn", "primary", "--listen", first}, common...), guest...)...)
+	backup := startHvft(t, append(append([]string{"--log-level", "warn", "backup", "--primary", first, "--listen", second}, common...), guest...)...)
+	primary.waitFor(t, "10 console lines", func() bool { return fileLines(out) >= 10 })
+	primary.cmd.Process.Kill()
+	backup.waitFor(t, "the first takeover", func() bool {
+		return strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
+	})
+	joiner := startHvft(t, append(append([]string{"--log-level", "info", "backup", "--primary", second, "--join"}, common...), guest...)...)
+	joiner.waitFor(t, "the join", func() bool { return strings.Contains(joiner.stderr.String(), "received the primary's state") })
+	backup.cmd.Process.Signal(syscall.SIGSTOP)
+	joiner.waitFor(t, "the second takeover", func() bool {
+		return strings.Contains(joiner.stderr.String(), "live: this replica is now the primary")
+	})
+	backup.cmd.Process.Signal(syscall.SIGCONT)
+	if code := backup.wait(t); code != exitFailure || !strings.Contains(backup.stderr.String(), "generation") {
+		t.Errorf("the fenced second primary: exit %d, want %d naming the generation\n%s", code, exitFailure, backup.stderr.String())
+	}
+	if code := joiner.wait(t); code != 0 {
+		t.Fatalf("the third primary: exit %d\n%s", code, joiner.stderr.String())
+	}
+	if err := guests.CheckTicker(readFile(t, out), 300); err != nil {
+		t.Fatalf("console: %v", err)
+	}
+	if gens, _ := filepath.Glob(filepath.Join(dir, "gens", "gen-*")); len(gens) != 3 {
+		t.Errorf("generations %v, want 3", gens)
+	}
+}
