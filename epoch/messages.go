@@ -102,10 +102,13 @@ type JoinState struct {
 	State   []byte
 }
 
-// Welcome answers a Hello; Reason is empty when accepted.
+// Welcome answers a Hello; Reason is empty when accepted. Arbiter, if
+// set, names the arbiter the primary runs under when the backup was given
+// none (the default on one host, "file:DIR").
 type Welcome struct {
 	Accepted bool
 	Reason   string
+	Arbiter  string
 }
 
 // Answer is one environment answer (rule 1).

@@ -99,13 +99,26 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.cond = sync.NewCond(&b.mu)
 	b.report.Role, b.report.Engine = "backup", uc.Version()
 	dctx, cancel := context.WithTimeout(ctx, opt.ConnectTimeout)
-	link, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig, opt.Join, opt.Auth, b.log)
+	link, advertised, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig, opt.Join, opt.Auth, b.log)
 	cancel()
 	if err != nil {
 		return nil, err
 	}
 	b.link = link
 	b.log.Info("connected to the primary", zap.String("primary", opt.Primary), zap.Bool("join", opt.Join))
+	if opt.Arbiter == nil && advertised != "" {
+		// The primary arbitrates on this host by default: so does its
+		// backup, and the backup's own joiners after a takeover.
+		arb, err := AdoptArbiter(advertised)
+		if err != nil {
+			link.Close()
+			return nil, err
+		}
+		defer arb.Close()
+		opt.Arbiter, opt.Advertise = arb, advertised
+		b.opt = opt
+		b.log.Info("arbitrating on the primary's default arbiter", zap.String("arbiter", advertised))
+	}
 	if opt.Arbiter != nil {
 		// The primary claimed the run's generation before it accepted
 		// this replica: that is the one a takeover must move on from.

@@ -261,3 +261,64 @@ func (f *FileGenerations) Claim(ctx context.Context, gen uint64, holder string) 
 
 // Close implements Generations.
 func (f *FileGenerations) Close() error { return nil }
+
+// DefaultArbiterRoot is where a pair on one host given no --arbiter keeps
+// its generations: a directory per run under the user's own.
+func DefaultArbiterRoot() string {
+	return filepath.Join(os.TempDir(), fmt.Sprintf("hvft-arbiter-%d", os.Getuid()))
+}
+
+// NewDefaultArbiter makes a fresh run directory under DefaultArbiterRoot
+// and returns the file arbiter on it with its spec ("file:DIR"), which the
+// primary advertises to its backups: with it, a cut or reset link on one
+// host cannot leave two primaries even when the user named no arbiter.
+func NewDefaultArbiter() (Generations, string, error) {
+	root := DefaultArbiterRoot()
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, "", fmt.Errorf("the default arbiter's directory: %w", err)
+	}
+	if err := checkPrivateDir(root); err != nil {
+		return nil, "", err
+	}
+	dir, err := os.MkdirTemp(root, "run-")
+	if err != nil {
+		return nil, "", fmt.Errorf("the default arbiter's directory: %w", err)
+	}
+	g, err := OpenFileGenerations(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	return g, "file:" + dir, nil
+}
+
+// AdoptArbiter opens the arbiter a primary advertised. Only a run
+// directory under DefaultArbiterRoot is accepted: a peer must not make
+// this replica create files anywhere else.
+func AdoptArbiter(spec string) (Generations, error) {
+	dir, ok := strings.CutPrefix(spec, "file:")
+	root := DefaultArbiterRoot()
+	if !ok || filepath.Dir(dir) != root || !strings.HasPrefix(filepath.Base(dir), "run-") {
+		return nil, fmt.Errorf("the primary advertised the arbiter %q, which is not a default one under %s: give both replicas --arbiter", spec, root)
+	}
+	if err := checkPrivateDir(root); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(dir)
+	if err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("the primary's default arbiter %s is not on this host (%v): a pair on two hosts needs --arbiter etcd://", dir, err)
+	}
+	return OpenFileGenerations(dir)
+}
+
+// checkPrivateDir refuses a directory that is not this user's alone.
+func checkPrivateDir(dir string) error {
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("the default arbiter's directory: %w", err)
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !st.IsDir() || st.Mode().Perm()&0o077 != 0 || (ok && int(sys.Uid) != os.Getuid()) {
+		return fmt.Errorf("%s is not a directory of this user's alone (mode 0700): remove it", dir)
+	}
+	return nil
+}

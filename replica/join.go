@@ -110,7 +110,7 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 		reason = "the primary already has a backup (or one joining)"
 	}
 	p.mu.Unlock()
-	if err := l.answerHello(reason); err != nil {
+	if err := l.answerHello(reason, p.opt.Advertise); err != nil {
 		p.log.Warn("turned away a peer that failed the handshake", zap.String("peer", peer), zap.Error(err))
 		l.Close()
 		return

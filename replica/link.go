@@ -240,10 +240,10 @@ func (l *Link) readHello() (*epoch.Hello, error) {
 // answerHello sends the Welcome (refused when reason is set). An accepted
 // peer must confirm with a heartbeat: a backup that gave up waiting (its
 // Hello was still queued when it left) is not taken for a backup.
-func (l *Link) answerHello(reason string) error {
+func (l *Link) answerHello(reason, arbiter string) error {
 	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
 	defer l.conn.SetDeadline(time.Time{})
-	if err := l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason}}); err != nil {
+	if err := l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason, Arbiter: arbiter}}); err != nil {
 		return err
 	}
 	if err := l.Drain(handshakeTimeout); err != nil {
@@ -263,27 +263,29 @@ func (l *Link) answerHello(reason string) error {
 }
 
 // dialPrimary connects to the primary, retrying until ctx ends, and
-// presents cfg. A refusal is final.
-// The configuration is taken at each connection: a console file the
-// primary creates at its start may appear only after this replica began.
-func dialPrimary(ctx context.Context, addr string, cfg func() epoch.MachineConfig, join bool, auth *Auth, log *zap.Logger) (*Link, error) {
+// presents cfg; it returns the link and the arbiter the primary
+// advertised (Welcome.Arbiter). A refusal is final. The configuration is
+// taken at each connection: a console file the primary creates at its
+// start may appear only after this replica began.
+func dialPrimary(ctx context.Context, addr string, cfg func() epoch.MachineConfig, join bool, auth *Auth, log *zap.Logger) (*Link, string, error) {
 	var d net.Dialer
 	warned := false
 	for {
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			if conn, err = auth.secure(ctx, conn, false); err != nil {
-				return nil, err
+				return nil, "", err
 			}
 			l := newLink(conn)
-			if err := l.hello(cfg(), join); err != nil {
+			arbiter, err := l.hello(cfg(), join)
+			if err != nil {
 				l.Close()
-				return nil, err
+				return nil, "", err
 			}
-			return l, nil
+			return l, arbiter, nil
 		}
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("no primary at %s: %w", addr, err)
+			return nil, "", fmt.Errorf("no primary at %s: %w", addr, err)
 		}
 		if !warned {
 			log.Info("waiting for the primary", zap.String("addr", addr), zap.Error(err))
@@ -291,33 +293,33 @@ func dialPrimary(ctx context.Context, addr string, cfg func() epoch.MachineConfi
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("no primary at %s: %w", addr, ctx.Err())
+			return nil, "", fmt.Errorf("no primary at %s: %w", addr, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
-func (l *Link) hello(cfg epoch.MachineConfig, join bool) error {
+func (l *Link) hello(cfg epoch.MachineConfig, join bool) (arbiter string, err error) {
 	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
 	defer l.conn.SetDeadline(time.Time{})
 	if err := l.Send(epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: cfg, Join: join}}); err != nil {
-		return fmt.Errorf("handshake: %w", err)
+		return "", fmt.Errorf("handshake: %w", err)
 	}
 	m, err := l.Recv()
 	if err != nil {
-		return fmt.Errorf("handshake: the primary did not answer (if it uses --key-file, this backup needs the same key): %w", err)
+		return "", fmt.Errorf("handshake: the primary did not answer (if it uses --key-file, this backup needs the same key): %w", err)
 	}
 	if m.Type != epoch.TypeWelcome {
-		return fmt.Errorf("handshake: the primary answered %v", m.Type)
+		return "", fmt.Errorf("handshake: the primary answered %v", m.Type)
 	}
 	if !m.Welcome.Accepted {
-		return &RefusedError{Reason: m.Welcome.Reason}
+		return "", &RefusedError{Reason: m.Welcome.Reason}
 	}
 	// Confirm: the primary takes this replica for its backup only now.
 	if err := l.Send(epoch.Message{Type: epoch.TypeHeartbeat}); err != nil {
-		return fmt.Errorf("handshake: %w", err)
+		return "", fmt.Errorf("handshake: %w", err)
 	}
-	return nil
+	return m.Welcome.Arbiter, nil
 }
 
 // heartbeat sends a heartbeat every interval until ctx ends, and calls

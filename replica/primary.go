@@ -45,6 +45,10 @@ type Options struct {
 	// Holder names this replica there.
 	Arbiter Generations
 	Holder  string
+	// Advertise is the arbiter a primary names in its welcome, for a
+	// backup given none to adopt (AdoptArbiter): the default file arbiter
+	// of a pair on one host.
+	Advertise string
 
 	// mutateAnswer, in tests, lets a backup answer from its own host.
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64

@@ -152,6 +152,17 @@ func TestNewerGenerationFencesTheDisk(t *testing.T) {
 type silentProxy struct {
 	addr                string
 	toBackup, toPrimary atomic.Bool
+	mu                  sync.Mutex
+	open                []net.Conn
+}
+
+// reset closes every connection through the proxy: a reset link.
+func (p *silentProxy) reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.open {
+		c.Close()
+	}
 }
 
 func startSilentProxy(t *testing.T, target string) *silentProxy {
@@ -197,6 +208,9 @@ func startSilentProxy(t *testing.T, target string) *silentProxy {
 				c.Close()
 				continue
 			}
+			p.mu.Lock()
+			p.open = append(p.open, c, up)
+			p.mu.Unlock()
 			conns.Add(2)
 			go pipe(up, c, &p.toPrimary)
 			go pipe(c, up, &p.toBackup)
@@ -336,5 +350,41 @@ func TestFencedTakeoverStops(t *testing.T) {
 	}
 	if gens, _ := filepath.Glob(filepath.Join(dir, "gens", "gen-*")); len(gens) != 3 {
 		t.Errorf("generations %v, want 3", gens)
+	}
+}
+
+// TestCutLinkWithoutArbiterLeavesOnePrimary: a pair on one host given no
+// --arbiter arbitrates on a default directory the primary makes and
+// advertises, so a link that falls silent, or is reset, leaves exactly
+// one primary; before, both went on and the shared console got every
+// line after the cut twice.
+func TestCutLinkWithoutArbiterLeavesOnePrimary(t *testing.T) {
+	for _, fault := range []string{"silent", "reset"} {
+		t.Run(fault, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "console.txt")
+			addr := freeAddr(t)
+			proxy := startSilentProxy(t, addr)
+			common := []string{"--console-out", out, "--failure-timeout", "300ms"}
+			guest := []string{"ticker", "--", "150", "4000"}
+			primary := startHvft(t, append(append([]string{"--log-level", "info", "primary", "--listen", addr}, common...), guest...)...)
+			backup := startHvft(t, append(append([]string{"--log-level", "info", "backup", "--primary", proxy.addr}, common...), guest...)...)
+			primary.waitFor(t, "20 console lines", func() bool { return fileLines(out) >= 20 })
+			if fault == "silent" {
+				proxy.toBackup.Store(true)
+				proxy.toPrimary.Store(true)
+			} else {
+				proxy.reset()
+			}
+			pcode, bcode := primary.wait(t), backup.wait(t)
+			if (pcode == 0) == (bcode == 0) {
+				t.Fatalf("primary exit %d, backup exit %d: want exactly one to go on\nprimary:\n%s\nbackup:\n%s", pcode, bcode, primary.stderr.String(), backup.stderr.String())
+			}
+			if !strings.Contains(backup.stderr.String(), "arbitrating on the primary's default arbiter") {
+				t.Errorf("the backup did not adopt the primary's default arbiter\n%s", backup.stderr.String())
+			}
+			if err := guests.CheckTicker(readFile(t, out), 150); err != nil {
+				t.Fatalf("console: %v", err)
+			}
+		})
 	}
 }

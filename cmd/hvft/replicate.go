@@ -161,14 +161,34 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 		log.Warn("--lease-ttl is ignored: the arbiter renews nothing")
 	}
 	var arbiter replica.Generations
-	if spec != "" {
+	var advertise string
+	local := true // every link address on this host
+	for _, peer := range linkAddrs(c) {
+		local = local && (strings.HasPrefix(peer, "fd:") || replica.IsLoopback(peer))
+	}
+	switch {
+	case spec != "":
 		var err error
 		if arbiter, err = replica.OpenArbiter(spec, log); err != nil {
 			return nil, err
 		}
+	case c.Command.Name == "primary" && local:
+		// A pair on one host arbitrates by default: a cut or reset link
+		// must not leave two primaries. The backup adopts it from the
+		// welcome.
+		var err error
+		if arbiter, advertise, err = replica.NewDefaultArbiter(); err != nil {
+			return nil, err
+		}
+		log.Info("no --arbiter: arbitrating on this host", zap.String("arbiter", advertise))
+	case !local:
+		log.Warn("no --arbiter: a partition between the hosts can leave two primaries (give both replicas --arbiter etcd://HOST:PORT/PREFIX)")
+	}
+	if auth == nil {
+		log.Warn("the replication link is not authenticated: any local process can connect to it (--key-file authenticates and encrypts it)")
 	}
 	host, _ := os.Hostname()
-	s := &replicaSetup{log: log, opts: replica.Options{Auth: auth, Arbiter: arbiter,
+	s := &replicaSetup{log: log, opts: replica.Options{Auth: auth, Arbiter: arbiter, Advertise: advertise,
 		Holder:  fmt.Sprintf("%s:%d:%s", host, os.Getpid(), c.Command.Name),
 		Machine: mach, Heartbeat: c.Duration("heartbeat"), FailureTimeout: c.Duration("failure-timeout"),
 		Sink: sink, Input: os.Stdin, MaxEpochs: c.Uint64("max-epochs"), Log: log,
@@ -233,6 +253,12 @@ func primaryAction(c *cli.Context) error {
 	defer ln.Close()
 	rep, err := replica.RunPrimary(s.ctx, replica.PrimaryOptions{Options: s.opts, Listener: ln,
 		BackupWait: c.Duration("backup-wait"), Mode: mode, MaxLag: c.Uint64("max-lag")})
+	if dir, ok := strings.CutPrefix(s.opts.Advertise, "file:"); ok && err == nil {
+		// The run is complete: nobody takes it over, so its default
+		// arbiter has nothing left to decide. (After a failure it stays,
+		// for the replica that goes on.)
+		os.RemoveAll(dir)
+	}
 	return finish(c, s.log, rep, err)
 }
 
