@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 )
@@ -159,15 +160,16 @@ func DiskSectorsOf(path string, createSize uint64) (uint64, error) {
 		if createSize%SectorSize != 0 {
 			return 0, fmt.Errorf("disk image %s: size %d: %w", path, createSize, ErrDiskSize)
 		}
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-		if err != nil {
-			return 0, fmt.Errorf("creating disk image: %w", err)
-		}
-		defer f.Close()
-		if err := f.Truncate(int64(createSize)); err != nil {
+		// Made whole under a temporary name, then linked into place: a
+		// replica starting at the same moment sees no image or a whole
+		// one, and the loser of the race uses the winner's.
+		switch err := createImage(path, createSize); {
+		case err == nil:
+			return createSize / SectorSize, nil
+		case !errors.Is(err, os.ErrExist):
 			return 0, fmt.Errorf("creating disk image %s: %w", path, err)
 		}
-		return createSize / SectorSize, nil
+		st, err = os.Stat(path)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("disk image: %w", err)
@@ -182,6 +184,22 @@ func DiskSectorsOf(path string, createSize uint64) (uint64, error) {
 		return 0, fmt.Errorf("disk image %s has more than 2^32 sectors", path)
 	}
 	return uint64(st.Size()) / SectorSize, nil
+}
+
+func createImage(path string, size uint64) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".hvft-image-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := f.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := f.Truncate(int64(size)); err != nil {
+		return err
+	}
+	return os.Link(f.Name(), path)
 }
 
 // OpenDisk opens an existing image for reading and writing.

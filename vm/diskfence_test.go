@@ -190,3 +190,30 @@ func TestClaimGivesUpWithTheContext(t *testing.T) {
 		t.Fatalf("a cancelled claim blocked by a write: %v", err)
 	}
 }
+
+// TestRacingCreatorsShareOneImage: primary and backup started at once
+// both create the missing image; each sees it whole (before, the loser
+// failed with "file exists", or read a size of 0 between the other's
+// create and truncate).
+func TestRacingCreatorsShareOneImage(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	sizes := make([]uint64, 8)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sizes[i], errs[i] = DiskSectorsOf(path, 64*SectorSize)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil || sizes[i] != 64 {
+			t.Fatalf("creator %d: %d sectors, %v", i, sizes[i], err)
+		}
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".hvft-image-*")); len(leftovers) != 0 {
+		t.Fatalf("temporary files left: %v", leftovers)
+	}
+}

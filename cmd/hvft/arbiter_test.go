@@ -235,60 +235,74 @@ func TestPartitionMatrixWithFileArbiter(t *testing.T) {
 		{"ab", "either"}, {"a>b", "either"}, {"b>a", "either"},
 		{"pause-primary", "backup"}, {"pause-backup", "primary"},
 	} {
-		t.Run(cell.fault, func(t *testing.T) {
-			dir := t.TempDir()
-			out := filepath.Join(dir, "console.txt")
-			addr := freeAddr(t)
-			proxy := startSilentProxy(t, addr)
-			common := []string{"--console-out", out, "--arbiter", "file:" + filepath.Join(dir, "gens"), "--failure-timeout", "300ms"}
-			guest := []string{"ticker", "--", "150", "4000"}
-			primary := startHvft(t, append(append([]string{"--log-level", "warn", "primary", "--listen", addr}, common...), guest...)...)
-			backup := startHvft(t, append(append([]string{"--log-level", "warn", "backup", "--primary", proxy.addr}, common...), guest...)...)
-			primary.waitFor(t, "20 console lines", func() bool { return fileLines(out) >= 20 })
-			switch cell.fault {
-			case "ab":
-				proxy.toBackup.Store(true)
-				proxy.toPrimary.Store(true)
-			case "a>b":
-				proxy.toBackup.Store(true)
-			case "b>a":
-				proxy.toPrimary.Store(true)
-			case "pause-primary":
-				primary.cmd.Process.Signal(syscall.SIGSTOP)
-				backup.waitFor(t, "the takeover", func() bool {
-					return strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
-				})
-				primary.cmd.Process.Signal(syscall.SIGCONT)
-			case "pause-backup":
-				backup.cmd.Process.Signal(syscall.SIGSTOP)
-				primary.waitFor(t, "the primary going on alone", func() bool {
-					return strings.Contains(primary.stderr.String(), "going on alone")
-				})
-				backup.cmd.Process.Signal(syscall.SIGCONT)
+		for _, disk := range []bool{false, true} {
+			name := cell.fault
+			if disk {
+				name += "/disk"
 			}
-			pcode, bcode := primary.wait(t), backup.wait(t)
-			bTook := strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
-			pOn, bOn := pcode == 0, bcode == 0 && bTook
-			ok := map[string]bool{"primary": pOn && !bOn, "backup": bOn && !pOn, "either": pOn != bOn}[cell.want]
-			if !ok {
-				t.Fatalf("primary exit %d, backup exit %d (took over %v): want %s to go on\nprimary:\n%s\nbackup:\n%s",
-					pcode, bcode, bTook, cell.want, primary.stderr.String(), backup.stderr.String())
-			}
-			for _, r := range []struct {
-				name string
-				code int
-				p    *proc
-			}{{"primary", pcode, primary}, {"backup", bcode, backup}} {
-				if r.code != 0 && !strings.Contains(r.p.stderr.String(), "generation") {
-					t.Errorf("%s stopped (exit %d) without naming the generation it lost\n%s", r.name, r.code, r.p.stderr.String())
-				}
-			}
-			if err := guests.CheckTicker(readFile(t, out), 150); err != nil {
-				t.Fatalf("console: %v", err)
-			}
-			t.Logf("%s: primary exit %d, backup exit %d (took over %v)", cell.fault, pcode, bcode, bTook)
-		})
+			t.Run(name, func(t *testing.T) { fileArbiterCell(t, cell.fault, cell.want, disk) })
+		}
 	}
+}
+
+func fileArbiterCell(t *testing.T, fault, want string, disk bool) {
+	dir := t.TempDir()
+	out, img := filepath.Join(dir, "console.txt"), filepath.Join(dir, "disk.img")
+	addr := freeAddr(t)
+	proxy := startSilentProxy(t, addr)
+	common := []string{"--console-out", out, "--arbiter", "file:" + filepath.Join(dir, "gens"), "--failure-timeout", "300ms"}
+	guest := []string{"ticker", "--", "150", "4000"}
+	if disk {
+		guest = []string{"diskkv", "--", "run", matrixPuts, "5", "4"}
+		common = append(common, "--disk", img)
+	}
+	primary := startHvft(t, append(append([]string{"--log-level", "warn", "primary", "--listen", addr}, common...), guest...)...)
+	backup := startHvft(t, append(append([]string{"--log-level", "warn", "backup", "--primary", proxy.addr}, common...), guest...)...)
+	primary.waitFor(t, "20 console lines", func() bool { return fileLines(out) >= 20 })
+	switch fault {
+	case "ab":
+		proxy.toBackup.Store(true)
+		proxy.toPrimary.Store(true)
+	case "a>b":
+		proxy.toBackup.Store(true)
+	case "b>a":
+		proxy.toPrimary.Store(true)
+	case "pause-primary":
+		primary.cmd.Process.Signal(syscall.SIGSTOP)
+		backup.waitFor(t, "the takeover", func() bool {
+			return strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
+		})
+		primary.cmd.Process.Signal(syscall.SIGCONT)
+	case "pause-backup":
+		backup.cmd.Process.Signal(syscall.SIGSTOP)
+		primary.waitFor(t, "the primary going on alone", func() bool {
+			return strings.Contains(primary.stderr.String(), "going on alone")
+		})
+		backup.cmd.Process.Signal(syscall.SIGCONT)
+	}
+	pcode, bcode := primary.wait(t), backup.wait(t)
+	bTook := strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
+	pOn, bOn := pcode == 0, bcode == 0 && bTook
+	ok := map[string]bool{"primary": pOn && !bOn, "backup": bOn && !pOn, "either": pOn != bOn}[want]
+	if !ok {
+		t.Fatalf("primary exit %d, backup exit %d (took over %v): want %s to go on\nprimary:\n%s\nbackup:\n%s",
+			pcode, bcode, bTook, want, primary.stderr.String(), backup.stderr.String())
+	}
+	for _, r := range []struct {
+		name string
+		code int
+		p    *proc
+	}{{"primary", pcode, primary}, {"backup", bcode, backup}} {
+		if r.code != 0 && !strings.Contains(r.p.stderr.String(), "generation") {
+			t.Errorf("%s stopped (exit %d) without naming the generation it lost\n%s", r.name, r.code, r.p.stderr.String())
+		}
+	}
+	if disk {
+		checkMatrixDisk(t, readFile(t, out), img)
+	} else if err := guests.CheckTicker(readFile(t, out), 150); err != nil {
+		t.Fatalf("console: %v", err)
+	}
+	t.Logf("%s: primary exit %d, backup exit %d (took over %v)", fault, pcode, bcode, bTook)
 }
 
 // TestLonePrimarySurvivesAPause: a primary running alone under --lease

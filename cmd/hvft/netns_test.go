@@ -205,21 +205,32 @@ func TestPartitionMatrixWithEtcd(t *testing.T) {
 	for i, cell := range []struct {
 		faults []string
 		want   int
+		disk   bool // diskkv on a shared disk, not ticker
 	}{
-		{[]string{"ab"}, eitherOne},
-		{[]string{"ae"}, primaryOn},
-		{[]string{"be"}, primaryOn},
-		{[]string{"ab", "ae"}, backupOn},
-		{[]string{"ab", "be"}, primaryOn},
-		{[]string{"ab", "ae", "be"}, nobody},
-		{[]string{"a>b"}, eitherOne},
-		{[]string{"b>a"}, eitherOne},
-		{[]string{"a>e"}, bothFinish},
-		{[]string{"pause-primary"}, backupOn},
-		{[]string{"pause-backup"}, primaryOn},
-		{[]string{"pause-etcd"}, bothFinish},
+		{[]string{"ab"}, eitherOne, false},
+		{[]string{"ae"}, primaryOn, false},
+		{[]string{"be"}, primaryOn, false},
+		{[]string{"ab", "ae"}, backupOn, false},
+		{[]string{"ab", "be"}, primaryOn, false},
+		{[]string{"ab", "ae", "be"}, nobody, false},
+		{[]string{"a>b"}, eitherOne, false},
+		{[]string{"b>a"}, eitherOne, false},
+		{[]string{"a>e"}, bothFinish, false},
+		{[]string{"pause-primary"}, backupOn, false},
+		{[]string{"pause-backup"}, primaryOn, false},
+		{[]string{"pause-etcd"}, bothFinish, false},
+		// The shared disk too: every acknowledged put is in the image and
+		// a stale primary's write never lands over the new one's.
+		{[]string{"ab"}, eitherOne, true},
+		{[]string{"a>b"}, eitherOne, true},
+		{[]string{"pause-primary"}, backupOn, true},
+		{[]string{"pause-backup"}, primaryOn, true},
 	} {
-		t.Run(strings.Join(cell.faults, "+"), func(t *testing.T) {
+		name := strings.Join(cell.faults, "+")
+		if cell.disk {
+			name += "/disk"
+		}
+		t.Run(name, func(t *testing.T) {
 			if i > 0 {
 				// Every cell on fresh links: bring them all up again.
 				for _, l := range [][]string{{"-n", a, "link", "set", fmt.Sprintf("hab%d", n), "up"}, {"-n", a, "link", "set", fmt.Sprintf("hae%d", n), "up"}, {"-n", b, "link", "set", fmt.Sprintf("hbe%d", n), "up"}} {
@@ -231,6 +242,11 @@ func TestPartitionMatrixWithEtcd(t *testing.T) {
 			prefix := fmt.Sprintf("/hvft/matrix%d", i)
 			common := []string{"--key-file", key, "--console-out", out, "--failure-timeout", "300ms"}
 			guest := []string{"ticker", "--", "150", "4000"}
+			img := filepath.Join(t.TempDir(), "disk.img")
+			if cell.disk {
+				guest = []string{"diskkv", "--", "run", matrixPuts, "5", "4"}
+				common = append(common, "--disk", img)
+			}
 			primary := startIn(t, a, append(append([]string{"--log-level", "warn", "primary", "--listen", addr, "--arbiter", "etcd://" + etcdA + prefix}, common...), guest...)...)
 			backup := startIn(t, b, append(append([]string{"--log-level", "warn", "backup", "--primary", addr, "--arbiter", "etcd://" + etcdB + prefix}, common...), guest...)...)
 			primary.waitFor(t, "20 console lines", func() bool { return fileLines(out) >= 20 })
@@ -276,7 +292,9 @@ func TestPartitionMatrixWithEtcd(t *testing.T) {
 			}
 			data, _ := os.ReadFile(out)
 			lines := strings.Count(string(data), "\n")
-			if pOn || bOn {
+			if cell.disk {
+				checkMatrixDisk(t, string(data), img)
+			} else if pOn || bOn {
 				if err := guests.CheckTicker(string(data), 150); err != nil {
 					t.Fatalf("console: %v", err)
 				}
@@ -286,4 +304,18 @@ func TestPartitionMatrixWithEtcd(t *testing.T) {
 			t.Logf("%v: primary exit %d, backup exit %d (took over %v), %d console lines", cell.faults, pcode, bcode, bTook, lines)
 		})
 	}
+}
+
+// matrixPuts is the diskkv run of a partition matrix's disk cells.
+const matrixPuts = "600"
+
+// checkMatrixDisk checks a disk cell's end: every put acknowledged on the
+// console once and in order, and the image cold-boots with every one of
+// them in its chain (a stale write landing over a newer one breaks it).
+func checkMatrixDisk(t *testing.T, console, img string) {
+	t.Helper()
+	if err := checkPuts(console, 600, 5, 4); err != nil {
+		t.Fatalf("console: %v", err)
+	}
+	verifyImage(t, img, 600, 5, 4)
 }
