@@ -13,6 +13,7 @@ package uc
 
 /*
 #cgo LDFLAGS: -lunicorn
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unicorn/unicorn.h>
@@ -37,8 +38,9 @@ typedef struct {
 	// own TLB caches 4 KiB translations; the hypervisor answers its misses
 	// and models a TLB of its own (capacity entries of 1<<entry_shift
 	// bytes): a miss in the model that finds it full evicts a victim and
-	// flushes Unicorn's TLB, so misses land at points that depend on the
-	// policy and seed, not on the guest.
+	// drops the victim's pages from Unicorn's TLB (one page at a time when
+	// Unicorn's tlb_flush_page is reachable, else the whole TLB), so every
+	// access to a page of an entry not in the model misses into the hook.
 	int tlb_on;
 	uint64_t ram_size;
 	uint32_t entry_shift;
@@ -57,11 +59,17 @@ typedef struct {
 	// next epoch boundary.
 	uint8_t *wmap;
 	uint32_t *wlist;
+	uint32_t *wpos;         // [page] index in wlist while wmap is set
 	uint32_t wcount;
 	uint8_t *dmap;
 	uint32_t *dlist;
 	uint32_t dcount;
-	uint64_t fills, misses, evictions, flushes;
+	uint64_t fills, misses, evictions, flushes, page_flushes;
+	// Unicorn's per-page flush (QEMU's tlb_flush_page, exported but not
+	// part of its API: found with dlsym) and the CPU it takes; NULL when
+	// absent, and then an eviction flushes the whole TLB.
+	void (*flush_page)(void *cpu, uint64_t addr);
+	void *cpu;
 	// A page table (Linux processes): virtual pages translate through an
 	// open-addressed hash of vpage+1 -> ppage<<3 | perms, kept by the
 	// hypervisor. A fill that finds no entry, or one without the access's
@@ -229,6 +237,51 @@ static void hv_tlb_flush(uc_engine *uc, hv_ctx *c) {
 	c->flushes++;
 }
 
+// hv_tlb_evict drops the pages of modelled entry mp from Unicorn's TLB.
+// Only identity translation allows it (with a page table, the model is
+// of physical pages and Unicorn caches virtual ones), and only for entries
+// of up to 64 pages; otherwise the whole TLB goes. A page held writable
+// becomes "written, to hash" and must ask again before its next store, as
+// after a full flush.
+static void hv_tlb_evict(uc_engine *uc, hv_ctx *c, uint64_t mp) {
+	uint32_t per = 1u << (c->entry_shift - 12);
+	if (c->flush_page == NULL || c->pt_on || per > 64) {
+		hv_tlb_flush(uc, c);
+		return;
+	}
+	uint64_t first = mp << (c->entry_shift - 12);
+	uint64_t pages = c->ram_size >> 12;
+	for (uint64_t pg = first; pg < first + per && pg < pages; pg++) {
+		c->flush_page(c->cpu, pg << 12);
+		if (c->wmap[pg]) {
+			c->wmap[pg] = 0;
+			uint32_t at = c->wpos[pg], last = c->wlist[--c->wcount];
+			c->wlist[at] = last;
+			c->wpos[last] = at;
+			if (!c->dmap[pg]) {
+				c->dmap[pg] = 1;
+				c->dlist[c->dcount++] = (uint32_t)pg;
+			}
+		}
+	}
+	c->page_flushes++;
+}
+
+// hv_find_flush_page looks up Unicorn's per-page TLB flush and the CPU
+// it needs. Both are QEMU internals Unicorn 2.1 exports with its target's
+// suffix; a build without them keeps whole flushes.
+static void hv_find_flush_page(uc_engine *uc, hv_ctx *c) {
+	void *(*get_cpu)(uc_engine *, int) = (void *(*)(uc_engine *, int))dlsym(RTLD_DEFAULT, "qemu_get_cpu_x86_64");
+	void (*flush)(void *, uint64_t) = (void (*)(void *, uint64_t))dlsym(RTLD_DEFAULT, "tlb_flush_page_x86_64");
+	if (get_cpu == NULL || flush == NULL) return;
+	// Unicorn leaves its one CPU's index unassigned (-1).
+	void *cpu = get_cpu(uc, -1);
+	if (cpu == NULL) cpu = get_cpu(uc, 0);
+	if (cpu == NULL) return;
+	c->cpu = cpu;
+	c->flush_page = flush;
+}
+
 static void hv_model_touch(uc_engine *uc, hv_ctx *c, uint64_t vaddr) {
 	uint64_t mp = vaddr >> c->entry_shift;
 	uint32_t s = c->resident[mp];
@@ -249,9 +302,10 @@ static void hv_model_touch(uc_engine *uc, hv_ctx *c, uint64_t vaddr) {
 			for (uint32_t i = 1; i < c->capacity; i++)
 				if (c->slot_tick[i] < c->slot_tick[slot]) slot = i;
 		}
-		c->resident[c->slot_page[slot]] = 0;
+		uint64_t victim = c->slot_page[slot];
+		c->resident[victim] = 0;
 		c->evictions++;
-		hv_tlb_flush(uc, c);
+		hv_tlb_evict(uc, c, victim);
 	}
 	c->slot_page[slot] = mp;
 	c->slot_tick[slot] = c->tick;
@@ -339,6 +393,7 @@ static bool hv_pt_fill(uc_engine *uc, hv_ctx *c, uint64_t vaddr, uc_mem_type typ
 	uint32_t pg = (uint32_t)ppage;
 	if (type == UC_MEM_WRITE && !c->wmap[pg]) {
 		c->wmap[pg] = 1;
+		c->wpos[pg] = c->wcount;
 		c->wlist[c->wcount++] = pg;
 	}
 	e->paddr = paddr;
@@ -364,6 +419,7 @@ static bool hv_tlb_fill(uc_engine *uc, uint64_t vaddr, uc_mem_type type, uc_tlb_
 	uint32_t pg = (uint32_t)(vaddr >> 12);
 	if (type == UC_MEM_WRITE && !c->wmap[pg]) {
 		c->wmap[pg] = 1;
+		c->wpos[pg] = c->wcount;
 		c->wlist[c->wcount++] = pg;
 	}
 	e->perms = c->wmap[pg] ? UC_PROT_ALL : (UC_PROT_READ | UC_PROT_EXEC);
@@ -763,7 +819,7 @@ func (e *Engine) Close() error {
 	c := e.ctx
 	C.uc_context_free(c.scratch)
 	for _, p := range []unsafe.Pointer{unsafe.Pointer(c.slot_page), unsafe.Pointer(c.slot_tick),
-		unsafe.Pointer(c.resident), unsafe.Pointer(c.wmap), unsafe.Pointer(c.wlist),
+		unsafe.Pointer(c.resident), unsafe.Pointer(c.wmap), unsafe.Pointer(c.wlist), unsafe.Pointer(c.wpos),
 		unsafe.Pointer(c.dmap), unsafe.Pointer(c.dlist), unsafe.Pointer(c.pt_keys), unsafe.Pointer(c.pt_vals)} {
 		C.free(p)
 	}
@@ -843,11 +899,14 @@ type SoftTLB struct {
 	RAMSize uint64
 	// EntrySize and Entries model the hypervisor's TLB: a miss that finds
 	// Entries entries of EntrySize bytes in use evicts one by Policy and
-	// flushes Unicorn's TLB.
+	// drops its pages from Unicorn's TLB.
 	EntrySize uint64
 	Entries   int
 	Policy    Policy
 	Seed      uint64
+	// WholeFlushes makes every eviction flush all of Unicorn's TLB, as
+	// before the per-page flush (for comparison in benchmarks and tests).
+	WholeFlushes bool
 }
 
 // PageSize is the granularity of Unicorn's TLB and of dirty tracking.
@@ -884,12 +943,16 @@ func (e *Engine) EnableSoftTLB(t SoftTLB) error {
 	c.resident = (*C.uint32_t)(C.calloc(C.size_t(modelled), 4))
 	c.wmap = (*C.uint8_t)(C.calloc(C.size_t(pages), 1))
 	c.wlist = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
+	c.wpos = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
 	c.dmap = (*C.uint8_t)(C.calloc(C.size_t(pages), 1))
 	c.dlist = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
-	if c.slot_page == nil || c.slot_tick == nil || c.resident == nil || c.wmap == nil || c.wlist == nil || c.dmap == nil || c.dlist == nil {
+	if c.slot_page == nil || c.slot_tick == nil || c.resident == nil || c.wmap == nil || c.wlist == nil || c.wpos == nil || c.dmap == nil || c.dlist == nil {
 		return fmt.Errorf("software TLB: out of memory for %d pages", pages)
 	}
 	e.taken = make([]C.uint32_t, pages)
+	if !t.WholeFlushes {
+		C.hv_find_flush_page(e.h, c)
+	}
 	var hk C.uc_hook
 	if err := check("hook TLB fill", C.hv_hook_tlb(e.h, &hk, c)); err != nil {
 		return err
@@ -908,13 +971,17 @@ type TLBStats struct {
 	Fills     uint64 // misses of Unicorn's TLB answered by the fill hook
 	Misses    uint64 // misses of the modelled TLB
 	Evictions uint64 // modelled entries evicted
-	Flushes   uint64 // flushes of Unicorn's TLB (evictions, re-arming, requests)
+	Flushes   uint64 // flushes of all of Unicorn's TLB (re-arming, requests; evictions without a per-page flush)
+	// PageEvictions are evictions that dropped only the victim's pages
+	// from Unicorn's TLB.
+	PageEvictions uint64
 }
 
 // TLBStats returns the counters.
 func (e *Engine) TLBStats() TLBStats {
 	c := e.ctx
-	return TLBStats{Fills: uint64(c.fills), Misses: uint64(c.misses), Evictions: uint64(c.evictions), Flushes: uint64(c.flushes)}
+	return TLBStats{Fills: uint64(c.fills), Misses: uint64(c.misses), Evictions: uint64(c.evictions), Flushes: uint64(c.flushes),
+		PageEvictions: uint64(c.page_flushes)}
 }
 
 // FlushTLB drops every translation Unicorn caches.
