@@ -56,6 +56,10 @@ type Config struct {
 	// Linux, when set, runs a Linux program in place of a board guest
 	// (the image passed to New is then ignored).
 	Linux *LinuxSetup
+	// WholeTLBFlushes makes every eviction of the modelled TLB flush all
+	// of Unicorn's TLB instead of the victim's pages (the older way, kept
+	// for benchmarks to compare against; it changes no result).
+	WholeTLBFlushes bool
 }
 
 // DefaultRAMSize is the board's RAM unless configured otherwise.
@@ -208,7 +212,7 @@ func (m *Machine) open() error {
 	err = eng.MapPtr(0, m.cfg.RAMSize, uc.ProtAll, unsafe.Pointer(&ram[0]))
 	if err == nil {
 		err = eng.EnableSoftTLB(uc.SoftTLB{RAMSize: m.cfg.RAMSize, EntrySize: m.cfg.TLB.PageSize,
-			Entries: m.cfg.TLB.Entries, Policy: uc.Policy(m.cfg.TLB.Policy), Seed: m.cfg.TLB.Seed})
+			Entries: m.cfg.TLB.Entries, Policy: uc.Policy(m.cfg.TLB.Policy), Seed: m.cfg.TLB.Seed, WholeFlushes: m.cfg.WholeTLBFlushes})
 	}
 	if err == nil {
 		err = eng.Hooks(m)
@@ -223,7 +227,7 @@ func (m *Machine) open() error {
 		return err
 	}
 	m.mem, m.eng = ram, eng
-	m.ram.init(ram)
+	m.ram.initZero(ram) // nothing has written it yet
 	return nil
 }
 
@@ -661,12 +665,27 @@ type ramDigest struct {
 	rehashed uint64
 }
 
-func (d *ramDigest) init(mem []byte) {
+func (d *ramDigest) init(mem []byte) { d.start(mem, false) }
+
+// initZero is init for RAM known to be all zero (a fresh mapping): the
+// pages are hashed from a zero page of our own, never read. Reading them
+// would map the kernel's shared zero page under each, and the guest's
+// first store to every page would then fault twice (a copy-on-write with
+// a TLB shootdown across the process's threads) instead of once.
+func (d *ramDigest) initZero(mem []byte) { d.start(mem, true) }
+
+var zeroPage [uc.PageSize]byte
+
+func (d *ramDigest) start(mem []byte, zero bool) {
 	n := len(mem) / uc.PageSize
 	d.mem, d.pages, d.hostSet, d.sum = mem, make([]xxh3.Uint128, n), make([]bool, n), xxh3.Uint128{}
 	d.host = d.host[:0]
 	for i := range d.pages {
-		d.pages[i] = d.pageHash(i)
+		if zero {
+			d.pages[i] = xxh3.Hash128Seed(zeroPage[:], uint64(i))
+		} else {
+			d.pages[i] = d.pageHash(i)
+		}
 		d.add(d.pages[i])
 	}
 }

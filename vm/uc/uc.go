@@ -61,6 +61,14 @@ typedef struct {
 	uint32_t *wlist;
 	uint32_t *wpos;         // [page] index in wlist while wmap is set
 	uint32_t wcount;
+	// fmap marks the 4 KiB pages filled since the last whole flush (those
+	// Unicorn may cache), flist lists them: an eviction flushes only the
+	// victim's pages that were filled, each flush costing Unicorn a slice
+	// of its jump cache.
+	uint8_t *fmap;
+	uint32_t *flist;
+	uint32_t *fpos;         // [page] index in flist while fmap is set
+	uint32_t fcount;
 	uint8_t *dmap;
 	uint32_t *dlist;
 	uint32_t dcount;
@@ -234,7 +242,17 @@ static void hv_tlb_flush(uc_engine *uc, hv_ctx *c) {
 		}
 	}
 	c->wcount = 0;
+	for (uint32_t i = 0; i < c->fcount; i++) c->fmap[c->flist[i]] = 0;
+	c->fcount = 0;
 	c->flushes++;
+}
+
+// hv_filled notes that Unicorn may now cache page pg.
+static inline void hv_filled(hv_ctx *c, uint32_t pg) {
+	if (c->fmap[pg]) return;
+	c->fmap[pg] = 1;
+	c->fpos[pg] = c->fcount;
+	c->flist[c->fcount++] = pg;
 }
 
 // hv_tlb_evict drops the pages of modelled entry mp from Unicorn's TLB.
@@ -252,6 +270,11 @@ static void hv_tlb_evict(uc_engine *uc, hv_ctx *c, uint64_t mp) {
 	uint64_t first = mp << (c->entry_shift - 12);
 	uint64_t pages = c->ram_size >> 12;
 	for (uint64_t pg = first; pg < first + per && pg < pages; pg++) {
+		if (!c->fmap[pg]) continue; // not cached since the last flush
+		c->fmap[pg] = 0;
+		uint32_t fat = c->fpos[pg], flast = c->flist[--c->fcount];
+		c->flist[fat] = flast;
+		c->fpos[flast] = fat;
 		c->flush_page(c->cpu, pg << 12);
 		if (c->wmap[pg]) {
 			c->wmap[pg] = 0;
@@ -417,6 +440,7 @@ static bool hv_tlb_fill(uc_engine *uc, uint64_t vaddr, uc_mem_type type, uc_tlb_
 	c->fills++;
 	hv_model_touch(uc, c, vaddr);
 	uint32_t pg = (uint32_t)(vaddr >> 12);
+	hv_filled(c, pg);
 	if (type == UC_MEM_WRITE && !c->wmap[pg]) {
 		c->wmap[pg] = 1;
 		c->wpos[pg] = c->wcount;
@@ -819,7 +843,7 @@ func (e *Engine) Close() error {
 	c := e.ctx
 	C.uc_context_free(c.scratch)
 	for _, p := range []unsafe.Pointer{unsafe.Pointer(c.slot_page), unsafe.Pointer(c.slot_tick),
-		unsafe.Pointer(c.resident), unsafe.Pointer(c.wmap), unsafe.Pointer(c.wlist), unsafe.Pointer(c.wpos),
+		unsafe.Pointer(c.resident), unsafe.Pointer(c.wmap), unsafe.Pointer(c.wlist), unsafe.Pointer(c.wpos), unsafe.Pointer(c.fmap), unsafe.Pointer(c.flist), unsafe.Pointer(c.fpos),
 		unsafe.Pointer(c.dmap), unsafe.Pointer(c.dlist), unsafe.Pointer(c.pt_keys), unsafe.Pointer(c.pt_vals)} {
 		C.free(p)
 	}
@@ -944,9 +968,12 @@ func (e *Engine) EnableSoftTLB(t SoftTLB) error {
 	c.wmap = (*C.uint8_t)(C.calloc(C.size_t(pages), 1))
 	c.wlist = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
 	c.wpos = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
+	c.fmap = (*C.uint8_t)(C.calloc(C.size_t(pages), 1))
+	c.flist = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
+	c.fpos = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
 	c.dmap = (*C.uint8_t)(C.calloc(C.size_t(pages), 1))
 	c.dlist = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
-	if c.slot_page == nil || c.slot_tick == nil || c.resident == nil || c.wmap == nil || c.wlist == nil || c.wpos == nil || c.dmap == nil || c.dlist == nil {
+	if c.slot_page == nil || c.slot_tick == nil || c.resident == nil || c.wmap == nil || c.wlist == nil || c.wpos == nil || c.fmap == nil || c.flist == nil || c.fpos == nil || c.dmap == nil || c.dlist == nil {
 		return fmt.Errorf("software TLB: out of memory for %d pages", pages)
 	}
 	e.taken = make([]C.uint32_t, pages)
