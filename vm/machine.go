@@ -104,6 +104,10 @@ type Machine struct {
 	cfg    Config
 	eng    *uc.Engine
 	mem    []byte
+	// stateReader reads the CPU for the state hash in one call (made on
+	// first use; the engine owns it); stateScratch is its reused output.
+	stateReader  *uc.StateReader
+	stateScratch uc.State
 	board  *Board
 	env    Environment
 	log    *zap.Logger

@@ -121,39 +121,50 @@ func (m *Machine) ReadMemory(addr, n uint64) ([]byte, error) {
 // cpuState appends the CPU's state: scalar registers, descriptor tables,
 // MSRs, x87 and SSE registers.
 func (m *Machine) cpuState(buf []byte) ([]byte, error) {
-	vals := make([]uint64, len(scalarRegs))
-	if err := m.eng.RegReadBatch(scalarRegIDs, vals); err != nil {
-		return nil, err
-	}
-	for _, v := range vals {
-		buf = binary.LittleEndian.AppendUint64(buf, v)
-	}
-	for _, r := range stateMMRs {
-		mmr, err := m.eng.ReadMMR(r.reg)
+	if m.stateReader == nil {
+		// One call into C per hash, not one per register group: the
+		// hash runs at every epoch boundary.
+		r, err := m.eng.NewStateReader(stateRead)
 		if err != nil {
 			return nil, err
 		}
+		m.stateReader = r
+	}
+	st := &m.stateScratch
+	if err := m.stateReader.Read(st); err != nil {
+		return nil, err
+	}
+	for _, v := range st.Vals {
+		buf = binary.LittleEndian.AppendUint64(buf, v)
+	}
+	for _, mmr := range st.MMRs {
 		buf = binary.LittleEndian.AppendUint16(buf, mmr.Selector)
 		buf = binary.LittleEndian.AppendUint64(buf, mmr.Base)
 		buf = binary.LittleEndian.AppendUint32(buf, mmr.Limit)
 		buf = binary.LittleEndian.AppendUint32(buf, mmr.Flags)
 	}
-	for _, msr := range stateMSRs {
-		v, err := m.eng.ReadMSR(msr.id)
-		if err != nil {
-			return nil, err
-		}
+	for _, v := range st.MSRs {
 		buf = binary.LittleEndian.AppendUint64(buf, v)
 	}
-	var wide [16 * 24]byte
-	if err := m.eng.RegReadWideBatch(wideRegs, wide[:]); err != nil {
-		return nil, err
-	}
+	wide := st.Wide
 	for i := 0; i < 8; i++ {
 		buf = append(buf, wide[16*i:16*i+10]...) // 80-bit x87 registers
 	}
 	return append(buf, wide[16*8:]...), nil
 }
+
+// stateRead is what cpuState reads: the registers, the descriptor-table
+// registers, the MSRs and the wide registers, in the hash's order.
+var stateRead = func() uc.StateRead {
+	q := uc.StateRead{Regs: scalarRegIDs, Wide: wideRegs}
+	for _, r := range stateMMRs {
+		q.MMRs = append(q.MMRs, r.reg)
+	}
+	for _, msr := range stateMSRs {
+		q.MSRs = append(q.MSRs, msr.id)
+	}
+	return q
+}()
 
 // wideRegs are ST0-7 then XMM0-15.
 var wideRegs = func() []uc.Reg {

@@ -583,6 +583,36 @@ static uc_err hv_msr_write(uc_engine *uc, uint32_t id, uint64_t v) {
 	return uc_reg_write(uc, UC_X86_REG_MSR, &m);
 }
 
+// hv_state_req is a whole CPU state read in one call (a state hash at
+// every epoch boundary would otherwise cross from Go to C once per
+// descriptor register and MSR). err_at names the failing item: 0..
+// scalars, then MMRs, MSRs, wide registers.
+typedef struct {
+	int *regs; uint64_t *vals; int nregs;
+	int *mmrs; uint64_t *mmr_base; uint32_t *mmr_limit; uint16_t *mmr_sel; uint32_t *mmr_flags; int nmmrs;
+	uint32_t *msrs; uint64_t *msr_vals; int nmsrs;
+	int *wide; uint8_t *wide_out; int nwide;
+	int err_at;
+} hv_state_req;
+
+static uc_err hv_read_state(uc_engine *uc, hv_state_req *q) {
+	uc_err err = hv_reg_read_batch(uc, q->regs, q->vals, q->nregs);
+	q->err_at = 0;
+	if (err != UC_ERR_OK) return err;
+	for (int i = 0; i < q->nmmrs; i++) {
+		q->err_at = q->nregs + i;
+		err = hv_mmr_read(uc, q->mmrs[i], &q->mmr_base[i], &q->mmr_limit[i], &q->mmr_sel[i], &q->mmr_flags[i]);
+		if (err != UC_ERR_OK) return err;
+	}
+	for (int i = 0; i < q->nmsrs; i++) {
+		q->err_at = q->nregs + q->nmmrs + i;
+		err = hv_msr_read(uc, q->msrs[i], &q->msr_vals[i]);
+		if (err != UC_ERR_OK) return err;
+	}
+	q->err_at = q->nregs + q->nmmrs + q->nmsrs;
+	return hv_read_wide(uc, q->wide, q->wide_out, q->nwide);
+}
+
 // Calibration: find where this library keeps old_exception and hflags in
 // a saved context, by raising known exceptions on a scratch engine.
 typedef struct {
@@ -791,6 +821,7 @@ type Engine struct {
 	handle cgo.Handle
 	hooks  []C.uc_hook
 	taken  []C.uint32_t // scratch for TakeWritten
+	owned  []unsafe.Pointer // C memory freed with the engine (StateReader)
 }
 
 // layout is where this library keeps CPU state that has no register; it is
@@ -849,6 +880,10 @@ func (e *Engine) Close() error {
 	}
 	C.free(unsafe.Pointer(c))
 	e.ctx = nil
+	for _, p := range e.owned {
+		C.free(p)
+	}
+	e.owned = nil
 	if e.handle != 0 {
 		e.handle.Delete()
 		e.handle = 0
@@ -1362,6 +1397,99 @@ type MMR struct {
 	Base     uint64
 	Limit    uint32
 	Flags    uint32
+}
+
+// StateRead names a whole CPU state read (ReadState): scalar registers,
+// descriptor-table registers, MSRs and wide registers (16 bytes each).
+type StateRead struct {
+	Regs []Reg
+	MMRs []Reg
+	MSRs []uint32
+	Wide []Reg
+}
+
+// State is what a StateReader reads, in StateRead's order.
+type State struct {
+	Vals []uint64
+	MMRs []MMR
+	MSRs []uint64
+	Wide []byte
+}
+
+// StateReader reads one StateRead in a single call into C, through
+// buffers in C memory made once (cgo forbids handing C Go memory that
+// holds pointers, and the request holds them all). The engine frees it.
+type StateReader struct {
+	e   *Engine
+	req *C.hv_state_req
+	q   StateRead
+}
+
+// NewStateReader prepares q for repeated reads.
+func (e *Engine) NewStateReader(q StateRead) (*StateReader, error) {
+	if len(q.Regs) > 64 || len(q.Wide) > 64 || len(q.Regs) == 0 || len(q.MMRs) == 0 || len(q.MSRs) == 0 || len(q.Wide) == 0 {
+		return nil, fmt.Errorf("unicorn read state: %d registers, %d MMRs, %d MSRs, %d wide (1 to 64 of each)", len(q.Regs), len(q.MMRs), len(q.MSRs), len(q.Wide))
+	}
+	n := len(q.MMRs)
+	size := C.size_t(C.sizeof_hv_state_req) + C.size_t(8*len(q.Regs)+(8+4+2+4)*n+8*len(q.MSRs)+16*len(q.Wide)+
+		4*(len(q.Regs)+n+len(q.Wide))+4*len(q.MSRs)+64)
+	buf := C.calloc(1, size)
+	if buf == nil {
+		return nil, fmt.Errorf("unicorn read state: out of memory")
+	}
+	e.owned = append(e.owned, buf)
+	off := 0
+	take := func(size int) unsafe.Pointer { at := unsafe.Add(buf, off); off += (size + 7) &^ 7; return at }
+	req := (*C.hv_state_req)(take(int(C.sizeof_hv_state_req)))
+	req.nregs, req.nmmrs, req.nmsrs, req.nwide = C.int(len(q.Regs)), C.int(n), C.int(len(q.MSRs)), C.int(len(q.Wide))
+	req.vals = (*C.uint64_t)(take(8 * len(q.Regs)))
+	req.mmr_base = (*C.uint64_t)(take(8 * n))
+	req.msr_vals = (*C.uint64_t)(take(8 * len(q.MSRs)))
+	req.wide_out = (*C.uint8_t)(take(16 * len(q.Wide)))
+	req.mmr_limit = (*C.uint32_t)(take(4 * n))
+	req.mmr_flags = (*C.uint32_t)(take(4 * n))
+	req.regs = (*C.int)(take(4 * len(q.Regs)))
+	req.mmrs = (*C.int)(take(4 * n))
+	req.wide = (*C.int)(take(4 * len(q.Wide)))
+	req.msrs = (*C.uint32_t)(take(4 * len(q.MSRs)))
+	req.mmr_sel = (*C.uint16_t)(take(2 * n))
+	for i, r := range q.Regs {
+		unsafe.Slice(req.regs, len(q.Regs))[i] = C.int(r)
+	}
+	for i, r := range q.MMRs {
+		unsafe.Slice(req.mmrs, n)[i] = C.int(r)
+	}
+	for i, r := range q.Wide {
+		unsafe.Slice(req.wide, len(q.Wide))[i] = C.int(r)
+	}
+	for i, id := range q.MSRs {
+		unsafe.Slice(req.msrs, len(q.MSRs))[i] = C.uint32_t(id)
+	}
+	return &StateReader{e: e, req: req, q: q}, nil
+}
+
+// Read reads the state into out, reusing its slices.
+func (r *StateReader) Read(out *State) error {
+	req := r.req
+	if err := C.hv_read_state(r.e.h, req); err != C.UC_ERR_OK {
+		return checkAt("read state", uint64(req.err_at), err)
+	}
+	n := len(r.q.MMRs)
+	out.Vals = out.Vals[:0]
+	for _, v := range unsafe.Slice(req.vals, len(r.q.Regs)) {
+		out.Vals = append(out.Vals, uint64(v))
+	}
+	out.MMRs = out.MMRs[:0]
+	base, limit, sel, flags := unsafe.Slice(req.mmr_base, n), unsafe.Slice(req.mmr_limit, n), unsafe.Slice(req.mmr_sel, n), unsafe.Slice(req.mmr_flags, n)
+	for i := range n {
+		out.MMRs = append(out.MMRs, MMR{Selector: uint16(sel[i]), Base: uint64(base[i]), Limit: uint32(limit[i]), Flags: uint32(flags[i])})
+	}
+	out.MSRs = out.MSRs[:0]
+	for _, v := range unsafe.Slice(req.msr_vals, len(r.q.MSRs)) {
+		out.MSRs = append(out.MSRs, uint64(v))
+	}
+	out.Wide = append(out.Wide[:0], unsafe.Slice((*byte)(unsafe.Pointer(req.wide_out)), 16*len(r.q.Wide))...)
+	return nil
 }
 
 // ReadMMR reads GDTR, IDTR, LDTR or TR.

@@ -1,7 +1,9 @@
 package uc
 
 import (
+	"bytes"
 	"runtime"
+	"slices"
 	"syscall"
 	"testing"
 	"unsafe"
@@ -450,5 +452,58 @@ func TestEvictionDropsTheVictimsPages(t *testing.T) {
 		if page.Fills >= whole.Fills {
 			t.Errorf("policy %d: %d fills dropping the victim's pages, %d flushing all: nothing saved", pol, page.Fills, whole.Fills)
 		}
+	}
+}
+
+// TestStateReaderMatchesSingleReads: the one-call state read returns what
+// the register, MMR, MSR and wide reads return one by one.
+func TestStateReaderMatchesSingleReads(t *testing.T) {
+	e, _ := newEngine(t, []byte{0xf4})
+	if err := e.RegWriteBatch([]Reg{RAX, R15, RFLAGS}, []uint64{0x1122334455667788, 0x99, 0x202}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.WriteMMR(GDTR, MMR{Base: 0x2000, Limit: 0x17}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.WriteMSR(0xC0000082, 0xffff800000001000); err != nil { // LSTAR
+		t.Fatal(err)
+	}
+	q := StateRead{Regs: []Reg{RAX, R15, RFLAGS}, MMRs: []Reg{GDTR, IDTR}, MSRs: []uint32{0xC0000082, 0xC0000080}, Wide: []Reg{XMM(0), ST(1)}}
+	r, err := e.NewStateReader(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got State
+	for range 2 { // the reader is reused
+		if err := r.Read(&got); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vals := make([]uint64, len(q.Regs))
+	if err := e.RegReadBatch(q.Regs, vals); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.Vals, vals) || got.Vals[0] != 0x1122334455667788 {
+		t.Errorf("registers %x, one by one %x", got.Vals, vals)
+	}
+	for i, reg := range q.MMRs {
+		if m, _ := e.ReadMMR(reg); got.MMRs[i] != m {
+			t.Errorf("MMR %d: %+v, alone %+v", reg, got.MMRs[i], m)
+		}
+	}
+	for i, id := range q.MSRs {
+		if v, _ := e.ReadMSR(id); got.MSRs[i] != v {
+			t.Errorf("MSR %#x: %#x, alone %#x", id, got.MSRs[i], v)
+		}
+	}
+	wide := make([]byte, 16*len(q.Wide))
+	if err := e.RegReadWideBatch(q.Wide, wide); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Wide, wide) {
+		t.Errorf("wide registers differ")
+	}
+	if _, err := e.NewStateReader(StateRead{Regs: q.Regs}); err == nil {
+		t.Error("a read naming no MMRs, MSRs or wide registers was accepted")
 	}
 }
