@@ -101,24 +101,24 @@ type Stats struct {
 // goroutine, one at a time: the machine runs Unicorn on a goroutine of its
 // own, locked to an OS thread, as Unicorn requires.
 type Machine struct {
-	cfg    Config
-	eng    *uc.Engine
-	mem    []byte
+	cfg Config
+	eng *uc.Engine
+	mem []byte
 	// stateReader reads the CPU for the state hash in one call (made on
 	// first use; the engine owns it); stateScratch is its reused output.
 	stateReader  *uc.StateReader
 	stateScratch uc.State
-	board  *Board
-	env    Environment
-	log    *zap.Logger
-	calls  chan func()
-	done   chan struct{}
-	closer sync.Once
-	epoch  uint64
-	seq    uint64
-	halted bool
-	stats  Stats
-	ram    ramDigest
+	board        *Board
+	env          Environment
+	log          *zap.Logger
+	calls        chan func()
+	done         chan struct{}
+	closer       sync.Once
+	epoch        uint64
+	seq          uint64
+	halted       bool
+	stats        Stats
+	ram          ramDigest
 
 	// Set by hooks during a run.
 	fault     error

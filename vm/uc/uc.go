@@ -820,7 +820,7 @@ type Engine struct {
 	ctx    *C.hv_ctx
 	handle cgo.Handle
 	hooks  []C.uc_hook
-	taken  []C.uint32_t // scratch for TakeWritten
+	taken  []C.uint32_t     // scratch for TakeWritten
 	owned  []unsafe.Pointer // C memory freed with the engine (StateReader)
 }
 
