@@ -149,3 +149,44 @@ func BenchmarkHash(b *testing.B) {
 		b.Fatal(err)
 	}
 }
+
+// BenchmarkEpochCost is the per-epoch fixed cost (stop, hash, restart) of
+// an unreplicated run: compute with 200-block epochs against the same run
+// with 1,000,000-block ones, interleaved, the difference of the
+// medians (at least 5 of each) divided by the extra epochs.
+func BenchmarkEpochCost(b *testing.B) {
+	args := []string{"compute", "8", "2"}
+	cfg := Config{RAMSize: DefaultRAMSize, TLB: tlbConfig(64<<10, 32, tlb.Random, 1)}
+	epochs := func(n uint64) (time.Duration, uint64) {
+		live, err := NewLive(LiveConfig{CPU: sharedCPU(b)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer live.Close()
+		c := cfg
+		c.Args = args
+		m, err := New(c, image(b, "compute"), live, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer m.Close()
+		start := time.Now()
+		res, err := m.Run(context.Background(), RunOptions{EpochLength: n})
+		if err != nil || res.ExitCode != 0 {
+			b.Fatalf("compute: exit %d, %v", res.ExitCode, err)
+		}
+		return time.Since(start), m.Stats().Epochs
+	}
+	epochs(200)
+	b.ResetTimer()
+	var short, long []time.Duration
+	var nShort, nLong uint64
+	for i := 0; i < max(b.N, 5); i++ {
+		d, n := epochs(200)
+		short, nShort = append(short, d), n
+		d, n = epochs(1_000_000)
+		long, nLong = append(long, d), n
+	}
+	b.ReportMetric(float64(median(short)-median(long))/1e3/float64(nShort-nLong), "us/epoch")
+	b.ReportMetric(float64(nShort), "epochs")
+}
