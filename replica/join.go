@@ -95,27 +95,16 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 		}
 	}
 	p.mu.Lock()
-	first = p.awaiting
-	busy := !p.proto.Alone() || p.transfer != nil || len(p.joins) > 0 || p.ended
-	switch {
-	case reason != "":
-	case first && hello.Join:
-		reason = "the primary has not started the guest yet: start the backup without --join"
-	case first && p.firstTaken:
-		reason = "the primary already has a backup"
-	case first:
-	case !hello.Join:
-		reason = "the primary is already running: start the backup with --join"
-	case busy:
-		reason = "the primary already has a backup (or one joining)"
-	}
+	adm := epoch.Admission{AwaitingFirst: p.awaiting, FirstTaken: p.firstTaken,
+		Busy: !p.proto.Alone() || p.transfer != nil || len(p.joins) > 0 || p.ended}
 	p.mu.Unlock()
+	reason, first = adm.Admit(reason, hello.Join)
 	if err := l.answerHello(reason, p.opt.Advertise); err != nil {
 		p.log.Warn("turned away a peer that failed the handshake", zap.String("peer", peer), zap.Error(err))
 		l.Close()
 		return
 	}
-	if first && reason == "" {
+	if first {
 		p.mu.Lock()
 		p.firstTaken = true
 		p.mu.Unlock()
