@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/zeebo/xxh3"
@@ -60,7 +61,19 @@ type Config struct {
 	// of Unicorn's TLB instead of the victim's pages (the older way, kept
 	// for benchmarks to compare against; it changes no result).
 	WholeTLBFlushes bool
+
+	// hookChoice, in tests, overrides how stopClock stops the clock.
+	hookChoice hookChoice
 }
+
+// hookChoice is how a quiet epoch stops the block clock.
+type hookChoice uint8
+
+const (
+	hookByTime hookChoice = iota // stopClock's rule
+	hookRemove                   // always remove the hook
+	hookPause                    // keep it paused whenever it is installed
+)
 
 // DefaultRAMSize is the board's RAM unless configured otherwise.
 const DefaultRAMSize = 16 << 20
@@ -90,8 +103,10 @@ type Stats struct {
 	TLBFlushes uint64
 	Interrupts uint64
 	Exceptions uint64
-	// QuietEpochs counts epochs run without the block clock.
+	// QuietEpochs counts epochs run without the block clock; ClockPauses
+	// those of them that kept its hook (stopClock).
 	QuietEpochs uint64
+	ClockPauses uint64
 	// PagesHashed counts 4 KiB pages re-hashed at epoch boundaries
 	// because they were written.
 	PagesHashed uint64
@@ -129,6 +144,9 @@ type Machine struct {
 	quiet     bool
 	quietOps  int
 	quietStop bool
+	// lastQuiet is how long the last quiet epoch ran (host time: it only
+	// chooses how the clock is stopped, stopClock).
+	lastQuiet time.Duration
 
 	// A Linux program's process and the physical pages behind it.
 	proc *linux.Process
@@ -412,14 +430,45 @@ func (m *Machine) runEpoch(ctx context.Context, limit uint64) (Stop, error) {
 	return st, nil
 }
 
+// hookRemovalWorth is the quiet epoch worth removing the block hook for:
+// restarting the clock then retranslates the code the guest runs next,
+// about a millisecond for a board guest.
+const hookRemovalWorth = 2 * time.Millisecond
+
+// stopClock stops the block clock for a quiet epoch. Removing its hook
+// saves a call per block; pausing it saves the retranslation when the
+// clock restarts soon, as for a guest that arms its disk interrupt every
+// few epochs. Neither changes anything the guest or the state hash sees
+// (the clock does not advance), so the choice may rest on host time: the
+// hook goes unless the last quiet epoch was too short to pay for it.
+func (m *Machine) stopClock() error {
+	keep := m.lastQuiet > 0 && m.lastQuiet < hookRemovalWorth
+	switch m.cfg.hookChoice {
+	case hookRemove:
+		keep = false
+	case hookPause:
+		keep = true
+	}
+	if keep && m.eng.BlockHookInstalled() {
+		m.eng.PauseBlockClock()
+		m.stats.ClockPauses++
+		return nil
+	}
+	return m.eng.SetBlockClock(false)
+}
+
 // execute runs Unicorn until one of the hypervisor's stops.
 func (m *Machine) execute(limit uint64) (StopReason, error) {
 	m.quiet, m.quietOps, m.quietStop = m.nextQuiet(), 0, false
-	if err := m.eng.SetBlockClock(!m.quiet); err != nil {
-		return 0, err
-	}
 	if m.quiet {
+		if err := m.stopClock(); err != nil {
+			return 0, err
+		}
+		start := time.Now()
+		defer func() { m.lastQuiet = time.Since(start) }()
 		m.stats.QuietEpochs++
+	} else if err := m.eng.SetBlockClock(true); err != nil {
+		return 0, err
 	} else {
 		m.eng.SetBlockLimit(m.eng.Blocks() + limit)
 		defer m.eng.SetBlockLimit(0)

@@ -23,7 +23,7 @@ import (
 // short epochs against compute with long ones, interleaved, always
 // clocked (the adaptive clock would end neither at a block count).
 func (e *runner) epochCost(ctx context.Context) (EpochCost, error) {
-	c := EpochCost{ShortBlocks: 1_000, LongBlocks: 1_000_000}
+	c := EpochCost{ShortBlocks: 200, LongBlocks: 1_000_000} // ~6,000 epochs against 2: the difference is well above the noise
 	w := workloadNamed("compute")
 	var micros []float64
 	for i := 0; i < e.opt.Reps; i++ {

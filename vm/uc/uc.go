@@ -33,6 +33,10 @@ typedef struct {
 	// retranslating.
 	int clock_on;
 	uc_hook block_hook;
+	// counting: the installed hook counts. A paused clock keeps the hook
+	// (and the translations that call it) but counts nothing, so that
+	// resuming needs no retranslation.
+	int counting;
 
 	// The software-managed TLB (UC_TLB_VIRTUAL with a fill hook). Unicorn's
 	// own TLB caches 4 KiB translations; the hypervisor answers its misses
@@ -210,6 +214,7 @@ static bool tr_invalid(uc_engine *uc, void *ud) { return true; }
 // run and is not counted, and the clock reads exactly the limit.
 static void hv_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud) {
 	hv_ctx *c = (hv_ctx *)ud;
+	if (!c->counting) return;
 	if (c->limit != 0 && c->blocks == c->limit) {
 		c->limit_hit = 1;
 		uc_emu_stop(uc);
@@ -505,6 +510,7 @@ static uc_err hv_hook_invalid(uc_engine *uc, uc_hook *h, hv_ctx *c) {
 // hv_set_clock installs or removes the block hook. Translations made
 // before carry the old choice compiled in, so all of them are dropped.
 static uc_err hv_set_clock(uc_engine *uc, hv_ctx *c, int on) {
+	c->counting = on;
 	if (on == c->clock_on) return UC_ERR_OK;
 	uc_err err;
 	if (on) {
@@ -938,8 +944,19 @@ func (e *Engine) SetBlockClock(on bool) error {
 	return check("switch the block clock", C.hv_set_clock(e.h, e.ctx, v))
 }
 
-// BlockClockOn reports whether the block clock runs.
-func (e *Engine) BlockClockOn() bool { return e.ctx.clock_on != 0 }
+// PauseBlockClock stops the block clock but leaves its hook installed:
+// the guest pays a call per block that counts nothing, and the clock
+// restarts (SetBlockClock(true)) without a retranslation. Which of the two
+// ways a clock is stopped changes nothing the guest or the state hash
+// sees: the clock does not advance either way.
+func (e *Engine) PauseBlockClock() { e.ctx.counting = 0 }
+
+// BlockClockOn reports whether the block clock counts.
+func (e *Engine) BlockClockOn() bool { return e.ctx.counting != 0 }
+
+// BlockHookInstalled reports whether the block clock's hook is compiled
+// into translations (running or paused).
+func (e *Engine) BlockHookInstalled() bool { return e.ctx.clock_on != 0 }
 
 // Policy is the modelled TLB's replacement policy.
 type Policy int
