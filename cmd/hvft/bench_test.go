@@ -20,6 +20,12 @@ func TestBenchQuick(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
+	// The bench's disk images and their fence files are gone; its plots
+	// and the Linux workload it built stay.
+	left, _ := filepath.Glob(filepath.Join(out, "*.img*"))
+	if len(left) != 0 {
+		t.Errorf("the bench left %v in %s", left, out)
+	}
 	var rep struct {
 		Rows []struct {
 			Guest       string             `json:"guest"`

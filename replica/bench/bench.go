@@ -291,6 +291,7 @@ func (e *runner) clocked(w workload, epochBlocks uint64, clock vm.EpochClock) (r
 func cleanup(m replica.Machine) {
 	if m.DiskPath != "" {
 		os.Remove(m.DiskPath)
+		os.Remove(vm.FencePath(m.DiskPath)) // the replicas' handshake made it
 	}
 }
 
