@@ -189,14 +189,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	}
 	b.mu.Unlock()
 	if p := b.as; p != nil {
-		p.mu.Lock()
-		if p.fenced != nil {
-			runErr = p.fenced
-		}
-		if p.sinkErr != nil {
-			runErr = p.sinkErr
-		}
-		p.mu.Unlock()
+		runErr = p.stopErr(runErr)
 		if runErr == nil {
 			runErr = p.drain(ctx, res.ExitCode, b.finalHash(), "")
 			p.endJournal(runErr)

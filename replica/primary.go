@@ -160,14 +160,7 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 			p.log.Warn("ending the stopped run with the backup", zap.Error(err))
 		}
 	}
-	p.mu.Lock()
-	if p.fenced != nil {
-		runErr = p.fenced
-	}
-	if p.sinkErr != nil {
-		runErr = p.sinkErr
-	}
-	p.mu.Unlock()
+	runErr = p.stopErr(runErr)
 	p.mu.Lock()
 	p.ended = true
 	p.mu.Unlock()
@@ -441,6 +434,20 @@ func (p *primary) receive(l *Link) {
 			return
 		}
 	}
+}
+
+// stopErr is why the run ended: a fence or a failed sink, which stop a
+// primary whatever its run returned, else err.
+func (p *primary) stopErr(err error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fenced != nil {
+		err = p.fenced
+	}
+	if p.sinkErr != nil {
+		err = p.sinkErr
+	}
+	return err
 }
 
 // guardDisk raises the disk's fence to this primary's generation and

@@ -75,11 +75,7 @@ func TestPausedPrimaryLosesItsGeneration(t *testing.T) {
 			primary := startHvft(t, append(append([]string{"--log-level", "warn", "primary", "--listen", addr}, link...), guest...)...)
 			backup := startHvft(t, append(append([]string{"--log-level", "warn", "backup", "--primary", addr}, link...), guest...)...)
 			primary.waitFor(t, "10 console lines", func() bool { return fileLines(out) >= 10 })
-			primary.cmd.Process.Signal(syscall.SIGSTOP)
-			backup.waitFor(t, "the takeover", func() bool {
-				return strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
-			})
-			primary.cmd.Process.Signal(syscall.SIGCONT)
+			pauseUntilTakeover(t, primary, backup)
 			if code := primary.wait(t); code != exitFailure || !strings.Contains(primary.stderr.String(), "generation") {
 				t.Errorf("old primary: exit %d, want %d and the generation it lost\n%s", code, exitFailure, primary.stderr.String())
 			}
@@ -220,6 +216,28 @@ func startSilentProxy(t *testing.T, target string) *silentProxy {
 	return p
 }
 
+// pauseUntilTakeover stops the primary until its backup has taken over,
+// then lets it run again (to find itself fenced).
+func pauseUntilTakeover(t *testing.T, primary, backup *proc) {
+	t.Helper()
+	primary.cmd.Process.Signal(syscall.SIGSTOP)
+	backup.waitFor(t, "the takeover", func() bool {
+		return strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
+	})
+	primary.cmd.Process.Signal(syscall.SIGCONT)
+}
+
+// pauseUntilAlone stops the backup until the primary has won the right to
+// go on alone, then lets it run again (to lose its own claim).
+func pauseUntilAlone(t *testing.T, primary, backup *proc) {
+	t.Helper()
+	backup.cmd.Process.Signal(syscall.SIGSTOP)
+	primary.waitFor(t, "the primary going on alone", func() bool {
+		return strings.Contains(primary.stderr.String(), "going on alone")
+	})
+	backup.cmd.Process.Signal(syscall.SIGCONT)
+}
+
 // TestPartitionMatrixWithFileArbiter: the matrix of
 // TestPartitionMatrixWithEtcd on one host, with --arbiter file:DIR. The
 // link runs through a proxy that falls silent in one direction or both;
@@ -268,17 +286,9 @@ func fileArbiterCell(t *testing.T, fault, want string, disk bool) {
 	case "b>a":
 		proxy.toPrimary.Store(true)
 	case "pause-primary":
-		primary.cmd.Process.Signal(syscall.SIGSTOP)
-		backup.waitFor(t, "the takeover", func() bool {
-			return strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
-		})
-		primary.cmd.Process.Signal(syscall.SIGCONT)
+		pauseUntilTakeover(t, primary, backup)
 	case "pause-backup":
-		backup.cmd.Process.Signal(syscall.SIGSTOP)
-		primary.waitFor(t, "the primary going on alone", func() bool {
-			return strings.Contains(primary.stderr.String(), "going on alone")
-		})
-		backup.cmd.Process.Signal(syscall.SIGCONT)
+		pauseUntilAlone(t, primary, backup)
 	}
 	pcode, bcode := primary.wait(t), backup.wait(t)
 	bTook := strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
@@ -348,11 +358,7 @@ func TestFencedTakeoverStops(t *testing.T) {
 	})
 	joiner := startHvft(t, append(append([]string{"--log-level", "info", "backup", "--primary", second, "--join"}, common...), guest...)...)
 	joiner.waitFor(t, "the join", func() bool { return strings.Contains(joiner.stderr.String(), "received the primary's state") })
-	backup.cmd.Process.Signal(syscall.SIGSTOP)
-	joiner.waitFor(t, "the second takeover", func() bool {
-		return strings.Contains(joiner.stderr.String(), "live: this replica is now the primary")
-	})
-	backup.cmd.Process.Signal(syscall.SIGCONT)
+	pauseUntilTakeover(t, backup, joiner)
 	if code := backup.wait(t); code != exitFailure || !strings.Contains(backup.stderr.String(), "generation") {
 		t.Errorf("the fenced second primary: exit %d, want %d naming the generation\n%s", code, exitFailure, backup.stderr.String())
 	}

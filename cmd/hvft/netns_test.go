@@ -259,17 +259,9 @@ func TestPartitionMatrixWithEtcd(t *testing.T) {
 					ip("-n", r[0], "route", "add", "blackhole", r[1]+"/32")
 					t.Cleanup(func() { exec.Command("ip", "-n", r[0], "route", "del", "blackhole", r[1]+"/32").Run() })
 				case "pause-primary":
-					primary.cmd.Process.Signal(syscall.SIGSTOP)
-					backup.waitFor(t, "the takeover", func() bool {
-						return strings.Contains(backup.stderr.String(), "live: this replica is now the primary")
-					})
-					primary.cmd.Process.Signal(syscall.SIGCONT)
+					pauseUntilTakeover(t, primary, backup)
 				case "pause-backup":
-					backup.cmd.Process.Signal(syscall.SIGSTOP)
-					primary.waitFor(t, "the primary going on alone", func() bool {
-						return strings.Contains(primary.stderr.String(), "going on alone")
-					})
-					backup.cmd.Process.Signal(syscall.SIGCONT)
+					pauseUntilAlone(t, primary, backup)
 				case "pause-etcd":
 					etcd.Signal(syscall.SIGSTOP)
 					primary.waitFor(t, "60 console lines with etcd paused", func() bool { return fileLines(out) >= 60 })
