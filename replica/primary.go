@@ -457,6 +457,7 @@ func (p *primary) guardDisk(ctx context.Context, disk *vm.HostDisk, gen uint64) 
 	if p.opt.Arbiter == nil {
 		return nil
 	}
+	disk.OnNotice(func(s string) { p.log.Warn(s) })
 	if err := disk.Claim(ctx, fenceToken(p.opt.Arbiter, gen)); err != nil {
 		return fmt.Errorf("raising the disk's fence: %w", err)
 	}

@@ -143,6 +143,7 @@ type HostDisk struct {
 	fence   *os.File
 	token   FenceToken
 	onStale func(error)
+	notice  func(string) // hears what a claim did to get the disk
 	// beforeWrite, in tests, runs inside a fenced write's lock.
 	beforeWrite func()
 }
@@ -213,6 +214,14 @@ func OpenDisk(path string, sync DiskSync) (*HostDisk, error) {
 		return nil, fmt.Errorf("opening disk image for writing: %w", err)
 	}
 	return &HostDisk{f: f, path: path, sectors: sectors, sync: sync}, nil
+}
+
+// OnNotice sets what hears of what a claim had to do to get the disk (a
+// stopped writer of an older generation killed).
+func (d *HostDisk) OnNotice(fn func(string)) {
+	d.mu.Lock()
+	d.notice = fn
+	d.mu.Unlock()
 }
 
 // OnStale sets what hears of a write the disk's fence refused: a newer

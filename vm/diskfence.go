@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -142,6 +144,7 @@ func (d *HostDisk) Claim(ctx context.Context, t FenceToken) error {
 		return fmt.Errorf("disk image %s: opening its fence: %w", d.path, err)
 	}
 	defer f.Close()
+	began := time.Now()
 	for wait := 50 * time.Microsecond; ; wait = min(2*wait, 10*time.Millisecond) {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
@@ -149,6 +152,9 @@ func (d *HostDisk) Claim(ctx context.Context, t FenceToken) error {
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
 			return fmt.Errorf("disk image %s: locking its fence: %w", d.path, err)
+		}
+		if time.Since(began) > stoppedWriterGrace {
+			d.killStoppedWriters(f)
 		}
 		select {
 		case <-ctx.Done():
@@ -185,6 +191,67 @@ func (d *HostDisk) Claim(ctx context.Context, t FenceToken) error {
 	d.token = t
 	return nil
 }
+
+// stoppedWriterGrace is how long a claim waits for a write under way
+// before it looks for a stopped process holding it up.
+const stoppedWriterGrace = 500 * time.Millisecond
+
+// killStoppedWriters kills every other process that holds a lock on the
+// fence file f and is stopped (SIGSTOP, a debugger): it holds a write of
+// an older generation half done, and would hold this claim, and so the
+// run, up for as long as it stays stopped. Killing it is the fence (the
+// write it had under way is dropped with it); a holder that runs is left
+// to finish. Found through /proc/locks, so only on this host: a holder
+// elsewhere (a network file system) is waited for.
+func (d *HostDisk) killStoppedWriters(f *os.File) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return
+	}
+	locks, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return
+	}
+	// "1: FLOCK  ADVISORY  READ  1234 08:01:5678 0 EOF": the file is
+	// major:minor (hex) and inode.
+	file := fmt.Sprintf("%02x:%02x:%d", devMajor(st.Dev), devMinor(st.Dev), st.Ino)
+	for _, line := range strings.Split(string(locks), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 6 || fields[1] != "FLOCK" || fields[5] != file {
+			continue
+		}
+		pid, err := strconv.Atoi(fields[4])
+		if err != nil || pid <= 0 || pid == os.Getpid() || !processStopped(pid) {
+			continue
+		}
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			d.mu.Lock()
+			notice := d.notice
+			d.mu.Unlock()
+			if notice != nil {
+				notice(fmt.Sprintf("killed process %d: it was stopped holding a write of an older generation on disk image %s", pid, d.path))
+			}
+		}
+	}
+}
+
+// processStopped reports whether pid is in the stopped (or traced) state.
+func processStopped(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) S ...": the state follows the last ')'.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return false
+	}
+	return stat[i+2] == 'T' || stat[i+2] == 't'
+}
+
+// devMajor and devMinor split a device number as glibc encodes it.
+func devMajor(dev uint64) uint64 { return (dev>>8)&0xfff | (dev>>32)&^0xfff }
+func devMinor(dev uint64) uint64 { return dev&0xff | (dev>>12)&^0xff }
 
 // fencedWrite writes data at off if this handle's token is still the
 // fence's. It holds a shared lock across the check and the write, which a

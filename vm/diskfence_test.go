@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -215,5 +218,75 @@ func TestRacingCreatorsShareOneImage(t *testing.T) {
 	}
 	if leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".hvft-image-*")); len(leftovers) != 0 {
 		t.Fatalf("temporary files left: %v", leftovers)
+	}
+}
+
+// holdFenceStopped is a helper process's whole life (TestMain runs it
+// when HVFT_FENCE_HOLDER names a disk): it takes the fence's shared lock
+// as a write does, then stops itself, as a primary stopped inside a write
+// would.
+func holdFenceStopped(path string) {
+	f, err := os.Open(FencePath(path))
+	if err != nil {
+		os.Exit(2)
+	}
+	if err := flock(f, syscall.LOCK_SH); err != nil {
+		os.Exit(3)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+	os.Exit(0) // resumed: not what the test wants
+}
+
+func TestMain(m *testing.M) {
+	if path := os.Getenv("HVFT_FENCE_HOLDER"); path != "" {
+		holdFenceStopped(path)
+	}
+	os.Exit(m.Run())
+}
+
+// TestClaimKillsAStoppedWriter: another process holds the fence's shared
+// lock (a write of the old generation half done) and is stopped. The
+// claim does not wait for ever: it kills the stopped holder, says so, and
+// raises the fence. Before, the new primary waited as long as the old one
+// stayed stopped (a chaos trial hung until its bound).
+func TestClaimKillsAStoppedWriter(t *testing.T) {
+	path := fenceTestDisk(t)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "HVFT_FENCE_HOLDER="+path)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	for deadline := time.Now().Add(time.Minute); !processStopped(cmd.Process.Pid); {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("the helper never stopped")
+		}
+		select {
+		case err := <-waited:
+			t.Fatalf("the helper ended before it stopped: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	d := openFenceTestDisk(t, path)
+	var notices []string
+	d.OnNotice(func(s string) { notices = append(notices, s) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := d.Claim(ctx, FenceToken{Gen: 2}); err != nil {
+		cmd.Process.Kill()
+		t.Fatalf("claim with a stopped writer holding the fence: %v", err)
+	}
+	err := <-waited
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ProcessState.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("the stopped holder ended with %v, want killed", err)
+	}
+	if len(notices) != 1 || !strings.Contains(notices[0], fmt.Sprint(cmd.Process.Pid)) {
+		t.Fatalf("notices %q", notices)
+	}
+	if st := writeSector(d, 1, 'n'); st != DiskOK {
+		t.Fatalf("the new holder's write: status %d", st)
 	}
 }
