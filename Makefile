@@ -13,7 +13,10 @@
 
 GO      ?= go
 HVFT    := ./hvft
-FUZZTIME ?= 10s
+# A count of inputs, not a duration: a run against the clock ended inside a
+# slow input on a loaded machine and was reported as "context deadline
+# exceeded".
+FUZZTIME ?= 100000x
 LINUX_TRIALS ?= 50
 
 .PHONY: all deps build run test fuzz bench chaos soak guests clean

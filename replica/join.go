@@ -72,7 +72,7 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 	l := newLink(conn)
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
-	hello, err := l.readHello()
+	hello, err := l.readHello(p.handshake)
 	if err != nil {
 		p.log.Warn("turned away a peer that failed the handshake", zap.String("peer", peer), zap.Error(err))
 		l.Close()
@@ -99,7 +99,7 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 		Busy: !p.proto.Alone() || p.transfer != nil || len(p.joins) > 0 || p.ended}
 	p.mu.Unlock()
 	reason, first = adm.Admit(reason, hello.Join)
-	if err := l.answerHello(reason, p.opt.Advertise); err != nil {
+	if err := l.answerHello(reason, p.opt.Advertise, p.handshake); err != nil {
 		p.log.Warn("turned away a peer that failed the handshake", zap.String("peer", peer), zap.Error(err))
 		l.Close()
 		return

@@ -224,8 +224,8 @@ func acceptLoop(ctx context.Context, ln net.Listener, log *zap.Logger, handle fu
 }
 
 // readHello reads a peer's first message, which must be a Hello.
-func (l *Link) readHello() (*epoch.Hello, error) {
-	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
+func (l *Link) readHello(timeout time.Duration) (*epoch.Hello, error) {
+	l.conn.SetDeadline(time.Now().Add(timeout))
 	defer l.conn.SetDeadline(time.Time{})
 	m, err := l.Recv()
 	if err != nil {
@@ -240,13 +240,13 @@ func (l *Link) readHello() (*epoch.Hello, error) {
 // answerHello sends the Welcome (refused when reason is set). An accepted
 // peer must confirm with a heartbeat: a backup that gave up waiting (its
 // Hello was still queued when it left) is not taken for a backup.
-func (l *Link) answerHello(reason, arbiter string) error {
-	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
+func (l *Link) answerHello(reason, arbiter string, timeout time.Duration) error {
+	l.conn.SetDeadline(time.Now().Add(timeout))
 	defer l.conn.SetDeadline(time.Time{})
 	if err := l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason, Arbiter: arbiter}}); err != nil {
 		return err
 	}
-	if err := l.Drain(handshakeTimeout); err != nil {
+	if err := l.Drain(timeout); err != nil {
 		return err
 	}
 	if reason != "" {

@@ -104,6 +104,7 @@ type primary struct {
 	// firstSlot admits one candidate at a time to that handshake,
 	// firstTaken is set once one completed it, and first hands it over.
 	awaiting   bool
+	handshake  time.Duration // bounds each wait of a peer's handshake
 	firstSlot  chan struct{}
 	firstTaken bool
 	first      chan *Link
@@ -184,7 +185,8 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 }
 
 func newPrimary(opt PrimaryOptions) *primary {
-	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag), joins: make(chan *Link, 1), first: make(chan *Link, 1), firstSlot: make(chan struct{}, 1)}
+	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag), joins: make(chan *Link, 1), first: make(chan *Link, 1), firstSlot: make(chan struct{}, 1),
+		handshake: handshakeTimeout}
 	p.cond = sync.NewCond(&p.mu)
 	p.report.Role, p.report.Engine = "primary", uc.Version()
 	return p
