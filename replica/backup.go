@@ -237,13 +237,16 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		b.log.Error("DIVERGENCE: this replica no longer matches the primary; stopping",
 			zap.Uint64("epoch", div.At.Epoch), zap.Uint64("clock", div.At.Clock),
 			zap.String("rip", fmt.Sprintf("%#x", div.At.RIP)), zap.String("detail", div.Detail))
-		b.link.Send(epoch.Message{Type: epoch.TypeDivergence, Divergence: &epoch.Divergence{
-			Epoch: div.At.Epoch, Clock: div.At.Clock, RIP: div.At.RIP, Detail: div.Detail}})
+		if err := b.link.Send(epoch.Message{Type: epoch.TypeDivergence, Divergence: &epoch.Divergence{
+			Epoch: div.At.Epoch, Clock: div.At.Clock, RIP: div.At.RIP, Detail: div.Detail}}); err != nil {
+			b.log.Warn("could not tell the primary of the divergence: the link is gone", zap.Error(err))
+		}
 	}
 	b.mu.Lock()
 	done, _ := b.proto.PrimaryDone()
 	sameEnd := runErr == nil || vm.StoppedByGuest(res, runErr) || errors.Is(runErr, errPrimaryStopped)
-	sendBye := done && sameEnd && !b.proto.IsPrimary()
+	wasPrimary := b.proto.IsPrimary()
+	sendBye := done && sameEnd && !wasPrimary
 	finalHash := b.report.FinalHash
 	b.mu.Unlock()
 	if sendBye {
@@ -253,10 +256,15 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		if runErr != nil {
 			bye.Stopped = runErr.Error()
 		}
-		b.link.Send(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: bye})
+		if err := b.link.Send(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: bye}); err != nil {
+			b.log.Warn("could not send the primary this replay's verdict: the link is gone", zap.Error(err))
+		}
 	}
 	b.link.CloseAfter(time.Second) // the verdict must reach the primary
-	b.opt.Sink.Flush()
+	if err := b.opt.Sink.Flush(); err != nil && runErr == nil && wasPrimary {
+		// What this replica emitted as the primary did not all leave.
+		runErr = fmt.Errorf("flushing the console: %w", err)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.report.DurationMS = time.Since(start).Milliseconds()
@@ -531,7 +539,9 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 				b.link.Send(ack)
 			}
 			if primary {
-				b.opt.Sink.Flush()
+				if err := b.opt.Sink.Flush(); err != nil {
+					return fmt.Errorf("flushing the console: %w", err)
+				}
 				return b.opt.Sink.Progress(s.Epoch)
 			}
 			return nil

@@ -67,8 +67,9 @@ type pairConfig struct {
 	// proxy, if set, stands between the replicas: it is given the
 	// primary's address and returns the one the backup dials.
 	proxy func(t *testing.T, target string) string
-	// primarySink, if set, wraps the primary's console sink.
+	// primarySink and backupSink, if set, wrap a side's console sink.
 	primarySink func(Sink) Sink
+	backupSink  func(Sink) Sink
 	// arbiter, if set, gives each side its own connection to one
 	// generation register (rule 7).
 	arbiter func() Generations
@@ -130,6 +131,9 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 		defer wg.Done()
 		o := opts(b, c.backupTLB)
 		o.mutateAnswer = c.mutateAnswer
+		if c.backupSink != nil {
+			o.Sink = c.backupSink(o.Sink)
+		}
 		b.rep, b.err = RunBackup(ctx, BackupOptions{Options: o, Primary: addr})
 	}()
 	wg.Wait()
@@ -578,5 +582,25 @@ func TestBackupThatGaveUpIsNotTaken(t *testing.T) {
 	}
 	if p.rep.BackupLost != "" || b.rep.Failover != nil {
 		t.Fatalf("the primary lost a backup (%q) or the backup took over: the departed peer was taken", p.rep.BackupLost)
+	}
+}
+
+// unflushableSink takes outputs but fails every flush.
+type unflushableSink struct{ Sink }
+
+func (unflushableSink) Flush() error { return errors.New("the pipe is closed") }
+
+// TestTakeoverFailsWhenItsSinkCannotFlush: a backup that took over
+// (its primary's sink failed) and whose own console cannot be flushed
+// fails at its first boundary, with an error that says it was the flush
+// (the per-epoch flush's error used to be dropped, and the run failed
+// later, at its end, with the sink's bare message).
+func TestTakeoverFailsWhenItsSinkCannotFlush(t *testing.T) {
+	tl := tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}
+	_, b := runPair(t, pairConfig{guest: "ticker", args: []string{"20", "1000"}, primaryTLB: tl, backupTLB: tl,
+		primarySink: func(s Sink) Sink { return &failingSink{Sink: s, budget: 100} },
+		backupSink:  func(s Sink) Sink { return unflushableSink{s} }})
+	if b.err == nil || !strings.Contains(b.err.Error(), "flushing the console") || b.rep == nil || !b.rep.BecamePrimary {
+		t.Fatalf("backup: %v (report %+v), want the takeover to fail on its flush", b.err, b.rep)
 	}
 }
