@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -299,12 +300,13 @@ func fileArbiterCell(t *testing.T, fault, want string, disk bool) {
 			pcode, bcode, bTook, want, primary.stderr.String(), backup.stderr.String())
 	}
 	for _, r := range []struct {
-		name string
-		code int
-		p    *proc
-	}{{"primary", pcode, primary}, {"backup", bcode, backup}} {
-		if r.code != 0 && !strings.Contains(r.p.stderr.String(), "generation") {
-			t.Errorf("%s stopped (exit %d) without naming the generation it lost\n%s", r.name, r.code, r.p.stderr.String())
+		name     string
+		code     int
+		p, other *proc
+	}{{"primary", pcode, primary, backup}, {"backup", bcode, backup, primary}} {
+		if r.code != 0 && !stoppedAsLoser(r.code, r.p, r.other) {
+			t.Errorf("%s stopped (exit %d) without naming the generation it lost, nor killed by the other's disk claim\n%s\nother:\n%s",
+				r.name, r.code, r.p.stderr.String(), r.other.stderr.String())
 		}
 	}
 	if disk {
@@ -313,6 +315,19 @@ func fileArbiterCell(t *testing.T, fault, want string, disk bool) {
 		t.Fatalf("console: %v", err)
 	}
 	t.Logf("%s: primary exit %d, backup exit %d (took over %v)", fault, pcode, bcode, bTook)
+}
+
+// stoppedAsLoser says whether a replica that did not finish stopped the way
+// a loser must: with exit 125 naming the generation it lost, or SIGKILLed
+// by the winner's claim of the shared disk because it was stopped
+// (SIGSTOP) inside a write of its old generation, which the winner's log
+// names with its PID.
+func stoppedAsLoser(code int, p, winner *proc) bool {
+	if code == exitFailure && strings.Contains(p.stderr.String(), "generation") {
+		return true
+	}
+	killed := fmt.Sprintf("killed process %d: it was stopped holding a write", p.cmd.Process.Pid)
+	return code == -1 && strings.Contains(winner.stderr.String(), killed)
 }
 
 // TestLonePrimarySurvivesAPause: a primary running alone under --lease
