@@ -22,8 +22,14 @@ type Arbitration struct {
 // a primary's first claim, or what a backup reads when it connects.
 func (a *Arbitration) Start(gen uint64) { a.held = gen }
 
-// Held is the generation this replica runs under.
-func (a *Arbitration) Held() uint64 { return a.held }
+// Held is the generation this replica runs under (0 for a nil
+// Arbitration: a replica without an arbiter).
+func (a *Arbitration) Held() uint64 {
+	if a == nil {
+		return 0
+	}
+	return a.held
+}
 
 // Claim returns the generation to claim before acting alone, and false
 // once the replica has lost (it must not try again) or while a claim is
@@ -52,6 +58,9 @@ func (a *Arbitration) Lost(why error) {
 	a.lost, a.claim = true, 0
 	a.lostErr = why
 }
+
+// Claiming reports whether a claim is under way.
+func (a *Arbitration) Claiming() bool { return a.claim != 0 }
 
 // MayActAlone reports whether the replica holds the generation it last
 // claimed, with no claim under way and none lost.

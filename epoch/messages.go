@@ -3,7 +3,8 @@
 // state machines, which are stepped with events and hand back what to send,
 // what to release and what the caller may do next. It opens no sockets,
 // starts no goroutines and reads no clocks: time and the network arrive as
-// events, so the protocol can be tested by simulation (docs/protocol.md).
+// events, and the scenarios in testdata/ step it with no socket or clock
+// (TestScripts; docs/protocol.md, "Rules as stepped events").
 package epoch
 
 // Version is the wire protocol's version; a frame of another version is

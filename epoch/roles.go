@@ -68,11 +68,26 @@ type Output struct {
 	Ref  any
 }
 
-// Actions is what a step asks of the caller: messages to send, in order,
-// and outputs that may now leave, in sequence order.
+// Actions is what a step asks of the caller: outputs that may now leave,
+// in sequence order, then messages to send, in order; and the decisions
+// of rules 5 to 7, which the caller carries out.
 type Actions struct {
 	Send    []Message
 	Release []Output
+	// Claim asks the caller to claim generation Claim at the arbiter
+	// (rule 7) and to step the answer back with Claimed.
+	Claim uint64
+	// Alone is why a primary now goes on without its backup (rule 6); a
+	// shared disk's fence must be raised to its generation before the
+	// released outputs reach the disk.
+	Alone string
+	// TakeOver is why a backup is now the primary (rule 5); Release holds
+	// the outputs it re-emits, and a shared disk's fence must be raised to
+	// its generation before its first write.
+	TakeOver string
+	// Stop says this replica may not act as the primary any more: it
+	// releases nothing more and stops.
+	Stop error
 }
 
 // Primary is the primary's side of the protocol.
@@ -80,8 +95,14 @@ type Primary struct {
 	mode      Mode
 	maxLag    uint64
 	alone     bool
-	sentEpoch uint64 // last epoch end logged
-	sentAns   uint64 // last answer logged
+	arb       *Arbitration // rule 7's state; nil without an arbiter
+	suspicion string       // why the backup is presumed lost (a claim is under way)
+	stopped   error        // fenced or failed: nothing is released any more
+	ended     bool         // the run is over: a link that closes is no loss
+	final     *Goodbye     // this primary's end of the run, once sent
+	backupEnd *Goodbye     // the backup's verdict
+	sentEpoch uint64       // last epoch end logged
+	sentAns   uint64       // last answer logged
 	acked     Ack
 	held      []Output
 	released  uint64 // highest output sequence number released
@@ -99,6 +120,120 @@ func NewPrimary(mode Mode, maxLag uint64) *Primary {
 
 // Alone reports whether the primary has lost its backup.
 func (p *Primary) Alone() bool { return p.alone }
+
+// Arbitrate makes the primary act alone only under rule 7: it runs under
+// generation gen, and going on without its backup needs the next one.
+func (p *Primary) Arbitrate(gen uint64) { p.arb = &Arbitration{held: gen} }
+
+// Generation is the generation the primary runs under (0 without an
+// arbiter).
+func (p *Primary) Generation() uint64 { return p.arb.Held() }
+
+// Stopped is why the primary may release nothing more (fenced, or its
+// console failed), or nil.
+func (p *Primary) Stopped() error { return p.stopped }
+
+// Stop makes the primary release nothing more, and announce no release
+// watermark: a fence (another replica holds a newer generation) or a
+// sink that failed. What it still holds stays with the backup, which
+// emits it if it takes over. The first reason sticks.
+func (p *Primary) Stop(why error) Actions {
+	if p.stopped != nil {
+		return Actions{}
+	}
+	p.stopped = why
+	return Actions{Stop: why}
+}
+
+// Suspect says the backup is presumed lost: its link closed, broke or fell
+// silent (reason says which). Without an arbiter the primary goes on alone
+// at once (rule 6); with one it must first win the next generation (rule
+// 7), and until it does it releases nothing, since the backup may be
+// taking over. A link that ends after the run, or after the backup's
+// verdict, is no loss.
+func (p *Primary) Suspect(reason string) Actions {
+	if p.alone || p.stopped != nil || p.ended || p.backupEnd != nil {
+		return Actions{}
+	}
+	if p.arb == nil {
+		act := p.BackupLost()
+		act.Alone = reason
+		return act
+	}
+	gen, ok := p.arb.Claim()
+	if !ok {
+		return Actions{} // a claim is under way, or was lost
+	}
+	p.suspicion = reason
+	return Actions{Claim: gen}
+}
+
+// Claimed takes the arbiter's answer to the claim Suspect asked for: won,
+// the primary goes on alone; lost, it is fenced (the backup won and is
+// the primary now).
+func (p *Primary) Claimed(gen uint64, err error) Actions {
+	if p.arb == nil {
+		return p.Stop(fmt.Errorf("arbitration: generation %d claimed without an arbiter", gen))
+	}
+	if err != nil {
+		p.arb.Lost(err)
+		return p.Stop(fmt.Errorf("the backup was lost (%s) and this primary may not go on alone: %w", p.suspicion, err))
+	}
+	if err := p.arb.Won(gen); err != nil {
+		return p.Stop(err)
+	}
+	if p.alone || p.stopped != nil {
+		return Actions{}
+	}
+	act := p.BackupLost()
+	act.Alone = p.suspicion
+	return act
+}
+
+// MayFinish reports whether the run's end may be announced: every output
+// is released (acknowledged, or the backup lost), and nothing stopped the
+// primary.
+func (p *Primary) MayFinish() bool {
+	return p.stopped == nil && (p.alone || len(p.held) == 0)
+}
+
+// Finish ends the run with this primary's own end (its exit code and
+// final state hash): the goodbye goes to the backup, which replays to the
+// same end and answers with its own (Verdict). Alone, nothing is sent.
+func (p *Primary) Finish(g Goodbye) Actions {
+	p.final = &g
+	if p.alone || p.stopped != nil {
+		return Actions{}
+	}
+	return Actions{Send: []Message{{Type: TypeGoodbye, Goodbye: &g}}}
+}
+
+// End says the run is over: a link that closes now is no loss.
+func (p *Primary) End() { p.ended = true }
+
+// Ended reports whether the run is over.
+func (p *Primary) Ended() bool { return p.ended }
+
+// BackupFinished takes the backup's goodbye: its replay reached the end.
+func (p *Primary) BackupFinished(g Goodbye) { p.backupEnd = &g }
+
+// Verdict is the backup's end once it arrived (nil before), and how it
+// differs from this primary's end: the exit code or the final hash. A
+// backup that ends differently diverged; "" is a match. A backup's end
+// that arrives before this primary finished is a divergence too: the
+// backup answers the primary's goodbye, never anticipates it.
+func (p *Primary) Verdict() (theirs *Goodbye, divergence string) {
+	g := p.backupEnd
+	switch {
+	case g == nil:
+		return nil, ""
+	case p.final == nil:
+		return g, "the backup ended its replay before the primary's end"
+	case g.ExitCode != p.final.ExitCode || g.Hash != p.final.Hash:
+		return g, fmt.Sprintf("backup ended with final hash %x exit %d, primary %x exit %d", g.Hash, g.ExitCode, p.final.Hash, p.final.ExitCode)
+	}
+	return g, ""
+}
 
 // Acked returns the backup's latest acknowledgement.
 func (p *Primary) Acked() Ack { return p.acked }
@@ -161,6 +296,9 @@ func (p *Primary) MayCommit(epoch, answers uint64) bool {
 // record before it (or there is no backup); otherwise it is held until an
 // acknowledgement covers it (rule 3).
 func (p *Primary) Output(o Output) Actions {
+	if p.stopped != nil {
+		return Actions{} // never to leave from here: the backup keeps it
+	}
 	if len(p.held) == 0 && (p.alone || p.covered(o)) {
 		return p.release([]Output{o})
 	}
@@ -169,7 +307,7 @@ func (p *Primary) Output(o Output) Actions {
 }
 
 func (p *Primary) release(outs []Output) Actions {
-	if len(outs) == 0 {
+	if len(outs) == 0 || p.stopped != nil {
 		return Actions{}
 	}
 	act := Actions{Release: outs}
@@ -209,6 +347,7 @@ func (p *Primary) Ack(a Ack) (Actions, error) {
 // from there (rule 6).
 func (p *Primary) Join(epoch, answers uint64) {
 	p.alone = false
+	p.backupEnd, p.suspicion = nil, ""
 	p.sentEpoch, p.sentAns = epoch, answers
 	p.acked = Ack{Epoch: epoch, Answers: answers, Executed: epoch}
 	p.announced = p.released
@@ -234,7 +373,12 @@ type Backup struct {
 	primary   bool // failed over: now the primary
 	done      bool // the primary said goodbye
 	exitCode  uint32
-	stopped   string // the goodbye's reason for a run that ended without power-off
+	stopped   string       // the goodbye's reason for a run that ended without power-off
+	arb       *Arbitration // rule 7's state; nil without an arbiter
+	suspicion string       // why the primary is presumed dead (a claim is under way)
+	stepDown  error        // another replica is the primary: never take over
+	ended     bool         // this replica's run is over: never take over
+	linkGone  bool         // the primary's link is gone, and what follows is decided
 }
 
 // NewBackup returns a backup that holds nothing yet.
@@ -365,3 +509,86 @@ func (b *Backup) FailOver() Actions {
 
 // IsPrimary reports whether the backup has taken over.
 func (b *Backup) IsPrimary() bool { return b.primary }
+
+// Arbitrate makes the backup take over only under rule 7: the run is at
+// generation gen, and a takeover needs the next one.
+func (b *Backup) Arbitrate(gen uint64) { b.arb = &Arbitration{held: gen} }
+
+// Generation is the generation the backup runs under (0 without an
+// arbiter): the run's, or the one it won by taking over.
+func (b *Backup) Generation() uint64 { return b.arb.Held() }
+
+// SteppedDown is why this replica may never take over (another replica
+// won the generation), or nil.
+func (b *Backup) SteppedDown() error { return b.stepDown }
+
+// Suspect says the primary is presumed dead: its link closed, broke or
+// fell silent (reason says which). Without an arbiter the backup takes
+// over at once (rule 5); with one it must first win the next generation
+// (rule 7). A primary that said goodbye is finishing, not dead; a replica
+// whose own run ended, or that already took over or stepped down, has
+// nothing to decide.
+//
+// The link counts as gone (LinkGone) once the suspicion is decided: at
+// once, or when the claim is answered. While a claim is under way a
+// second suspicion (the link's end and its silence both suspect) decides
+// nothing and leaves the link standing, so that a replay waiting for the
+// log never takes the link's end for the end of the run.
+func (b *Backup) Suspect(reason string) Actions {
+	if b.Claiming() {
+		return Actions{}
+	}
+	if b.done || b.primary || b.ended || b.stepDown != nil {
+		b.linkGone = true
+		return Actions{}
+	}
+	if b.arb == nil {
+		b.linkGone = true
+		act := b.FailOver()
+		act.TakeOver = reason
+		return act
+	}
+	gen, ok := b.arb.Claim()
+	if !ok {
+		b.linkGone = true
+		return Actions{}
+	}
+	b.suspicion = reason
+	return Actions{Claim: gen}
+}
+
+// LinkGone reports whether the primary's link is gone and what follows
+// decided: a takeover, a step down, or nothing (the run is ending).
+func (b *Backup) LinkGone() bool { return b.linkGone }
+
+// Claimed takes the arbiter's answer to the claim Suspect asked for: won,
+// the backup takes over; lost, the primary went on without it (or the
+// arbiter could not be reached), and it steps down for good.
+func (b *Backup) Claimed(gen uint64, err error) Actions {
+	b.linkGone = true
+	if b.arb == nil {
+		err = fmt.Errorf("arbitration: generation %d claimed without an arbiter", gen)
+	} else if err == nil {
+		err = b.arb.Won(gen)
+	} else {
+		b.arb.Lost(err)
+		err = fmt.Errorf("another replica went on as the primary: %w", err)
+	}
+	if err != nil {
+		b.stepDown = err
+		return Actions{Stop: err}
+	}
+	if b.done || b.primary || b.ended {
+		return Actions{} // the primary finished meanwhile: nothing to take over
+	}
+	act := b.FailOver()
+	act.TakeOver = b.suspicion
+	return act
+}
+
+// Claiming reports whether a claim Suspect asked for is still unanswered.
+func (b *Backup) Claiming() bool { return b.arb != nil && b.arb.Claiming() }
+
+// End says this replica's own run is over (finished, stopped or
+// diverged): it never takes over now.
+func (b *Backup) End() { b.ended = true }

@@ -43,24 +43,21 @@ type backup struct {
 	proto   *epoch.Backup
 	queue   []vm.Record
 	linkEnd bool // the link is gone (closed, corrupt, or goodbye)
-	stopped bool // the run ended (or diverged): never take over now
 	// The state transfer a joining backup starts from.
 	joined  *epoch.JoinState
 	joinRAM []byte
 	// as is this replica's primary side once it has gone live: it records,
-	// applies the output rule and serves joining backups.
-	as  *primary
-	ctx context.Context
+	// applies the output rule and serves joining backups. going is its
+	// preparation, from the takeover on.
+	as    *primary
+	going *goingLive
+	ctx   context.Context
 	// stopRun ends the run: a fenced takeover stops with it.
 	stopRun context.CancelFunc
-	// stepDown says why this replica may not take over (another replica
-	// won the generation).
-	stepDown error
-	leaseMu  sync.Mutex
-	report   Report
-	fo       *Failover
-	foStart  time.Time
-	execd    uint64 // last epoch executed
+	report  Report
+	fo      *Failover
+	foStart time.Time
+	execd   uint64 // last epoch executed
 
 	// Touched only on the machine thread.
 	board     *vm.Board
@@ -72,11 +69,8 @@ type backup struct {
 	// standard input the primary's answers carried (skipped on takeover).
 	host      *linux.Host
 	linuxInfo func() vm.LinuxInfo
-	// arb is rule 7's state (with Options.Arbiter); claimed once won.
-	arb      epoch.Arbitration
-	claimed  bool
-	lastEnd  *vm.EpochEnd // the primary's last epoch end replayed
-	compared uint64       // its state hashes compared with this replica's, equal
+	lastEnd   *vm.EpochEnd // the primary's last epoch end replayed
+	compared  uint64       // its state hashes compared with this replica's, equal
 }
 
 // errPrimaryStopped ends a replay that reached the point where the
@@ -119,10 +113,12 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		b.opt = opt
 		b.log.Info("arbitrating on the primary's default arbiter", zap.String("arbiter", advertised))
 	}
+	var gen uint64
 	if opt.Arbiter != nil {
 		// The primary claimed the run's generation before it accepted
 		// this replica: that is the one a takeover must move on from.
-		gen, _, err := opt.Arbiter.Current(ctx)
+		var err error
+		gen, _, err = opt.Arbiter.Current(ctx)
 		if err == nil && gen == 0 {
 			err = fmt.Errorf("the arbiter %s holds no generation: does the primary use the same --arbiter?", opt.Arbiter)
 		}
@@ -130,7 +126,6 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 			link.Close()
 			return nil, err
 		}
-		b.arb.Start(gen)
 	}
 	if opt.Join {
 		start := time.Now()
@@ -158,6 +153,9 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		b.report.Joins = []Join{{AtEpoch: js.Epoch, PrecopyMS: ms(time.Since(start)), Bytes: uint64(len(ram))}}
 		b.log.Info("received the primary's state", zap.Uint64("at_epoch", js.Epoch), zap.Duration("took", time.Since(start)))
 	}
+	if gen != 0 {
+		b.proto.Arbitrate(gen)
+	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	b.ctx, b.stopRun = ctx, stop
@@ -171,7 +169,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		if done {
 			return false
 		}
-		b.failOver("primary silent: " + reason)
+		b.suspect("primary silent: " + reason)
 		return true
 	})
 	stopWake := context.AfterFunc(ctx, func() { b.mu.Lock(); b.cond.Broadcast(); b.mu.Unlock() })
@@ -184,8 +182,8 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 
 	res, runErr := b.run(ctx)
 	b.mu.Lock()
-	if b.stepDown != nil {
-		runErr = b.stepDown
+	if err := b.proto.SteppedDown(); err != nil {
+		runErr = err
 	}
 	b.mu.Unlock()
 	if p := b.as; p != nil {
@@ -194,8 +192,10 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 			runErr = p.drain(ctx, res.ExitCode, b.finalHash(), "")
 			p.endJournal(runErr)
 		}
+		p.out.close()
+		runErr = p.stopErr(runErr)
 		p.mu.Lock()
-		p.ended = true
+		p.proto.End()
 		if p.link != nil {
 			p.link.Close()
 		}
@@ -211,7 +211,12 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		p.mu.Unlock()
 	}
 	b.mu.Lock()
-	b.stopped = true
+	b.proto.End()
+	if g := b.going; g != nil && b.as == nil {
+		b.mu.Unlock()
+		g.closeUnused() // the replay ended before it went live
+		b.mu.Lock()
+	}
 	// A replay that reached an end the primary reaches too (power-off, or a
 	// stop of the guest's) answers the primary's goodbye, which may still
 	// be on its way: it follows the release of the last outputs. The wait
@@ -346,96 +351,66 @@ func (b *backup) endLink(err error) {
 	if errors.Is(err, epoch.ErrFrame) {
 		b.log.Error("corrupt frame from the primary: closing the link", zap.Error(err))
 	}
-	b.failOver(fmt.Sprintf("link closed: %v", err))
+	b.suspect(fmt.Sprintf("link closed: %v", err))
 }
 
-// failOver makes this replica the primary (rule 5): it stops waiting for
+// suspect presumes the primary dead (rule 5) and carries out what the
+// protocol decides: with an arbiter, first the claim of the next
+// generation (rule 7), whose loss means the primary went on without this
+// replica, which then steps down instead of becoming a second primary. The
+// link's end is marked in the same step as the decision, so the machine
+// never sees a link that is gone without one.
+func (b *backup) suspect(reason string) {
+	b.mu.Lock()
+	act := b.proto.Suspect(reason)
+	if gen := act.Claim; gen != 0 {
+		b.mu.Unlock()
+		err := b.opt.Arbiter.Claim(b.ctx, gen, b.opt.Holder)
+		b.mu.Lock()
+		act = b.proto.Claimed(gen, err)
+		if err == nil {
+			b.log.Info("won the next generation", zap.Uint64("generation", gen), zap.Stringer("arbiter", b.opt.Arbiter))
+		}
+	}
+	b.linkEnd = b.proto.LinkGone()
+	switch {
+	case act.Stop != nil:
+		b.cond.Broadcast()
+		b.mu.Unlock()
+		b.log.Error("not taking over: "+act.Stop.Error(), zap.String("reason", reason))
+		b.link.Close()
+	case act.TakeOver != "":
+		b.takeOver(act)
+	default:
+		b.cond.Broadcast()
+		b.mu.Unlock()
+	}
+}
+
+// takeOver makes this replica the primary (rule 5): it stops waiting for
 // epoch ends, re-emits its outputs past the last release watermark, and
 // will go live at the first environment instruction without a logged
-// answer. With an arbiter it first wins the next generation (rule 7): if
-// the primary won it, going on without this replica, this replica steps
-// down instead of becoming a second primary.
-func (b *backup) failOver(reason string) {
-	if err := b.takeLease(); err != nil {
-		b.mu.Lock()
-		if b.stepDown == nil && !b.proto.IsPrimary() {
-			b.stepDown = err
-			b.linkEnd = true
-			b.log.Error("not taking over: "+err.Error(), zap.String("reason", reason))
-		}
-		b.cond.Broadcast()
-		b.mu.Unlock()
-		b.link.Close()
-		return
-	}
-	b.mu.Lock()
-	b.linkEnd = true
-	b.failOverLocked(reason)
-}
-
-// takeLease wins the arbiter's next generation for a takeover, if the
-// pair has an arbiter.
-func (b *backup) takeLease() error {
-	if b.opt.Arbiter == nil {
-		return nil
-	}
-	return b.claim()
-}
-
-// claim wins the next generation for a takeover (rule 7), once.
-func (b *backup) claim() error {
-	b.leaseMu.Lock()
-	defer b.leaseMu.Unlock()
-	b.mu.Lock()
-	if lost := b.arb.Stopped(); lost != nil {
-		b.mu.Unlock()
-		return lost
-	}
-	if b.claimed || b.proto.IsPrimary() || b.stopped {
-		b.mu.Unlock()
-		return nil // the link's end and the silence detector both ask: one claim
-	}
-	gen, ok := b.arb.Claim()
-	b.mu.Unlock()
-	if !ok {
-		return errors.New("the arbiter's generation is unknown: no claim can be made")
-	}
-	err := b.opt.Arbiter.Claim(b.ctx, gen, b.opt.Holder)
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if err != nil {
-		b.arb.Lost(err)
-		return fmt.Errorf("another replica went on as the primary: %w", err)
-	}
-	if err := b.arb.Won(gen); err != nil {
-		return err
-	}
-	b.claimed = true
-	b.log.Info("won the next generation", zap.Uint64("generation", gen), zap.Stringer("arbiter", b.opt.Arbiter))
-	return nil
-}
-
-// failOverLocked is failOver with mu held; it unlocks.
-func (b *backup) failOverLocked(reason string) {
-	if done, _ := b.proto.PrimaryDone(); done || b.proto.IsPrimary() || b.stopped {
-		b.cond.Broadcast()
-		b.mu.Unlock()
-		return
-	}
+// answer. mu is held; takeOver unlocks it.
+func (b *backup) takeOver(act epoch.Actions) {
 	silence := b.link.Silence()
 	b.foStart = time.Now()
 	held, _ := b.proto.Held()
-	act := b.proto.FailOver()
-	b.fo = &Failover{Reason: reason, DetectedAfterMS: ms(silence), DetectedUnixMS: b.foStart.UnixMilli(), DetectedUnixNS: b.foStart.UnixNano(),
+	b.fo = &Failover{Reason: act.TakeOver, DetectedAfterMS: ms(silence), DetectedUnixMS: b.foStart.UnixMilli(), DetectedUnixNS: b.foStart.UnixNano(),
 		EpochsHeld: held, EpochsExecuted: b.execd, Reemitted: len(act.Release)}
 	b.emit(act.Release)
 	executed := b.execd
+	g := &goingLive{ready: make(chan struct{})}
+	b.going = g
 	b.cond.Broadcast()
 	b.mu.Unlock()
 	b.link.Close()
-	b.opt.Sink.Flush()
-	b.log.Warn("PRIMARY LOST: taking over", zap.String("reason", reason), zap.Duration("silent_for", silence),
+	if err := b.opt.Sink.Flush(); err != nil {
+		b.log.Error("console sink: flushing the re-emitted outputs", zap.Error(err))
+	}
+	b.log.Warn("PRIMARY LOST: taking over", zap.String("reason", act.TakeOver), zap.Duration("silent_for", silence),
 		zap.Uint64("epochs_held", held), zap.Uint64("epochs_executed", executed), zap.Int("reemitted", len(act.Release)))
+	// Built here, while the machine replays what it holds.
+	b.prepareLive(g)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -508,8 +483,8 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
-				if b.stepDown != nil {
-					return b.stepDown
+				if err := b.proto.SteppedDown(); err != nil {
+					return err
 				}
 				if b.linkEnd && !b.proto.IsPrimary() {
 					if why := b.proto.PrimaryStopped(); why != "" {
@@ -548,7 +523,11 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 		},
 	})
 	st := m.Stats()
-	final, _ := m.Hash()
+	final, herr := m.Hash()
+	if herr != nil && err == nil {
+		// A run with no final hash cannot be compared with its replica's.
+		err = fmt.Errorf("the final state hash: %w", herr)
+	}
 	b.mu.Lock()
 	b.report.Epochs, b.report.QuietEpochs, b.report.TLBMisses, b.report.FinalHash = st.Epochs, st.QuietEpochs, st.TLBMisses, final.String()
 	if b.fo != nil && b.fo.ReplayMS == 0 {
@@ -599,54 +578,122 @@ func (b *backup) Next(ctx context.Context) (vm.Record, error) {
 // Attach implements vm.BoardObserver.
 func (b *backup) Attach(board *vm.Board) { b.board = board }
 
-// goLive switches to this host's devices at the first instruction without
-// a logged answer.
-func (b *backup) goLive(at vm.Point) error {
+// goingLive is what this replica needs to go on as the primary, built
+// when the takeover is decided, on the goroutine that decided it: the
+// shared disk opened and fenced, a Linux program's host, the primary role
+// with its live environment, its acceptor of joining backups. None of it
+// is built inside a Unicorn hook, where the switch itself happens.
+type goingLive struct {
+	ready chan struct{} // closed once built (or failed)
+	err   error
+	p     *primary
+	live  *vm.Live
+	disk  *vm.HostDisk
+	host  *linux.Host
+}
+
+// prepareLive builds the live side of a takeover (see goingLive).
+func (b *backup) prepareLive(g *goingLive) {
+	defer close(g.ready)
+	fail := func(err error) { g.err = fmt.Errorf("taking over: %w", err) }
 	// Only now, as the primary, does this replica touch the shared disk.
 	disk, err := b.opt.Machine.openDisk()
 	if err != nil {
-		return fmt.Errorf("taking over: %w", err)
+		fail(err)
+		return
 	}
-	b.disk = disk
+	g.disk = disk
 	p := newPrimary(PrimaryOptions{Options: b.opt.Options, Listener: b.opt.Listener, Mode: b.opt.Mode, MaxLag: b.opt.MaxLag})
+	g.p = p
 	p.proto.BackupLost() // alone until a backup joins
-	p.arb.Start(b.arb.Held())
+	b.mu.Lock()
+	gen := b.proto.Generation()
+	b.mu.Unlock()
+	if b.opt.Arbiter != nil {
+		p.proto.Arbitrate(gen)
+	}
 	p.stop = b.stopRun
 	if disk != nil {
 		// The fence goes up before this replica's first write: a write
 		// of the old primary still on its way lands first or not at all.
-		if err := p.guardDisk(b.ctx, disk, b.arb.Held()); err != nil {
-			return fmt.Errorf("taking over: %w", err)
+		if err := p.guardDisk(b.ctx, disk, gen); err != nil {
+			fail(err)
+			return
 		}
 	}
 	input := b.opt.Input
 	host, err := b.opt.Machine.linuxHost(input, nil)
 	if err != nil {
-		return fmt.Errorf("taking over: %w", err)
+		fail(err)
+		return
 	}
 	if host != nil {
-		info := b.linuxInfo()
-		if err := host.SkipStdin(info.StdinRead); err != nil {
-			return fmt.Errorf("taking over: %w", err)
-		}
+		g.host, p.host, input = host, host, nil
 		if err := host.EnableJournal(); err != nil {
-			return fmt.Errorf("taking over: %w", err)
+			fail(err)
+			return
 		}
-		host.SetRunID(info.Random)
-		b.host, p.host, input = host, host, nil
 	}
-	live, err := vm.NewLive(vm.LiveConfig{OnOutput: p.output, Recorder: p, Input: input, CPU: b.opt.CPU, ClockStart: b.lastClock, TimerJitter: b.opt.TimerJitter, Disk: disk,
+	live, err := vm.NewLive(vm.LiveConfig{OnOutput: p.output, Recorder: p, Input: input, CPU: b.opt.CPU, TimerJitter: b.opt.TimerJitter, Disk: disk,
 		Host: host, BeforeCommit: p.beforeCommit(b.ctx)})
 	if err != nil {
-		return err
+		fail(err)
+		return
 	}
-	p.live = live
-	b.mu.Lock()
-	b.live, b.as = live, p
-	b.mu.Unlock()
+	g.live, p.live = live, live
 	if b.opt.Listener != nil {
 		go p.acceptAll(b.ctx)
 	}
+}
+
+// closeUnused releases a live side built for a takeover whose replay
+// ended before it went live.
+func (g *goingLive) closeUnused() {
+	<-g.ready
+	if g.p != nil {
+		g.p.out.close()
+	}
+	if g.live != nil {
+		g.live.Close()
+	}
+	if g.host != nil {
+		g.host.Close()
+	}
+	if g.disk != nil {
+		g.disk.Close()
+	}
+}
+
+// goLive switches to this host's devices at the first instruction without
+// a logged answer (rule 5), inside the hook that asked: it waits for the
+// live side the takeover built, and does only what depends on this
+// point: the guest clock continues from the last value the guest saw, a
+// Linux program's standard input skips what the old primary's program
+// read, and the timer restarts from the board's state.
+func (b *backup) goLive(at vm.Point) error {
+	b.mu.Lock()
+	g := b.going
+	b.mu.Unlock()
+	if g == nil {
+		return errors.New("taking over: the log ended, but no takeover was decided")
+	}
+	<-g.ready
+	if g.err != nil {
+		return g.err
+	}
+	p, live := g.p, g.live
+	if g.host != nil {
+		info := b.linuxInfo()
+		if err := g.host.SkipStdin(info.StdinRead); err != nil {
+			return fmt.Errorf("taking over: %w", err)
+		}
+		g.host.SetRunID(info.Random)
+	}
+	live.StartClock(b.lastClock)
+	b.disk, b.host = g.disk, g.host
+	b.mu.Lock()
+	b.live, b.as = live, p
+	b.mu.Unlock()
 	live.Resume(b.board) // an operation in flight completes as uncertain
 	b.mu.Lock()
 	b.fo.Uncertain = live.Uncertain()

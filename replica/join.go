@@ -96,7 +96,7 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 	}
 	p.mu.Lock()
 	adm := epoch.Admission{AwaitingFirst: p.awaiting, FirstTaken: p.firstTaken,
-		Busy: !p.proto.Alone() || p.transfer != nil || len(p.joins) > 0 || p.ended}
+		Busy: !p.proto.Alone() || p.transfer != nil || len(p.joins) > 0 || p.proto.Ended()}
 	p.mu.Unlock()
 	reason, first = adm.Admit(reason, hello.Join)
 	if err := l.answerHello(reason, p.opt.Advertise, p.handshake); err != nil {
@@ -236,7 +236,6 @@ func (p *primary) stopAndCopy(ctx context.Context, e uint64, at *vm.Boundary, t 
 	p.mu.Lock()
 	p.proto.Join(e-1, at.Answers())
 	p.link = t.link
-	p.backupEnd = nil
 	p.report.Joins = append(p.report.Joins, t.report)
 	p.mu.Unlock()
 	p.watch(ctx, t.link)

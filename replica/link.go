@@ -36,6 +36,7 @@ type Link struct {
 	err       error         // first write error; the link is dead after it
 	born      time.Time     // with its monotonic reading
 	lastHeard atomic.Int64  // time.Since(born) when last heard from
+	frames    atomic.Uint64 // frames received
 	sent      atomic.Uint64 // bytes written
 	done      chan struct{} // the writer exited
 	// writeTimeout bounds one write: a peer that stops reading kills the
@@ -46,16 +47,24 @@ type Link struct {
 func newLink(conn net.Conn) *Link {
 	l := &Link{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), done: make(chan struct{}), writeTimeout: handshakeTimeout, born: time.Now()}
 	l.cond = sync.NewCond(&l.mu)
-	l.heard()
+	l.lastHeard.Store(0)
 	go l.writer()
 	return l
 }
 
-// heard stamps the monotonic clock (time since the link was made), never
-// the wall clock: a clock step must not declare a live peer dead.
-func (l *Link) heard() { l.lastHeard.Store(int64(time.Since(l.born))) }
+// heard counts a frame received, for the failure detector, and stamps the
+// monotonic clock (time since the link was made) for the report's
+// measure of the silence.
+func (l *Link) heard() {
+	l.frames.Add(1)
+	l.lastHeard.Store(int64(time.Since(l.born)))
+}
 
-// Silence is how long since the peer was last heard from.
+// Received counts the frames received so far.
+func (l *Link) Received() uint64 { return l.frames.Load() }
+
+// Silence is how long since the peer was last heard from (for reports:
+// the failure detector counts heartbeat ticks, epoch.Liveness).
 func (l *Link) Silence() time.Duration {
 	return time.Since(l.born) - time.Duration(l.lastHeard.Load())
 }
@@ -322,13 +331,19 @@ func (l *Link) hello(cfg epoch.MachineConfig, join bool) (arbiter string, err er
 	return m.Welcome.Arbiter, nil
 }
 
-// heartbeat sends a heartbeat every interval until ctx ends, and calls
-// dead whenever the peer has been silent for longer than timeout; dead
-// returns true to stop (the peer is gone) or false to keep the heartbeats
-// going (the silence is expected, as after a goodbye).
+// heartbeat sends a heartbeat every interval and runs the link's failure
+// detector (epoch.Liveness): the peer is presumed dead once timeout's
+// worth of ticks passes with no frame received, and dead says so (or the
+// link broke); dead returns whether to stop heartbeating.
 func heartbeat(ctx context.Context, l *Link, interval, timeout time.Duration, dead func(reason string) (stop bool)) {
 	l.SetWriteTimeout(timeout)
-	t := time.NewTicker(interval)
+	ticks := epoch.TimeoutTicks(int64(timeout), int64(interval))
+	live := epoch.NewLiveness(ticks)
+	heard := l.Received()
+	// A timer re-armed after each tick, not a ticker: ticks are then at
+	// least interval apart however late one is taken, so timeout's worth
+	// of ticks never spans less than timeout.
+	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -336,11 +351,16 @@ func heartbeat(ctx context.Context, l *Link, interval, timeout time.Duration, de
 			return
 		case <-t.C:
 		}
-		if s := l.Silence(); s > timeout {
-			if dead(fmt.Sprintf("no message for %v (timeout %v)", s.Round(time.Millisecond), timeout)) {
+		t.Reset(interval)
+		n := l.Received()
+		if live.Tick(n != heard) {
+			reason := fmt.Sprintf("no message for %d heartbeat intervals of %v (timeout %v; silent for %v)",
+				ticks, interval, timeout, l.Silence().Round(time.Millisecond))
+			if dead(reason) {
 				return
 			}
 		}
+		heard = n
 		if err := l.Send(epoch.Message{Type: epoch.TypeHeartbeat}); err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				dead(err.Error())

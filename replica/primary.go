@@ -85,17 +85,14 @@ type primary struct {
 	cond   *sync.Cond
 	proto  *epoch.Primary
 	report Report
-	live   *vm.Live
+	// out writes released outputs, outside mu and off the machine thread.
+	out  *outbox
+	live *vm.Live
 	// sinkErr is the console sink's failure: nothing is released after it.
 	sinkErr error
-	// arb is rule 7's state (with Options.Arbiter).
-	arb epoch.Arbitration
 	// host performs a Linux program's requests (nil for a board guest).
 	host  *linux.Host
 	epoch uint64 // epoch being executed
-	ended bool   // the run is over: a closing link is no loss
-	// backupEnd is the backup's goodbye: it replayed to the same end.
-	backupEnd *epoch.Goodbye
 	// joins hands accepted joiners to the machine thread; transfer is the
 	// state transfer in progress (machine thread only).
 	joins    chan *Link
@@ -125,6 +122,7 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	}
 	start := time.Now()
 	p := newPrimary(opt)
+	defer p.out.close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p.stop = cancel
@@ -133,7 +131,7 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 		if err != nil {
 			return nil, fmt.Errorf("starting the run at the arbiter: %w", err)
 		}
-		p.arb.Start(gen)
+		p.proto.Arbitrate(gen)
 		p.log.Info("holding the run's generation", zap.Uint64("generation", gen), zap.Stringer("arbiter", opt.Arbiter))
 	}
 	if opt.Listener != nil {
@@ -161,9 +159,10 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 			p.log.Warn("ending the stopped run with the backup", zap.Error(err))
 		}
 	}
+	p.out.close() // what was released is written before the report counts it
 	runErr = p.stopErr(runErr)
 	p.mu.Lock()
-	p.ended = true
+	p.proto.End()
 	p.mu.Unlock()
 	if p.link != nil {
 		p.link.Close()
@@ -187,6 +186,7 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 func newPrimary(opt PrimaryOptions) *primary {
 	p := &primary{opt: opt, log: opt.Log, proto: epoch.NewPrimary(opt.Mode, opt.MaxLag), joins: make(chan *Link, 1), first: make(chan *Link, 1), firstSlot: make(chan struct{}, 1),
 		handshake: handshakeTimeout}
+	p.out = newOutbox(p.perform)
 	p.cond = sync.NewCond(&p.mu)
 	p.report.Role, p.report.Engine = "primary", uc.Version()
 	return p
@@ -244,69 +244,82 @@ func (p *primary) connect(ctx context.Context) error {
 	return nil
 }
 
-// apply carries out a protocol step; mu is held. Released outputs reach
-// the sink, flushed, before any message goes out: a release watermark must
-// never tell the backup that an output left while it still sits in this
-// process's buffer, or a crash would lose it.
+// apply carries out a protocol step; mu is held. Messages that announce
+// nothing (answers, epoch ends, a goodbye) are queued on the link at once
+// (a queue: Link.Send does no I/O). Released outputs go to the outbox,
+// which writes them outside mu and off the machine thread, with the
+// messages that announce them (release watermarks) after them.
 func (p *primary) apply(act epoch.Actions) {
-	if p.fenced != nil {
-		// A fenced primary releases nothing more, and claims no release.
-		act.Release, act.Send = nil, withoutRelease(act.Send)
-	}
-	if p.sinkErr != nil {
-		act.Release, act.Send = nil, withoutRelease(act.Send)
-	}
 	if len(act.Release) > 0 {
-		console := consoleOnly(act.Release)
-		err := p.opt.Sink.Emit(console)
-		if err == nil && len(act.Send) > 0 {
-			err = p.opt.Sink.Flush()
-		}
-		if err != nil {
-			// The release watermark must not claim outputs the sink did not
-			// take: the backup keeps them, to emit once it takes over, and
-			// this primary stops so that it does.
-			p.sinkErr = fmt.Errorf("the console sink failed: %w", err)
-			if p.proto.Alone() {
-				p.log.Error("console sink failed: stopping (with no backup, what did not leave is lost)", zap.Error(err))
-			} else {
-				p.log.Error("console sink failed: stopping, so that the backup takes over and emits what did not leave", zap.Error(err))
-			}
-			act.Send = withoutRelease(act.Send)
-			if p.stop != nil {
-				p.stop()
-			}
-			p.cond.Broadcast()
-		}
-		p.report.OutputsEmitted += uint64(len(console))
-		for _, o := range act.Release {
-			if o.Kind == epoch.DiskWrite {
-				p.live.DiskWrite(o.Ref.(vm.Output)) // rule 3: only now may it reach the disk
-				p.report.DiskWrites++
-			}
-		}
+		p.out.put(outItem{act: act})
+		return
 	}
 	if len(act.Send) > 0 && p.link != nil && !p.proto.Alone() {
 		p.link.Send(act.Send...) // a failed send surfaces as a lost link
 	}
 }
 
-// withoutRelease drops release watermarks from msgs.
-func withoutRelease(msgs []epoch.Message) []epoch.Message {
-	out := msgs[:0:0]
-	for _, m := range msgs {
-		if m.Type != epoch.TypeRelease {
-			out = append(out, m)
-		}
+// perform writes one step's released outputs (the outbox's goroutine).
+// They reach the sink, flushed, before any message goes out: a release
+// watermark must never tell the backup that an output left while it
+// still sits in this process's buffer, or a crash would lose it. A
+// primary stopped (fenced, or its sink failed) writes nothing more: what
+// was released but not written stays with the backup, whose watermark
+// never covered it.
+func (p *primary) perform(it outItem) {
+	act := it.act
+	p.mu.Lock()
+	stopped := p.stopErrLocked() != nil
+	p.mu.Unlock()
+	if stopped {
+		return
 	}
-	return out
-}
-
-// RecordAnswer implements vm.Recorder (rule 1).
-func (p *primary) RecordAnswer(a vm.Answer) error {
+	console := consoleOnly(act.Release)
+	var err error
+	if len(console) > 0 {
+		err = p.opt.Sink.Emit(console)
+	}
+	if err == nil && (len(act.Send) > 0 || it.flush) {
+		err = p.opt.Sink.Flush()
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err != nil {
+		// The release watermark must not claim outputs the sink did not
+		// take: the backup keeps them, to emit once it takes over, and
+		// this primary stops so that it does.
+		p.sinkErr = fmt.Errorf("the console sink failed: %w", err)
+		p.proto.Stop(p.sinkErr)
+		if p.proto.Alone() {
+			p.log.Error("console sink failed: stopping (with no backup, what did not leave is lost)", zap.Error(err))
+		} else {
+			p.log.Error("console sink failed: stopping, so that the backup takes over and emits what did not leave", zap.Error(err))
+		}
+		if p.stop != nil {
+			p.stop()
+		}
+		p.cond.Broadcast()
+		return
+	}
+	p.report.OutputsEmitted += uint64(len(console))
+	for _, o := range act.Release {
+		if o.Kind == epoch.DiskWrite {
+			p.live.DiskWrite(o.Ref.(vm.Output)) // rule 3: only now may it reach the disk
+			p.report.DiskWrites++
+		}
+	}
+	if len(act.Send) > 0 && p.link != nil && !p.proto.Alone() {
+		p.link.Send(act.Send...)
+	}
+}
+
+// RecordAnswer implements vm.Recorder (rule 1). The log file (--record)
+// is written after mu is released: only the machine thread records, so
+// the order holds without the lock.
+func (p *primary) RecordAnswer(a vm.Answer) error {
+	p.mu.Lock()
 	p.apply(p.proto.Answer(toWireAnswer(a)))
+	p.mu.Unlock()
 	if p.opt.Record != nil {
 		return p.opt.Record.RecordAnswer(a)
 	}
@@ -317,8 +330,8 @@ func (p *primary) RecordAnswer(a vm.Answer) error {
 // interrupts are delivered).
 func (p *primary) RecordEpochEnd(e vm.EpochEnd) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.apply(p.proto.EndEpoch(toWireEnd(e)))
+	p.mu.Unlock()
 	if p.opt.Record != nil {
 		return p.opt.Record.RecordEpochEnd(e)
 	}
@@ -328,8 +341,9 @@ func (p *primary) RecordEpochEnd(e vm.EpochEnd) error {
 // output takes a console byte from the live environment (rule 3).
 func (p *primary) output(o vm.Output) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.apply(p.proto.Output(wireOutput(o)))
+	p.mu.Unlock()
+	p.out.room() // the guest waits only for a sink that fell far behind
 	return nil
 }
 
@@ -373,6 +387,7 @@ func (p *primary) fence(err error) {
 		return
 	}
 	p.fenced = err
+	p.proto.Stop(err)
 	p.log.Error("FENCED: this replica may not act as the primary any more; releasing nothing more and stopping", zap.Error(err))
 	if p.stop != nil {
 		p.stop()
@@ -426,7 +441,7 @@ func (p *primary) receive(l *Link) {
 			return
 		case epoch.TypeGoodbye:
 			p.mu.Lock()
-			p.backupEnd = m.Goodbye
+			p.proto.BackupFinished(*m.Goodbye)
 			p.cond.Broadcast()
 			p.mu.Unlock()
 			return
@@ -443,13 +458,19 @@ func (p *primary) receive(l *Link) {
 func (p *primary) stopErr(err error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.fenced != nil {
-		err = p.fenced
-	}
-	if p.sinkErr != nil {
-		err = p.sinkErr
+	if stop := p.stopErrLocked(); stop != nil {
+		return stop
 	}
 	return err
+}
+
+// stopErrLocked is the fence or sink error that stops the primary, or
+// nil; mu is held.
+func (p *primary) stopErrLocked() error {
+	if p.sinkErr != nil {
+		return p.sinkErr
+	}
+	return p.fenced
 }
 
 // guardDisk raises the disk's fence to this primary's generation and
@@ -474,49 +495,46 @@ func (p *primary) guardDisk(ctx context.Context, disk *vm.HostDisk, gen uint64) 
 	return nil
 }
 
-// loseBackup makes the primary go on alone (rule 6).
+// loseBackup presumes the backup lost and carries out what the protocol
+// decides (rule 6): go on alone, at once or, with an arbiter, once the
+// next generation is won (rule 7); until then nothing is released, since
+// the backup may be taking over. Lost, the primary is fenced.
 func (p *primary) loseBackup(l *Link, reason string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.link != l || p.proto.Alone() || p.ended || p.backupEnd != nil {
-		return // a link already replaced, or a run already over
+	if p.link != l {
+		return // a link already replaced
 	}
-	if p.opt.Arbiter != nil {
-		// Rule 7: going on alone needs the next generation. Until it is won
-		// nothing is released (the protocol still holds the outputs and
-		// the epochs wait for acknowledgements that will not come).
-		gen, ok := p.arb.Claim()
-		if !ok {
-			return // a claim is under way, or was lost
-		}
+	act := p.proto.Suspect(reason)
+	if gen := act.Claim; gen != 0 {
 		p.link.Close()
 		p.mu.Unlock()
 		err := p.opt.Arbiter.Claim(context.Background(), gen, p.opt.Holder)
 		p.mu.Lock()
-		if err != nil {
-			p.arb.Lost(err)
-			p.fence(fmt.Errorf("the backup was lost (%s) and this primary may not go on alone: %w", reason, err))
-			return
-		}
-		if err := p.arb.Won(gen); err != nil {
-			p.fence(err)
-			return
-		}
-		if disk := p.disk; disk != nil {
-			p.mu.Unlock()
-			err := disk.Claim(context.Background(), fenceToken(p.opt.Arbiter, gen))
-			p.mu.Lock()
-			if err != nil {
-				p.fence(fmt.Errorf("going on alone: %w", err))
-				return
+		act = p.proto.Claimed(gen, err)
+		if act.Alone != "" {
+			if disk := p.disk; disk != nil {
+				// What the backup left behind on the disk is this
+				// primary's generation's; the fence moves on with it.
+				p.mu.Unlock()
+				err := disk.Claim(context.Background(), fenceToken(p.opt.Arbiter, gen))
+				p.mu.Lock()
+				if err != nil {
+					p.fence(fmt.Errorf("going on alone: %w", err))
+					return
+				}
 			}
-		}
-		p.log.Warn("won the next generation: going on alone", zap.Uint64("generation", gen))
-		if p.link != l || p.proto.Alone() || p.ended || p.backupEnd != nil {
-			return
+			p.log.Warn("won the next generation: going on alone", zap.Uint64("generation", gen))
 		}
 	}
-	p.apply(p.proto.BackupLost())
+	if act.Stop != nil {
+		p.fence(act.Stop)
+		return
+	}
+	if act.Alone == "" {
+		return // nothing lost: the run is over, or a claim is under way
+	}
+	p.apply(act)
 	p.report.BackupLost = reason
 	p.cond.Broadcast()
 	p.link.Close()
@@ -531,7 +549,7 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 	}
 	if disk != nil {
 		defer disk.Close()
-		if err := p.guardDisk(ctx, disk, p.arb.Held()); err != nil {
+		if err := p.guardDisk(ctx, disk, p.proto.Generation()); err != nil {
 			return vm.Result{}, vm.Digest{}, err
 		}
 	}
@@ -574,12 +592,15 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 			if p.opt.OnEpoch != nil {
 				p.opt.OnEpoch(s)
 			}
-			p.opt.Sink.Flush()
 			return p.opt.Sink.Progress(s.Epoch)
 		},
 	})
 	st := m.Stats()
-	final, _ := m.Hash()
+	final, herr := m.Hash()
+	if herr != nil && err == nil {
+		// A run with no final hash cannot be compared with its replica's.
+		err = fmt.Errorf("the final state hash: %w", herr)
+	}
 	p.mu.Lock()
 	p.report.Epochs, p.report.QuietEpochs, p.report.TLBMisses, p.report.FinalHash = st.Epochs, st.QuietEpochs, st.TLBMisses, final.String()
 	p.mu.Unlock()
@@ -592,41 +613,55 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 // bounded by the failure detector.
 func (p *primary) drain(ctx context.Context, exitCode uint32, final vm.Digest, stopped string) error {
 	if p.link == nil {
+		p.out.idle()
+		if err := p.stopErr(nil); err != nil {
+			return err
+		}
 		return p.opt.Sink.Flush()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for !p.proto.Alone() && p.proto.Held() > 0 && p.fenced == nil && p.sinkErr == nil {
+	for !p.proto.MayFinish() && p.proto.Stopped() == nil {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("waiting for the backup to acknowledge the last outputs: %w", err)
 		}
 		p.cond.Wait()
 	}
-	if p.sinkErr != nil {
+	// Everything is released: the goodbye follows its writing.
+	p.mu.Unlock()
+	p.out.idle()
+	p.mu.Lock()
+	if err := p.stopErrLocked(); err != nil {
 		// No goodbye: the backup must take over and emit what did not leave.
-		return p.sinkErr
+		return err
 	}
 	if err := p.opt.Sink.Flush(); err != nil {
 		// The same, for a failure of the last flush.
 		p.sinkErr = fmt.Errorf("the console sink failed: %w", err)
+		p.proto.Stop(p.sinkErr)
 		return p.sinkErr
 	}
-	if p.proto.Alone() || p.fenced != nil {
-		return p.fenced
+	act := p.proto.Finish(epoch.Goodbye{ExitCode: exitCode, Hash: final, Stopped: stopped})
+	if len(act.Send) == 0 {
+		return nil // alone: nobody to tell
 	}
-	p.link.Send(epoch.Message{Type: epoch.TypeGoodbye, Goodbye: &epoch.Goodbye{ExitCode: exitCode, Hash: final, Stopped: stopped}})
-	for !p.proto.Alone() && p.backupEnd == nil {
+	p.apply(act)
+	for {
+		theirs, divergence := p.proto.Verdict()
+		if theirs != nil {
+			p.report.BackupFinalHash = vm.Digest(theirs.Hash).String()
+			if divergence != "" {
+				p.report.Divergence = divergence
+				p.log.Error("BACKUP DIVERGED at the end of the run", zap.String("detail", divergence))
+			}
+			return nil
+		}
+		if p.proto.Alone() {
+			return nil // lost before its verdict: the backup lost is in the report
+		}
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("waiting for the backup to finish its replay: %w", err)
 		}
 		p.cond.Wait()
 	}
-	if g := p.backupEnd; g != nil {
-		p.report.BackupFinalHash = vm.Digest(g.Hash).String()
-		if vm.Digest(g.Hash) != final || g.ExitCode != exitCode {
-			p.report.Divergence = fmt.Sprintf("backup ended with final hash %v exit %d, primary %v exit %d", vm.Digest(g.Hash), g.ExitCode, final, exitCode)
-			p.log.Error("BACKUP DIVERGED at the end of the run", zap.String("detail", p.report.Divergence))
-		}
-	}
-	return nil
 }

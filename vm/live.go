@@ -196,6 +196,13 @@ func (l *Live) In(at Point, seq uint64, port uint32, size int, local uint64) (ui
 // Now is the guest clock's value now, in nanoseconds.
 func (l *Live) Now() uint64 { return l.cfg.ClockStart + uint64(time.Since(l.start).Nanoseconds()) }
 
+// StartClock restarts the guest clock at from, now: an environment built
+// ahead of a takeover continues the clock the guest saw when it goes
+// live, not when it was built. Call it before the machine uses it.
+func (l *Live) StartClock(from uint64) {
+	l.cfg.ClockStart, l.start = from, time.Now()
+}
+
 // CPUID answers from the CPU model.
 func (l *Live) CPUID(at Point, seq uint64, leaf, sub uint32) ([4]uint32, error) {
 	r := l.cpu.Answer(leaf, sub)

@@ -35,8 +35,8 @@ const (
 	BootInfoMagic = 0x54465648
 	BootInfoSize  = 0x1000
 	ImageMinAddr  = 0x2000
-	// bootInfoVersion is the layout of the boot information block.
-	bootInfoVersion = 1
+	// BootInfoVersion is the layout of the boot information block.
+	BootInfoVersion = 1
 )
 
 // never is an address no guest reaches, passed to Unicorn as the "until"
@@ -295,7 +295,7 @@ func (m *Machine) boot(img *guestelf.Image) error {
 // bootInfo lays out the boot information block (docs/board.md).
 func bootInfo(ramSize uint64, args []string) ([]byte, error) {
 	b := binary.LittleEndian.AppendUint32(nil, BootInfoMagic)
-	b = binary.LittleEndian.AppendUint32(b, bootInfoVersion)
+	b = binary.LittleEndian.AppendUint32(b, BootInfoVersion)
 	b = binary.LittleEndian.AppendUint64(b, ramSize)
 	var strs []byte
 	for _, a := range args {

@@ -232,17 +232,18 @@ func (m *Machine) Hash() (Digest, error) {
 	return d, err
 }
 
-// snapshotMagic opens a snapshot stream; the version follows it.
+// snapshotMagic opens a snapshot stream; SnapshotVersion, the layout of
+// the machine's state in it (a joining backup's state transfer), follows.
 const (
 	snapshotMagic   = "HVFTSNAP"
-	snapshotVersion = 2
+	SnapshotVersion = 2
 )
 
 // SnapshotStream assembles a snapshot from a state body (Boundary.State)
 // and a RAM image, for Restore.
 func SnapshotStream(ramSize uint64, body, ram []byte) io.Reader {
 	hdr := append([]byte(snapshotMagic), 0, 0, 0, 0)
-	binary.LittleEndian.PutUint32(hdr[8:], snapshotVersion)
+	binary.LittleEndian.PutUint32(hdr[8:], SnapshotVersion)
 	hdr = binary.LittleEndian.AppendUint64(hdr, ramSize)
 	hdr = binary.LittleEndian.AppendUint32(hdr, uint32(len(body)))
 	return io.MultiReader(bytes.NewReader(hdr), bytes.NewReader(body), bytes.NewReader(ram))
@@ -253,7 +254,7 @@ func SnapshotStream(ramSize uint64, body, ram []byte) io.Reader {
 func (m *Machine) Snapshot(w io.Writer) error {
 	return m.call(func() error {
 		hdr := append([]byte(snapshotMagic), 0, 0, 0, 0)
-		binary.LittleEndian.PutUint32(hdr[8:], snapshotVersion)
+		binary.LittleEndian.PutUint32(hdr[8:], SnapshotVersion)
 		hdr = binary.LittleEndian.AppendUint64(hdr, m.cfg.RAMSize)
 		body, err := m.stateBody()
 		if err != nil {
@@ -280,8 +281,8 @@ func (m *Machine) Restore(r io.Reader) error {
 		if string(hdr[:8]) != snapshotMagic {
 			return errors.New("not an hvft snapshot")
 		}
-		if v := binary.LittleEndian.Uint32(hdr[8:]); v != snapshotVersion {
-			return fmt.Errorf("snapshot version %d: this build reads version %d", v, snapshotVersion)
+		if v := binary.LittleEndian.Uint32(hdr[8:]); v != SnapshotVersion {
+			return fmt.Errorf("snapshot version %d: this build reads version %d", v, SnapshotVersion)
 		}
 		if ram := binary.LittleEndian.Uint64(hdr[12:]); ram != m.cfg.RAMSize {
 			return fmt.Errorf("snapshot of a machine with %d bytes of RAM; this one has %d", ram, m.cfg.RAMSize)

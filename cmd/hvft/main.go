@@ -68,6 +68,7 @@ func newApp() *cli.App {
 			replayCommand(),
 			keygenCommand(),
 			guestsCommand(),
+			versionCommand(),
 		},
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports errors once
