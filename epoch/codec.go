@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+
+	"hvft/record"
 )
 
 // A frame on the wire:
@@ -99,7 +101,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 			return buf, missing
 		}
 		buf = le.AppendUint64(buf, a.Seq)
-		buf = append(buf, a.Kind, a.Size)
+		buf = append(buf, byte(a.Kind), a.Size)
 		buf = le.AppendUint32(buf, a.Port)
 		buf = le.AppendUint32(buf, a.Sub)
 		buf = le.AppendUint64(buf, a.Value)
@@ -121,7 +123,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		buf = le.AppendUint64(buf, e.Epoch)
 		buf = le.AppendUint64(buf, e.Clock)
 		buf = le.AppendUint64(buf, e.RIP)
-		buf = append(buf, e.Reason)
+		buf = append(buf, byte(e.Reason))
 		buf = le.AppendUint64(buf, e.Answers)
 		buf = append(buf, e.Hash[:]...)
 		buf = appendBool(buf, e.RAMHashed)
@@ -240,7 +242,7 @@ func DecodeFrame(body []byte) (Message, error) {
 	case TypeWelcome:
 		m.Welcome = &Welcome{Accepted: d.bool(), Reason: d.string(), Arbiter: d.string()}
 	case TypeAnswer:
-		a := &Answer{Seq: d.u64(), Kind: d.u8(), Size: d.u8(), Port: d.u32(), Sub: d.u32(), Value: d.u64()}
+		a := &Answer{Seq: d.u64(), Kind: record.AnswerKind(d.u8()), Size: d.u8(), Port: d.u32(), Sub: d.u32(), Value: d.u64()}
 		for i := range a.Regs {
 			a.Regs[i] = d.u32()
 		}
@@ -253,7 +255,7 @@ func DecodeFrame(body []byte) (Message, error) {
 		}
 		m.Answer = a
 	case TypeEpochEnd:
-		e := &EpochEnd{Epoch: d.u64(), Clock: d.u64(), RIP: d.u64(), Reason: d.u8(), Answers: d.u64()}
+		e := &EpochEnd{Epoch: d.u64(), Clock: d.u64(), RIP: d.u64(), Reason: record.StopReason(d.u8()), Answers: d.u64()}
 		copy(e.Hash[:], d.bytes(16))
 		e.RAMHashed = d.bool()
 		n := int(d.u8())

@@ -7,6 +7,8 @@
 // (TestScripts; docs/protocol.md, "Rules as stepped events").
 package epoch
 
+import "hvft/record"
+
 // Version is the wire protocol's version; a frame of another version is
 // refused.
 const Version = 4
@@ -112,42 +114,17 @@ type Welcome struct {
 	Arbiter  string
 }
 
-// Answer is one environment answer (rule 1).
-type Answer struct {
-	Seq   uint64
-	Kind  uint8
-	Port  uint32
-	Sub   uint32
-	Size  uint8
-	Value uint64
-	Regs  [4]uint32
-	// Data is the bytes of an answer of kind KindHost (a Linux program's
-	// request: a file's bytes, randomness); other kinds carry none.
-	Data []byte
-}
+// The records the log carries are package record's, the machine's own:
+// an environment answer (rule 1) and an epoch's end with the interrupts
+// to deliver at its boundary (rule 2).
+type (
+	Answer   = record.Answer
+	Event    = record.Event
+	EpochEnd = record.EpochEnd
+)
 
 // KindHost is the answer kind that carries Data on the wire.
-const KindHost = 3
-
-// Event is an interrupt delivered at an epoch boundary, with its data.
-type Event struct {
-	IRQ  uint8
-	Arg  uint64
-	Data []byte
-}
-
-// EpochEnd is the end of an epoch: where it stopped, the state hash there,
-// and the interrupts to deliver at the boundary (rule 2).
-type EpochEnd struct {
-	Epoch     uint64
-	Clock     uint64
-	RIP       uint64
-	Reason    uint8
-	Answers   uint64
-	Hash      [16]byte
-	RAMHashed bool
-	Events    []Event
-}
+const KindHost = record.KindHost
 
 // Ack says the backup holds every answer up to Answers and every epoch end
 // up to Epoch, and has executed every epoch up to Executed.

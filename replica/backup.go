@@ -306,11 +306,9 @@ func (b *backup) receive() {
 		switch {
 		case rec == nil:
 		case rec.Answer != nil:
-			a := fromWireAnswer(rec.Answer)
-			b.queue = append(b.queue, vm.Record{Answer: &a})
+			b.queue = append(b.queue, vm.Record{Answer: rec.Answer})
 		case rec.EpochEnd != nil:
-			e := fromWireEnd(rec.EpochEnd)
-			b.queue = append(b.queue, vm.Record{End: &e})
+			b.queue = append(b.queue, vm.Record{End: rec.EpochEnd})
 		}
 		b.cond.Broadcast()
 		// Acknowledge once the frames received so far are consumed, so a

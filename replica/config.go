@@ -194,30 +194,6 @@ func compareConfigs(primary, backup epoch.MachineConfig) string {
 	return strings.Join(why, "; ")
 }
 
-func toWireAnswer(a vm.Answer) epoch.Answer {
-	return epoch.Answer{Seq: a.Seq, Kind: uint8(a.Kind), Port: a.Port, Sub: a.Sub, Size: a.Size, Value: a.Value, Regs: a.Regs, Data: a.Data}
-}
-
-func fromWireAnswer(a *epoch.Answer) vm.Answer {
-	return vm.Answer{Seq: a.Seq, Kind: vm.AnswerKind(a.Kind), Port: a.Port, Sub: a.Sub, Size: a.Size, Value: a.Value, Regs: a.Regs, Data: a.Data}
-}
-
-func toWireEnd(e vm.EpochEnd) epoch.EpochEnd {
-	w := epoch.EpochEnd{Epoch: e.Epoch, Clock: e.Clock, RIP: e.RIP, Reason: uint8(e.Reason), Answers: e.Answers, Hash: e.Hash, RAMHashed: e.RAMHashed}
-	for _, ev := range e.Events {
-		w.Events = append(w.Events, epoch.Event{IRQ: ev.IRQ, Arg: ev.Arg, Data: ev.Data})
-	}
-	return w
-}
-
-func fromWireEnd(e *epoch.EpochEnd) vm.EpochEnd {
-	v := vm.EpochEnd{Epoch: e.Epoch, Clock: e.Clock, RIP: e.RIP, Reason: vm.StopReason(e.Reason), Answers: e.Answers, Hash: e.Hash, RAMHashed: e.RAMHashed}
-	for _, ev := range e.Events {
-		v.Events = append(v.Events, vm.Event{IRQ: ev.IRQ, Arg: ev.Arg, Data: ev.Data})
-	}
-	return v
-}
-
 // wireOutput describes a machine output to the protocol.
 func wireOutput(o vm.Output) epoch.Output {
 	w := epoch.Output{Seq: o.Seq, Epoch: o.At.Epoch, Answers: o.Answers, Port: o.Port, Value: o.Value}

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"hvft/epoch"
+	"hvft/vm"
 	"hvft/vm/tlb"
 )
 
@@ -51,8 +52,8 @@ func recordRunF(f *testing.F) (string, int, string) {
 	}
 	ends := []uint64{1, 2}
 	for _, e := range ends {
-		w.RecordAnswer(fromWireAnswer(&epoch.Answer{Seq: e, Kind: 1, Port: 0x520, Size: 4, Value: e * 7}))
-		w.RecordEpochEnd(fromWireEnd(&epoch.EpochEnd{Epoch: e, Clock: e * 100, RIP: 0x100000, Reason: 1, Answers: e}))
+		w.RecordAnswer(vm.Answer{Seq: e, Kind: vm.KindIn, Port: 0x520, Size: 4, Value: e * 7})
+		w.RecordEpochEnd(vm.EpochEnd{Epoch: e, Clock: e * 100, RIP: 0x100000, Reason: vm.StopLimit, Answers: e})
 	}
 	w.Close()
 	return path, len(ends), ""

@@ -132,14 +132,12 @@ func (w *LogWriter) append(m epoch.Message, flush bool) error {
 
 // RecordAnswer implements vm.Recorder.
 func (w *LogWriter) RecordAnswer(a vm.Answer) error {
-	wa := toWireAnswer(a)
-	return w.append(epoch.Message{Type: epoch.TypeAnswer, Answer: &wa}, false)
+	return w.append(epoch.Message{Type: epoch.TypeAnswer, Answer: &a}, false)
 }
 
 // RecordEpochEnd implements vm.Recorder; the epoch reaches the file now.
 func (w *LogWriter) RecordEpochEnd(e vm.EpochEnd) error {
-	we := toWireEnd(e)
-	return w.append(epoch.Message{Type: epoch.TypeEpochEnd, EpochEnd: &we}, true)
+	return w.append(epoch.Message{Type: epoch.TypeEpochEnd, EpochEnd: &e}, true)
 }
 
 // Close writes what is buffered (a partial epoch) and closes the file.
@@ -257,12 +255,10 @@ func ReadLogFrom(src io.Reader, path string) (*LoadedLog, error) {
 		case err != nil:
 			return nil, fmt.Errorf("reading %s: %w", path, err)
 		case m.Type == epoch.TypeAnswer:
-			a := fromWireAnswer(m.Answer)
-			l.Log.Records = append(l.Log.Records, vm.Record{Answer: &a})
+			l.Log.Records = append(l.Log.Records, vm.Record{Answer: m.Answer})
 		case m.Type == epoch.TypeEpochEnd:
-			e := fromWireEnd(m.EpochEnd)
-			l.Log.Records = append(l.Log.Records, vm.Record{End: &e})
-			whole, l.Epochs = len(l.Log.Records), e.Epoch
+			l.Log.Records = append(l.Log.Records, vm.Record{End: m.EpochEnd})
+			whole, l.Epochs = len(l.Log.Records), m.EpochEnd.Epoch
 		default:
 			l.Damage = fmt.Sprintf("%s is damaged after epoch %d: its record at byte %d is a %v message, which no log holds", path, l.Epochs, at, m.Type)
 		}

@@ -121,7 +121,7 @@ func TestReplayCatchesDamage(t *testing.T) {
 			break
 		}
 	}
-	frame, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeAnswer, Answer: ptr(toWireAnswer(*l.Log.Records[idx].Answer))})
+	frame, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeAnswer, Answer: l.Log.Records[idx].Answer})
 	at := bytes.Index(data, frame)
 	if at < 0 {
 		t.Fatal("answer frame not found in the file")
@@ -170,7 +170,7 @@ func TestReplayCatchesDamage(t *testing.T) {
 
 	forged := *l.Log.Records[idx].Answer
 	forged.Value ^= 0x40
-	forgedFrame, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeAnswer, Answer: ptr(toWireAnswer(forged))})
+	forgedFrame, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeAnswer, Answer: &forged})
 	_, _, err := replayFile(t, write("forged.log", data[:at], forgedFrame, data[at+len(frame):]), 0)
 	var div *vm.DivergenceError
 	if !errors.As(err, &div) || div.At.Epoch != answerEpoch {
@@ -198,8 +198,6 @@ func TestReplayCatchesDamage(t *testing.T) {
 		t.Fatalf("--until-epoch 4: %v, %+v", err, res)
 	}
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // logFrames splits a log file into its header and its frames, each frame
 // as the bytes on disk and the message it decodes to.

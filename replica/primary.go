@@ -318,7 +318,7 @@ func (p *primary) perform(it outItem) {
 // the order holds without the lock.
 func (p *primary) RecordAnswer(a vm.Answer) error {
 	p.mu.Lock()
-	p.apply(p.proto.Answer(toWireAnswer(a)))
+	p.apply(p.proto.Answer(a))
 	p.mu.Unlock()
 	if p.opt.Record != nil {
 		return p.opt.Record.RecordAnswer(a)
@@ -330,7 +330,7 @@ func (p *primary) RecordAnswer(a vm.Answer) error {
 // interrupts are delivered).
 func (p *primary) RecordEpochEnd(e vm.EpochEnd) error {
 	p.mu.Lock()
-	p.apply(p.proto.EndEpoch(toWireEnd(e)))
+	p.apply(p.proto.EndEpoch(e))
 	p.mu.Unlock()
 	if p.opt.Record != nil {
 		return p.opt.Record.RecordEpochEnd(e)
