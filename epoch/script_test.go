@@ -82,8 +82,12 @@ func runScript(t *testing.T, file string) {
 //	suspect WHY...                     the peer is presumed lost
 //	claimed G [lost=WHY]               the arbiter's answer
 //	stop WHY...                        primary: fenced, or its sink failed
+//	maystart E                         primary: may epoch E begin (rule 2)
 //	mayfinish | finish exit=C hash=H   primary: the end of the run
 //	verdict exit=C hash=H              primary: the backup's goodbye
+//	join epoch=E answers=A             primary: a backup joined at E's end
+//	admit [awaiting=true] [taken=true] [busy=true] [join=true] [mismatch=WHY]
+//	                                   rule 8: a hello's answer
 //	endrun                             the replica's run is over
 //	tick [heard]                       the failure detector: an interval ends
 //	state                              the role's observable state
@@ -181,6 +185,8 @@ func (s *script) step(line string) string {
 		return render(s.p.Claimed(arg(0), err))
 	case "stop":
 		return render(s.p.Stop(errors.New(rest)))
+	case "maystart":
+		return strconv.FormatBool(s.p.MayStart(arg(0)))
 	case "mayfinish":
 		return strconv.FormatBool(s.p.MayFinish())
 	case "finish":
@@ -195,6 +201,19 @@ func (s *script) step(line string) string {
 			return "diverged: " + divergence
 		}
 		return "matches"
+	case "join":
+		s.p.Join(num("epoch"), num("answers"))
+		return "ok"
+	case "admit":
+		adm := Admission{AwaitingFirst: kv["awaiting"] == "true", FirstTaken: kv["taken"] == "true", Busy: kv["busy"] == "true"}
+		refusal, first := adm.Admit(strings.ReplaceAll(kv["mismatch"], "-", " "), kv["join"] == "true")
+		switch {
+		case refusal != "":
+			return "refused: " + refusal
+		case first:
+			return "first backup"
+		}
+		return "joins"
 	case "endrun":
 		if s.b != nil {
 			s.b.End()
