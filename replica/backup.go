@@ -512,7 +512,9 @@ func (b *backup) run(ctx context.Context) (vm.Result, error) {
 				b.link.Send(ack)
 			}
 			if primary {
-				if err := b.opt.Sink.Flush(); err != nil {
+				if b.as != nil { // live: its outbox writes and flushes
+					b.as.out.kick()
+				} else if err := b.opt.Sink.Flush(); err != nil {
 					return fmt.Errorf("flushing the console: %w", err)
 				}
 				return b.opt.Sink.Progress(s.Epoch)

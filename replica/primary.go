@@ -251,7 +251,7 @@ func (p *primary) connect(ctx context.Context) error {
 // messages that announce them (release watermarks) after them.
 func (p *primary) apply(act epoch.Actions) {
 	if len(act.Release) > 0 {
-		p.out.put(outItem{act: act})
+		p.out.put(act)
 		return
 	}
 	if len(act.Send) > 0 && p.link != nil && !p.proto.Alone() {
@@ -259,27 +259,38 @@ func (p *primary) apply(act epoch.Actions) {
 	}
 }
 
-// perform writes one step's released outputs (the outbox's goroutine).
-// They reach the sink, flushed, before any message goes out: a release
-// watermark must never tell the backup that an output left while it
-// still sits in this process's buffer, or a crash would lose it. A
-// primary stopped (fenced, or its sink failed) writes nothing more: what
-// was released but not written stays with the backup, whose watermark
-// never covered it.
-func (p *primary) perform(it outItem) {
-	act := it.act
+// perform writes a batch of released outputs (the outbox's goroutine),
+// in release order. Console outputs reach the sink, flushed, before any
+// message goes out: a release watermark must never tell the backup that
+// an output left while it still sits in this process's buffer, or a crash
+// would lose it. A primary stopped (fenced, or its sink failed) writes
+// nothing more: what was released but not written stays with the backup,
+// whose watermark never covered it.
+func (p *primary) perform(outs []epoch.Output, sends []epoch.Message) {
 	p.mu.Lock()
 	stopped := p.stopErrLocked() != nil
 	p.mu.Unlock()
 	if stopped {
 		return
 	}
-	console := consoleOnly(act.Release)
+	console, disk := outs, []epoch.Output(nil)
+	if hasDiskWrite(outs) {
+		console = nil
+		for _, o := range outs {
+			if o.Kind == epoch.DiskWrite {
+				disk = append(disk, o)
+			} else {
+				console = append(console, o)
+			}
+		}
+	}
 	var err error
 	if len(console) > 0 {
 		err = p.opt.Sink.Emit(console)
 	}
-	if err == nil && (len(act.Send) > 0 || it.flush) {
+	if err == nil {
+		// Caught up: what the sink buffers leaves with the batch, so
+		// output never waits for a later release to appear.
 		err = p.opt.Sink.Flush()
 	}
 	p.mu.Lock()
@@ -302,14 +313,12 @@ func (p *primary) perform(it outItem) {
 		return
 	}
 	p.report.OutputsEmitted += uint64(len(console))
-	for _, o := range act.Release {
-		if o.Kind == epoch.DiskWrite {
-			p.live.DiskWrite(o.Ref.(vm.Output)) // rule 3: only now may it reach the disk
-			p.report.DiskWrites++
-		}
+	for _, o := range disk {
+		p.live.DiskWrite(o.Ref.(vm.Output)) // rule 3: only now may it reach the disk
+		p.report.DiskWrites++
 	}
-	if len(act.Send) > 0 && p.link != nil && !p.proto.Alone() {
-		p.link.Send(act.Send...)
+	if len(sends) > 0 && p.link != nil && !p.proto.Alone() {
+		p.link.Send(sends...)
 	}
 }
 
@@ -592,6 +601,7 @@ func (p *primary) run(ctx context.Context) (vm.Result, vm.Digest, error) {
 			if p.opt.OnEpoch != nil {
 				p.opt.OnEpoch(s)
 			}
+			p.out.kick() // the epoch's outputs leave now, in one batch
 			return p.opt.Sink.Progress(s.Epoch)
 		},
 	})
