@@ -116,12 +116,16 @@ func (l *Link) writer() {
 		n, err := l.conn.Write(buf)
 		l.sent.Add(uint64(n))
 		if err != nil {
+			// The connection stays open for reading: a peer that reset
+			// it may have sent frames before (a backup's divergence
+			// report, then its close with our heartbeats unread), and
+			// those are still to be read. The failure detector or the
+			// reader's own error ends the link.
 			l.mu.Lock()
 			l.err = fmt.Errorf("sending: %w", err)
 			l.pending, l.writing = nil, false
 			l.cond.Broadcast()
 			l.mu.Unlock()
-			l.conn.Close()
 			return
 		}
 	}
@@ -340,6 +344,10 @@ func heartbeat(ctx context.Context, l *Link, interval, timeout time.Duration, de
 	ticks := epoch.TimeoutTicks(int64(timeout), int64(interval))
 	live := epoch.NewLiveness(ticks)
 	heard := l.Received()
+	// A failed send stops the heartbeats, not the detector: what the peer
+	// sent before it reset the connection is still read, and a peer that
+	// stopped reading is declared dead by its silence.
+	var sendErr error
 	// A timer re-armed after each tick, not a ticker: ticks are then at
 	// least interval apart however late one is taken, so timeout's worth
 	// of ticks never spans less than timeout.
@@ -356,16 +364,19 @@ func heartbeat(ctx context.Context, l *Link, interval, timeout time.Duration, de
 		if live.Tick(n != heard) {
 			reason := fmt.Sprintf("no message for %d heartbeat intervals of %v (timeout %v; silent for %v)",
 				ticks, interval, timeout, l.Silence().Round(time.Millisecond))
+			if sendErr != nil {
+				reason += "; " + sendErr.Error()
+			}
 			if dead(reason) {
 				return
 			}
 		}
 		heard = n
-		if err := l.Send(epoch.Message{Type: epoch.TypeHeartbeat}); err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				dead(err.Error())
+		if sendErr == nil {
+			sendErr = l.Send(epoch.Message{Type: epoch.TypeHeartbeat})
+			if errors.Is(sendErr, net.ErrClosed) {
+				return
 			}
-			return
 		}
 	}
 }
