@@ -454,6 +454,16 @@ func (b *Backup) Ack() (Message, bool) {
 	return Message{Type: TypeAck, Ack: &a}, true
 }
 
+// AckAfter is the acknowledgement to send after a frame was received,
+// given whether more received frames wait to be decoded: none while they
+// do, so that a burst costs one acknowledgement, which covers it all.
+func (b *Backup) AckAfter(more bool) (Message, bool) {
+	if more {
+		return Message{}, false
+	}
+	return b.Ack()
+}
+
 // Executed records that the backup finished executing epoch.
 func (b *Backup) Executed(epoch uint64) {
 	if epoch > b.executed {

@@ -79,6 +79,7 @@ func runScript(t *testing.T, file string) {
 //	output seq=S epoch=E answers=A     primary or backup: a console output
 //	ack epoch=E answers=A executed=X   primary: the backup's acknowledgement
 //	recv answer N | end E answers=A | release W | goodbye exit=C [stopped=WHY]
+//	                                   [more=true: more frames wait, no ack yet]
 //	suspect WHY...                     the peer is presumed lost
 //	claimed G [lost=WHY]               the arbiter's answer
 //	stop WHY...                        primary: fenced, or its sink failed
@@ -255,7 +256,7 @@ func (s *script) recv(words []string, kv map[string]string) string {
 	if _, err := s.b.Receive(m); err != nil {
 		return "error: " + err.Error()
 	}
-	if ack, ok := s.b.Ack(); ok {
+	if ack, ok := s.b.AckAfter(kv["more"] == "true"); ok {
 		return "send " + describe(ack)
 	}
 	return "ok"

@@ -35,13 +35,16 @@ type BackupOptions struct {
 // backup is the backup role's shared state. mu guards everything below it;
 // cond signals new records, failover and the end of the link.
 type backup struct {
-	opt     BackupOptions
-	log     *zap.Logger
-	link    *Link
-	mu      sync.Mutex
-	cond    *sync.Cond
-	proto   *epoch.Backup
-	queue   []vm.Record
+	opt   BackupOptions
+	log   *zap.Logger
+	link  *Link
+	mu    sync.Mutex
+	cond  *sync.Cond
+	proto *epoch.Backup
+	queue []vm.Record
+	// outq holds released outputs for writeOut; sinkMu orders its writers.
+	outq    []epoch.Output
+	sinkMu  sync.Mutex
 	linkEnd bool // the link is gone (closed, corrupt, or goodbye)
 	// The state transfer a joining backup starts from.
 	joined  *epoch.JoinState
@@ -311,14 +314,7 @@ func (b *backup) receive() {
 			b.queue = append(b.queue, vm.Record{End: rec.EpochEnd})
 		}
 		b.cond.Broadcast()
-		// Acknowledge once the frames received so far are consumed, so a
-		// burst costs one acknowledgement. (Ask the protocol for the ack
-		// only then: it remembers what it handed out as sent.)
-		var ack epoch.Message
-		send := false
-		if !b.link.Buffered() {
-			ack, send = b.proto.Ack()
-		}
+		ack, send := b.proto.AckAfter(b.link.Buffered())
 		done, _ := b.proto.PrimaryDone()
 		b.mu.Unlock()
 		if send {
@@ -402,6 +398,7 @@ func (b *backup) takeOver(act epoch.Actions) {
 	b.cond.Broadcast()
 	b.mu.Unlock()
 	b.link.Close()
+	b.writeOut()
 	if err := b.opt.Sink.Flush(); err != nil {
 		b.log.Error("console sink: flushing the re-emitted outputs", zap.Error(err))
 	}
@@ -413,23 +410,34 @@ func (b *backup) takeOver(act epoch.Actions) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// emit carries out released outputs; mu is held. Disk writes are released
-// only once this replica is live (see Out).
+// emit queues released console outputs; mu is held. writeOut writes
+// them once mu is released. (A backup releases outputs only once it has
+// taken over, and disk writes only once it is live, through its primary
+// side's outbox: see Out.)
 func (b *backup) emit(outs []epoch.Output) {
+	b.outq = append(b.outq, consoleOnly(outs)...)
+}
+
+// writeOut writes what emit queued, outside mu. sinkMu makes the writers
+// (the goroutine that decided the takeover, with the re-emitted outputs,
+// and the machine thread, with the ones its replay produces after it)
+// take the queue in turn, so the sink sees the outputs in order.
+func (b *backup) writeOut() {
+	b.sinkMu.Lock()
+	defer b.sinkMu.Unlock()
+	b.mu.Lock()
+	outs := b.outq
+	b.outq = nil
+	b.mu.Unlock()
 	if len(outs) == 0 {
 		return
 	}
-	console := consoleOnly(outs)
-	if err := b.opt.Sink.Emit(console); err != nil {
+	if err := b.opt.Sink.Emit(outs); err != nil {
 		b.log.Error("console sink", zap.Error(err))
 	}
-	b.report.OutputsEmitted += uint64(len(console))
-	for _, o := range outs {
-		if o.Kind == epoch.DiskWrite {
-			b.live.DiskWrite(o.Ref.(vm.Output))
-			b.report.DiskWrites++
-		}
-	}
+	b.mu.Lock()
+	b.report.OutputsEmitted += uint64(len(outs))
+	b.mu.Unlock()
 }
 
 func (b *backup) run(ctx context.Context) (vm.Result, error) {
@@ -789,8 +797,9 @@ func (b *backup) Out(o vm.Output, effect vm.Effect, board *vm.Board) error {
 
 func (b *backup) output(o vm.Output) error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	b.emit(b.proto.Output(wireOutput(o)).Release)
+	b.mu.Unlock()
+	b.writeOut()
 	return nil
 }
 
