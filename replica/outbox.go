@@ -74,10 +74,11 @@ func (o *outbox) run() {
 		o.wake, o.busy = false, true
 		o.mu.Unlock()
 		o.perform(outs, sends)
+		written := int64(queuedBytes(outs))
 		clear(outs) // drop references to the written data
 		clear(sends)
 		o.mu.Lock()
-		o.bytes.Add(-int64(queuedBytes(outs)))
+		o.bytes.Add(-written)
 		o.spareOuts, o.spareSends = outs[:0], sends[:0]
 		o.busy = false
 		o.space.Broadcast()

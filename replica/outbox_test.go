@@ -122,3 +122,23 @@ func TestOutboxBatchesBytesUntilTheEpochEnds(t *testing.T) {
 		t.Fatalf("the watermark's step: batches %d, last %+v, sends %+v", len(batches), batches[len(batches)-1], sent[len(sent)-1])
 	}
 }
+
+// TestOutboxCountsChunksOut: a Linux program's writes are chunks; every
+// byte queued is counted out once written, so the guest never waits for
+// room that is already free. (The count was taken after the batch was
+// cleared, so a chunk counted out as one byte: a program that wrote more
+// than a megabyte hung in room, as a loaded `make test` found in
+// TestLinuxDemoSurvivesPrimaryKill.)
+func TestOutboxCountsChunksOut(t *testing.T) {
+	o := newOutbox(func([]epoch.Output, []epoch.Message) {})
+	defer o.close()
+	chunk := make([]byte, 4096)
+	for seq := uint64(4096); seq <= 100*4096; seq += 4096 { // 400 KiB, below the limit
+		o.put(epoch.Actions{Release: []epoch.Output{{Kind: epoch.Console, Seq: seq, Data: chunk}}})
+	}
+	o.kick()
+	o.idle()
+	if n := o.bytes.Load(); n != 0 {
+		t.Fatalf("%d bytes still counted after everything was written", n)
+	}
+}
