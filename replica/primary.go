@@ -291,7 +291,9 @@ func (p *primary) perform(outs []epoch.Output, sends []epoch.Message) {
 	if err == nil {
 		// Caught up: what the sink buffers leaves with the batch, so
 		// output never waits for a later release to appear.
-		err = p.opt.Sink.Flush()
+		if ferr := p.opt.Sink.Flush(); ferr != nil {
+			err = fmt.Errorf("flushing the console: %w", ferr)
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
