@@ -66,11 +66,9 @@ type backup struct {
 	board     *vm.Board
 	replay    *vm.Replay
 	live      *vm.Live
-	disk      *vm.HostDisk
 	lastClock uint64
-	// A Linux program's host once this replica is live, and the bytes of
-	// standard input the primary's answers carried (skipped on takeover).
-	host      *linux.Host
+	// linuxInfo reads a Linux program's state (what it read of standard
+	// input, its AT_RANDOM) for going live.
 	linuxInfo func() vm.LinuxInfo
 	lastEnd   *vm.EpochEnd // the primary's last epoch end replayed
 	compared  uint64       // its state hashes compared with this replica's, equal
@@ -215,11 +213,6 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	}
 	b.mu.Lock()
 	b.proto.End()
-	if g := b.going; g != nil && b.as == nil {
-		b.mu.Unlock()
-		g.closeUnused() // the replay ended before it went live
-		b.mu.Lock()
-	}
 	// A replay that reached an end the primary reaches too (power-off, or a
 	// stop of the guest's) answers the primary's goodbye, which may still
 	// be on its way: it follows the release of the last outputs. The wait
@@ -231,14 +224,8 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 		}
 	}
 	b.mu.Unlock()
-	if b.live != nil {
-		b.live.Close()
-	}
-	if b.host != nil {
-		b.host.Close()
-	}
-	if b.disk != nil {
-		b.disk.Close()
+	if g := b.going; g != nil {
+		g.release()
 	}
 	var div *vm.DivergenceError
 	if errors.As(runErr, &div) {
@@ -654,9 +641,9 @@ func (b *backup) prepareLive(g *goingLive) {
 	}
 }
 
-// closeUnused releases a live side built for a takeover whose replay
-// ended before it went live.
-func (g *goingLive) closeUnused() {
+// release closes the live side at the end of the run, whether it went
+// live or the replay ended first (closing the outbox again is harmless).
+func (g *goingLive) release() {
 	<-g.ready
 	if g.p != nil {
 		g.p.out.close()
@@ -698,7 +685,6 @@ func (b *backup) goLive(at vm.Point) error {
 		g.host.SetRunID(info.Random)
 	}
 	live.StartClock(b.lastClock)
-	b.disk, b.host = g.disk, g.host
 	b.mu.Lock()
 	b.live, b.as = live, p
 	b.mu.Unlock()
