@@ -179,6 +179,10 @@ func TestBadInput(t *testing.T) {
 		{"RAM too small for image", []string{"run", "--ram", "1MiB", "hello"}, "outside RAM"},
 		{"bad policy", []string{"run", "--tlb-policy", "mru", "hello"}, "unknown TLB policy"},
 		{"bad log level", []string{"--log-level", "loud", "run", "hello"}, "--log-level"},
+		{"heartbeat not shorter than the timeout", []string{"primary", "--listen", "127.0.0.1:0", "--backup-wait", "0",
+			"--heartbeat", "1s", "--failure-timeout", "300ms", "hello"}, "heartbeat shorter than the timeout"},
+		{"zero failure timeout", []string{"backup", "--primary", "127.0.0.1:1", "--failure-timeout", "0s", "hello"}, "both must be positive"},
+		{"demo heartbeat", []string{"demo", "--heartbeat", "2s", "hello"}, "heartbeat shorter than the timeout"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

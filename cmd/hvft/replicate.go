@@ -90,9 +90,22 @@ type replicaSetup struct {
 	cancel context.CancelFunc
 }
 
+// checkDetector refuses a failure detector that cannot keep its timeout:
+// it counts heartbeat ticks, so the timeout must span at least one, or a
+// silent peer is declared dead a whole interval late.
+func checkDetector(c *cli.Context) error {
+	if hb, ft := c.Duration("heartbeat"), c.Duration("failure-timeout"); hb <= 0 || ft <= 0 || hb >= ft {
+		return fmt.Errorf("--heartbeat %v and --failure-timeout %v: both must be positive, and the heartbeat shorter than the timeout", hb, ft)
+	}
+	return nil
+}
+
 func setupReplica(c *cli.Context) (*replicaSetup, error) {
 	log, err := newLogger(c)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkDetector(c); err != nil {
 		return nil, err
 	}
 	cfg, err := machineConfig(c)
