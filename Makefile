@@ -54,9 +54,11 @@ bench: build
 CHAOS_TRIALS ?= 500
 chaos: deps
 	@log=$$(mktemp); HVFT_CHAOS_TRIALS=$(CHAOS_TRIALS) $(GO) test -count=1 -timeout 120m -run '^TestChaos$$' -v ./cmd/hvft > $$log 2>&1; status=$$?; \
-	grep -E '^(=== RUN|\s*--- FAIL|ok|FAIL)|chaos:|_test\.go:' $$log; rm -f $$log; [ $$status -eq 0 ] || exit $$status; \
+	grep -E '^(=== RUN|\s*--- FAIL|ok|FAIL)|chaos:|_test\.go:' $$log; \
+	[ $$status -eq 0 ] || { echo '--- a trial failed: the whole log, with the output of the replicas:'; cat $$log; }; rm -f $$log; [ $$status -eq 0 ] || exit $$status; \
 	log=$$(mktemp); HVFT_LINUX_TRIALS=$(LINUX_TRIALS) $(GO) test -count=1 -timeout 60m -run '^TestSQLiteSurvivesPrimaryKills$$' -v ./cmd/hvft > $$log 2>&1; status=$$?; \
-	grep -E '^(=== RUN|\s*--- |ok|FAIL)|_test\.go:' $$log; rm -f $$log; exit $$status
+	grep -E '^(=== RUN|\s*--- |ok|FAIL)|_test\.go:' $$log; \
+	[ $$status -eq 0 ] || { echo '--- a trial failed: the whole log:'; cat $$log; }; rm -f $$log; exit $$status
 
 SOAK ?= 10m
 soak: deps

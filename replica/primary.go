@@ -519,22 +519,19 @@ func (p *primary) loseBackup(l *Link, reason string) {
 	act := p.proto.Suspect(reason)
 	if gen := act.Claim; gen != 0 {
 		p.link.Close()
+		disk := p.disk
 		p.mu.Unlock()
 		err := p.opt.Arbiter.Claim(context.Background(), gen, p.opt.Holder)
+		if err == nil && disk != nil {
+			// The disk's fence moves on to the new generation before the
+			// protocol lets anything more reach the disk.
+			if derr := disk.Claim(context.Background(), fenceToken(p.opt.Arbiter, gen)); derr != nil {
+				err = fmt.Errorf("going on alone: %w", derr)
+			}
+		}
 		p.mu.Lock()
 		act = p.proto.Claimed(gen, err)
 		if act.Alone != "" {
-			if disk := p.disk; disk != nil {
-				// What the backup left behind on the disk is this
-				// primary's generation's; the fence moves on with it.
-				p.mu.Unlock()
-				err := disk.Claim(context.Background(), fenceToken(p.opt.Arbiter, gen))
-				p.mu.Lock()
-				if err != nil {
-					p.fence(fmt.Errorf("going on alone: %w", err))
-					return
-				}
-			}
 			p.log.Warn("won the next generation: going on alone", zap.Uint64("generation", gen))
 		}
 	}

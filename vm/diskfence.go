@@ -172,24 +172,27 @@ func (d *HostDisk) Claim(ctx context.Context, t FenceToken) error {
 		binary.LittleEndian.PutUint64(buf[16:], t.Gen)
 		if _, werr := f.WriteAt(buf[:], fenceTokenAt); werr != nil {
 			err = fmt.Errorf("disk image %s: raising its fence: %w", d.path, werr)
+		} else if serr := f.Sync(); serr != nil {
+			err = fmt.Errorf("disk image %s: raising its fence: %w", d.path, serr)
 		}
+	}
+	if err == nil {
+		// This disk's own writes take the new token before the lock is
+		// released: a write of this replica's that waited for the claim
+		// must not find the fence raised past the token it holds.
+		d.mu.Lock()
+		if d.fence == nil {
+			if d.fence, err = os.Open(FencePath(d.path)); err != nil {
+				err = fmt.Errorf("disk image %s: opening its fence: %w", d.path, err)
+			}
+		}
+		if err == nil {
+			d.token = t
+		}
+		d.mu.Unlock()
 	}
 	flock(f, syscall.LOCK_UN)
-	if err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("disk image %s: raising its fence: %w", d.path, err)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.fence == nil {
-		if d.fence, err = os.Open(FencePath(d.path)); err != nil {
-			return fmt.Errorf("disk image %s: opening its fence: %w", d.path, err)
-		}
-	}
-	d.token = t
-	return nil
+	return err
 }
 
 // stoppedWriterGrace is how long a claim waits for a write under way
@@ -258,7 +261,7 @@ func devMinor(dev uint64) uint64 { return dev&0xff | (dev>>12)&^0xff }
 // raise waits out; the fsync that follows needs no lock.
 func (d *HostDisk) fencedWrite(data []byte, off int64) error {
 	d.mu.Lock()
-	f, mine := d.fence, d.token
+	f := d.fence
 	d.mu.Unlock()
 	if f == nil {
 		_, err := d.f.WriteAt(data, off)
@@ -268,6 +271,12 @@ func (d *HostDisk) fencedWrite(data []byte, off int64) error {
 		return fmt.Errorf("locking the disk's fence: %w", err)
 	}
 	defer flock(f, syscall.LOCK_UN)
+	// The token is read under the lock: a claim of this disk's own (the
+	// primary going on alone) may have raised the fence while this write
+	// waited, and this write is then of the new generation.
+	d.mu.Lock()
+	mine := d.token
+	d.mu.Unlock()
 	if d.beforeWrite != nil {
 		d.beforeWrite()
 	}
