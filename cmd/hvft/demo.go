@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -221,6 +222,9 @@ func demoAction(c *cli.Context) error {
 		argv = append(argv, guest...)
 		ch.cmd = exec.CommandContext(ctx, self, argv...)
 		ch.cmd.ExtraFiles = []*os.File{lnFile}
+		// A demo that is itself killed takes its replicas with it: they
+		// would otherwise run on as orphans (a test's bound kills the demo).
+		ch.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		// Pipes of our own rather than StdoutPipe: Wait closes those, and
 		// a child's last lines must be read after it exits.
 		stdout, stdoutW, err := os.Pipe()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -555,4 +556,73 @@ func TestConsoleFilesMustBeShared(t *testing.T) {
 	if data := readFile(t, shared); strings.Count(data, "tick") != 5 {
 		t.Fatalf("shared console: %q", data)
 	}
+}
+
+// TestKilledDemoTakesItsReplicas: a demo that is itself SIGKILLed (as a
+// test's bound does) takes its primary and backup with it. Replicas that
+// still run epochs die of the broken pipe on their first progress line,
+// but blocked ones (two hung demos' backups were found running an hour
+// later) wrote nothing and ran on as orphans: here the program blocks
+// reading a FIFO nobody writes to, and the backup waits for its log.
+func TestKilledDemoTakesItsReplicas(t *testing.T) {
+	needBusybox(t)
+	fifo := filepath.Join(t.TempDir(), "stdin")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	demo := startHvft(t, "--log-level", "warn", "demo", "--linux", "--stdin", fifo, "--kill-after", "100000", busybox, "--", "cat")
+	// Opened for writing only after the demo opened it for reading (an
+	// open of a FIFO waits for the other end); it is never written.
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var pids []int
+	demo.waitFor(t, "the replicas' pids", func() bool {
+		var p, b int
+		if _, err := fmt.Sscanf(after(demo.stderr.String(), "[demo] primary pid "), "%d, backup pid %d", &p, &b); err != nil {
+			return false
+		}
+		pids = []int{p, b}
+		return true
+	})
+	t.Cleanup(func() { // should the test fail, no orphan outlives it
+		for _, pid := range pids {
+			if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); running(pid) && bytes.Contains(cmdline, []byte("hvft")) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	demo.cmd.Process.Kill()
+	demo.wait(t)
+	deadline := time.Now().Add(time.Minute)
+	for _, pid := range pids {
+		for running(pid) {
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %d still runs a minute after its demo was killed", pid)
+			}
+			<-time.After(5 * time.Millisecond) // a poll interval, bounded by the deadline
+		}
+	}
+}
+
+// after returns what follows the first marker in s ("" without one).
+func after(s, marker string) string {
+	if i := strings.Index(s, marker); i >= 0 {
+		return s[i+len(marker):]
+	}
+	return ""
+}
+
+// running reports whether pid is a live process (not gone, not a zombie).
+func running(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name's closing parenthesis.
+	s := string(data)
+	i := strings.LastIndex(s, ")")
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
 }
