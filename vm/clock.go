@@ -49,8 +49,9 @@ func (c EpochClock) String() string {
 // Quiet reports whether no interrupt can become deliverable before the
 // guest's next environment instruction: nothing is pending on an unmasked
 // line, and no unmasked line has a source that can fire (a running timer,
-// console input, a disk operation in flight). Only IN and OUT change what
-// it depends on, and events, which arrive only at epoch boundaries.
+// console input), and no disk operation is in flight (its data lands at a
+// boundary, interrupt or not). Only IN and OUT change what it depends on,
+// and events, which arrive only at epoch boundaries.
 func (b *Board) Quiet() bool {
 	open := ^b.PICMask
 	switch {
@@ -60,7 +61,9 @@ func (b *Board) Quiet() bool {
 		return false
 	case open&(1<<IRQConsoleRX) != 0:
 		return false // input may arrive at any time
-	case open&(1<<IRQDisk) != 0 && b.DiskOp != nil:
+	case b.DiskOp != nil:
+		// Masked or not: the transfer lands in RAM at a boundary, which
+		// a guest polling memory sees without an interrupt.
 		return false
 	}
 	return true
@@ -81,6 +84,6 @@ func (m *Machine) afterEnvOp() {
 	m.quietOps++
 	if m.quietOps >= QuietEpochOps || !m.board.Quiet() {
 		m.quietStop = true
-		m.eng.Stop()
+		m.eng.StopPrecise()
 	}
 }

@@ -399,7 +399,7 @@ func (m *Machine) Syscall() {
 			return
 		}
 		m.powerStop = true
-		m.eng.Stop()
+		m.eng.StopPrecise()
 		return
 	}
 	// A system call is an environment instruction: a quiet epoch may end
@@ -419,7 +419,7 @@ var exceptionSignals = map[uint32]string{0: "SIGFPE (divide error)", 1: "SIGTRAP
 func (m *Machine) killProgram(what string) {
 	rip, _ := m.eng.RegRead(uc.RIP)
 	m.fault = fmt.Errorf("the program was killed by %s at RIP %#x", what, rip)
-	m.eng.Stop()
+	m.eng.StopPrecise()
 }
 
 // linuxFault describes why a Linux program's run stopped with an error.

@@ -16,7 +16,6 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"github.com/zeebo/xxh3"
@@ -144,9 +143,9 @@ type Machine struct {
 	quiet     bool
 	quietOps  int
 	quietStop bool
-	// lastQuiet is how long the last quiet epoch ran (host time: it only
-	// chooses how the clock is stopped, stopClock).
-	lastQuiet time.Duration
+	// lastQuietOps is the last quiet epoch's count of environment
+	// instructions (it chooses how the clock is stopped, stopClock).
+	lastQuietOps int
 
 	// A Linux program's process and the physical pages behind it.
 	proc *linux.Process
@@ -430,19 +429,21 @@ func (m *Machine) runEpoch(ctx context.Context, limit uint64) (Stop, error) {
 	return st, nil
 }
 
-// hookRemovalWorth is the quiet epoch worth removing the block hook for:
-// restarting the clock then retranslates the code the guest runs next,
-// about a millisecond for a board guest.
-const hookRemovalWorth = 2 * time.Millisecond
+// pauseBelowOps is the length, in environment instructions, under which
+// a quiet epoch is taken for one of a series of short ones (a guest that
+// arms its disk interrupt every few instructions): the next quiet epoch
+// then pauses the block hook instead of removing it, since restarting the
+// clock after a removal retranslates the code the guest runs next.
+const pauseBelowOps = 64
 
 // stopClock stops the block clock for a quiet epoch. Removing its hook
 // saves a call per block; pausing it saves the retranslation when the
-// clock restarts soon, as for a guest that arms its disk interrupt every
-// few epochs. Neither changes anything the guest or the state hash sees
-// (the clock does not advance), so the choice may rest on host time: the
-// hook goes unless the last quiet epoch was too short to pay for it.
+// clock restarts soon. The choice rests on the previous quiet epoch's
+// count of environment instructions, which both replicas share, never on
+// host time: which translations exist is then the same on every replica
+// (and invalidation is exact, so they could not differ in what they run).
 func (m *Machine) stopClock() error {
-	keep := m.lastQuiet > 0 && m.lastQuiet < hookRemovalWorth
+	keep := m.lastQuietOps > 0 && m.lastQuietOps < pauseBelowOps
 	switch m.cfg.hookChoice {
 	case hookRemove:
 		keep = false
@@ -464,8 +465,7 @@ func (m *Machine) execute(limit uint64) (StopReason, error) {
 		if err := m.stopClock(); err != nil {
 			return 0, err
 		}
-		start := time.Now()
-		defer func() { m.lastQuiet = time.Since(start) }()
+		defer func() { m.lastQuietOps = m.quietOps }()
 		m.stats.QuietEpochs++
 	} else if err := m.eng.SetBlockClock(true); err != nil {
 		return 0, err
@@ -500,19 +500,16 @@ func (m *Machine) execute(limit uint64) (StopReason, error) {
 	if rip, err = m.eng.RegRead(uc.RIP); err != nil {
 		return 0, err
 	}
-	// A quiet epoch's end at an environment instruction lands at the next
-	// block; a HLT later in that instruction's block halts instead. (The
-	// byte before a block can be 0xF4 without a HLT having run: both
-	// replicas then take it for one alike.)
-	if m.proc != nil {
-		if m.quietStop {
-			return StopEnv, nil
+	// What ran decides: the engine records a HLT that executed, and an
+	// environment instruction that ended a quiet epoch stops it exactly
+	// at the next instruction boundary (StopPrecise), never after a HLT
+	// later in its block (which would then have run, and halted).
+	if m.eng.Halted() {
+		if m.proc != nil {
+			// HLT is privileged: a program that runs it dies of SIGSEGV.
+			m.fault = fmt.Errorf("the program was killed by SIGSEGV (a privileged instruction) near RIP %#x", rip)
+			return StopFault, nil
 		}
-		// HLT is privileged: a program that runs it dies of SIGSEGV.
-		m.fault = fmt.Errorf("the program was killed by SIGSEGV (a privileged instruction) near RIP %#x", rip)
-		return StopFault, nil
-	}
-	if rip > 0 && rip <= m.cfg.RAMSize && m.mem[rip-1] == 0xF4 {
 		m.halted = true
 		return StopHalt, nil
 	}
@@ -571,7 +568,7 @@ func (m *Machine) failHook(err error) {
 	if m.hookErr == nil {
 		m.hookErr = err
 	}
-	m.eng.Stop()
+	m.eng.StopPrecise()
 }
 
 // In implements uc.Handler: every IN goes to the environment.
@@ -630,7 +627,7 @@ func (m *Machine) Out(port uint32, size int, value uint32) {
 	}
 	if effect == EffectPowerOff {
 		m.powerStop = true
-		m.eng.Stop()
+		m.eng.StopPrecise()
 		return
 	}
 	m.afterEnvOp()
@@ -687,7 +684,7 @@ func (m *Machine) Interrupt(intno uint32) {
 			err = fmt.Errorf("invalid instruction: %w", err)
 		}
 		m.fault = err
-		m.eng.Stop()
+		m.eng.StopPrecise()
 	}
 }
 

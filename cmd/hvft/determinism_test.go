@@ -31,16 +31,22 @@ func TestDeterminismGuestsSurvivePrimaryKill(t *testing.T) {
 		args        []string
 		disk        bool
 		epochBlocks string
+		clock       string
 	}{
-		{"smc", []string{"all", "4000"}, false, "5000"},
-		{"dmacode", []string{"200"}, true, "5000"},
-		{"nestexc", []string{"6000"}, false, "1000"},
-		{"stishadow", []string{"1500"}, false, "50"},
-		{"cpustate", []string{"20000"}, false, "5000"},
+		{"smc", []string{"all", "4000"}, false, "5000", "always"},
+		{"dmacode", []string{"200"}, true, "5000", "always"},
+		{"nestexc", []string{"6000"}, false, "1000", "always"},
+		{"stishadow", []string{"1500"}, false, "50", "always"},
+		{"cpustate", []string{"20000"}, false, "5000", "always"},
+		{"envstop", []string{"20000"}, false, "5000", "always"},
+		// quiet epochs end inside its blocks: 58 of them
+		{"envstop", []string{"20000"}, false, "5000", "adaptive"},
+		{"smcdata", []string{"20000"}, false, "5000", "always"},
+		{"dmamask", nil, true, "5000", "always"},
 	} {
-		t.Run(g.name, func(t *testing.T) {
+		t.Run(g.name+"/"+g.clock, func(t *testing.T) {
 			dir := t.TempDir()
-			machineArgs := []string{"--epoch-blocks", g.epochBlocks}
+			machineArgs := []string{"--epoch-blocks", g.epochBlocks, "--epoch-clock", g.clock}
 			if g.disk {
 				machineArgs = append(machineArgs, "--disk", filepath.Join(dir, "disk.img"))
 			}

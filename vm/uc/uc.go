@@ -104,7 +104,33 @@ typedef struct {
 	uc_context *scratch;
 	int off_old_exception;  // x86 "exception in flight" (double-fault logic)
 	int off_hflags;         // hflags; bit 3 is the STI/MOV SS interrupt shadow
+
+	// A precise stop (hv_stop_precise): every translation is flushed
+	// from Unicorn's TLB and the next fill is refused, so the engine
+	// stops before the first memory access after the stopping
+	// instruction, or at the next block, whichever comes first, and
+	// never in a way that makes part of a block run twice.
+	int stop_pending;
+	int stop_taken;
+	// CPUState of the engine's one CPU, and where its "halted" flag
+	// sits (calibrated): set by HLT, cleared at every uc_emu_start.
+	void *cpu_state;
+	int off_halted;
+
+	// Exact invalidation of translated code (docs/architecture.md).
+	// cmap marks the pages (physical) code was fetched from; Unicorn's
+	// TLB never holds such a page writable, and a page it holds writable
+	// is never executable, so a store into code always misses into the
+	// fill hook. The first one switches the engine to precise mode
+	// (smc_precise): a memory-write hook that is never called makes
+	// Unicorn check every store against translated code, exactly.
+	uint8_t *cmap;
+	int smc_precise;
+	uc_hook smc_hook;
+	uint64_t code_pages, code_drops;
 } hv_ctx;
+
+static uc_err hv_remove_cache(uc_engine *uc, hv_ctx *c, uint64_t begin, uint64_t end);
 
 extern uint32_t hvftGoIn(uintptr_t h, uint32_t port, int size);
 extern void hvftGoOut(uintptr_t h, uint32_t port, int size, uint32_t value);
@@ -394,6 +420,114 @@ static int hv_pt_get(hv_ctx *c, uint64_t vpage, uint64_t *ppage, int *perms) {
 	return 1;
 }
 
+// hv_smc_cb is the memory-write hook of precise mode. Its range holds
+// no RAM, so it is never called: its existence alone keeps every TLB entry
+// of Unicorn "not dirty", so that every store is checked against the
+// translated code of its page.
+static void hv_smc_cb(uc_engine *uc, uc_mem_type type, uint64_t addr, int size, int64_t value, void *ud) {}
+
+#define HV_SMC_HOOK_AT 0xFFFFFFFFFFFFFFF0ULL
+
+// hv_enter_precise switches to precise code invalidation: from here on
+// Unicorn checks every store (slower, and exact, however code and data
+// share pages). Entries made before the hook existed may be clean, so all
+// of them go.
+static void hv_enter_precise(uc_engine *uc, hv_ctx *c) {
+	if (c->smc_precise) return;
+	if (uc_hook_add(uc, &c->smc_hook, UC_HOOK_MEM_WRITE, (void *)hv_smc_cb, c, HV_SMC_HOOK_AT, HV_SMC_HOOK_AT) != UC_ERR_OK) return;
+	c->smc_precise = 1;
+	hv_tlb_flush(uc, c);
+}
+
+// hv_drop_writable removes page pg's writable translation from Unicorn's
+// TLB before code is fetched from it: the page becomes "written, to hash",
+// and its next store must miss into the fill hook.
+static void hv_drop_writable(uc_engine *uc, hv_ctx *c, uint32_t pg) {
+	c->code_drops++;
+	if (c->flush_page == NULL || c->pt_on) {
+		hv_tlb_flush(uc, c);
+		return;
+	}
+	c->flush_page(c->cpu, (uint64_t)pg << 12);
+	if (c->fmap[pg]) {
+		c->fmap[pg] = 0;
+		uint32_t fat = c->fpos[pg], flast = c->flist[--c->fcount];
+		c->flist[fat] = flast;
+		c->fpos[flast] = fat;
+	}
+	if (c->wmap[pg]) {
+		c->wmap[pg] = 0;
+		uint32_t at = c->wpos[pg], last = c->wlist[--c->wcount];
+		c->wlist[at] = last;
+		c->wpos[last] = at;
+		if (!c->dmap[pg]) {
+			c->dmap[pg] = 1;
+			c->dlist[c->dcount++] = pg;
+		}
+	}
+}
+
+// hv_code_perms applies the code-page rule to a fill of physical page pg
+// and returns the permissions the access's kind may get: W and X never
+// together, a fetch makes a page code, a store into code switches to
+// precise mode (where every store is checked and the rule is not needed).
+static int hv_code_perms(uc_engine *uc, hv_ctx *c, uint32_t pg, uc_mem_type type) {
+	if (c->smc_precise) {
+		if (type == UC_MEM_WRITE && !c->wmap[pg]) {
+			c->wmap[pg] = 1;
+			c->wpos[pg] = c->wcount;
+			c->wlist[c->wcount++] = pg;
+		}
+		return c->wmap[pg] ? UC_PROT_ALL : (UC_PROT_READ | UC_PROT_EXEC);
+	}
+	switch (type) {
+	case UC_MEM_FETCH:
+		if (!c->cmap[pg]) {
+			if (c->wmap[pg]) hv_drop_writable(uc, c, pg);
+			c->cmap[pg] = 1;
+			c->code_pages++;
+		}
+		return UC_PROT_READ | UC_PROT_EXEC;
+	case UC_MEM_WRITE:
+		if (c->cmap[pg]) {
+			hv_enter_precise(uc, c);
+			return hv_code_perms(uc, c, pg, type);
+		}
+		if (!c->wmap[pg]) {
+			c->wmap[pg] = 1;
+			c->wpos[pg] = c->wcount;
+			c->wlist[c->wcount++] = pg;
+		}
+		return UC_PROT_READ | UC_PROT_WRITE;
+	default:
+		if (c->cmap[pg]) return UC_PROT_READ | UC_PROT_EXEC;
+		return c->wmap[pg] ? (UC_PROT_READ | UC_PROT_WRITE) : UC_PROT_READ;
+	}
+}
+
+// hv_stop_precise stops the engine without letting any part of a block
+// run twice. uc_emu_stop alone, asked for inside an instruction hook, is
+// seen by the check Unicorn places after every memory access, which
+// leaves the block in the middle and restarts it from its first
+// instruction. Here every translation leaves Unicorn's TLB and the next
+// fill is refused: the first memory access after the stopping instruction
+// then stops the engine with the CPU state restored exactly before that
+// access; with none before the block ends, the next block does not start.
+static void hv_stop_precise(uc_engine *uc, hv_ctx *c) {
+	if (c->tlb_on && !c->stop_pending) {
+		c->stop_pending = 1;
+		hv_tlb_flush(uc, c);
+	}
+	uc_emu_stop(uc);
+}
+
+static int hv_halted(hv_ctx *c) {
+	if (c->cpu_state == NULL || c->off_halted < 0) return -1;
+	uint32_t v;
+	memcpy(&v, (char *)c->cpu_state + c->off_halted, 4);
+	return v != 0;
+}
+
 // hv_pt_fill answers a miss through the page table. A refused fill makes
 // Unicorn stop the run with UC_ERR_EXCEPTION (or, for its own probes,
 // fail quietly): the last refusal tells the hypervisor where.
@@ -409,6 +543,10 @@ static bool hv_pt_fill(uc_engine *uc, hv_ctx *c, uint64_t vaddr, uc_mem_type typ
 		e->perms = UC_PROT_ALL;
 		return true;
 	}
+	if (c->stop_pending) {
+		c->stop_taken = 1;
+		return false;
+	}
 	if (!hv_pt_get(c, vaddr >> 12, &ppage, &perms) || !(perms & need)) {
 		c->pt_refused = 1;
 		c->pt_refused_addr = vaddr;
@@ -418,14 +556,8 @@ static bool hv_pt_fill(uc_engine *uc, hv_ctx *c, uint64_t vaddr, uc_mem_type typ
 	uint64_t paddr = ppage << 12;
 	c->fills++;
 	hv_model_touch(uc, c, paddr);
-	uint32_t pg = (uint32_t)ppage;
-	if (type == UC_MEM_WRITE && !c->wmap[pg]) {
-		c->wmap[pg] = 1;
-		c->wpos[pg] = c->wcount;
-		c->wlist[c->wcount++] = pg;
-	}
 	e->paddr = paddr;
-	e->perms = c->wmap[pg] ? perms : (perms & ~UC_PROT_WRITE);
+	e->perms = perms & hv_code_perms(uc, c, (uint32_t)ppage, type);
 	return true;
 }
 
@@ -438,20 +570,19 @@ static bool hv_tlb_fill(uc_engine *uc, uint64_t vaddr, uc_mem_type type, uc_tlb_
 	hv_ctx *c = (hv_ctx *)ud;
 	if (c->pt_on) return hv_pt_fill(uc, c, vaddr, type, e);
 	e->paddr = vaddr;
-	if (vaddr >= c->ram_size) {
+	if (vaddr >= c->ram_size && !c->stop_pending) {
 		e->perms = UC_PROT_ALL;
 		return true;
+	}
+	if (c->stop_pending) {
+		c->stop_taken = 1;
+		return false;
 	}
 	c->fills++;
 	hv_model_touch(uc, c, vaddr);
 	uint32_t pg = (uint32_t)(vaddr >> 12);
 	hv_filled(c, pg);
-	if (type == UC_MEM_WRITE && !c->wmap[pg]) {
-		c->wmap[pg] = 1;
-		c->wpos[pg] = c->wcount;
-		c->wlist[c->wcount++] = pg;
-	}
-	e->perms = c->wmap[pg] ? UC_PROT_ALL : (UC_PROT_READ | UC_PROT_EXEC);
+	e->perms = hv_code_perms(uc, c, pg, type);
 	return true;
 }
 
@@ -520,7 +651,7 @@ static uc_err hv_set_clock(uc_engine *uc, hv_ctx *c, int on) {
 	}
 	if (err != UC_ERR_OK) return err;
 	c->clock_on = on;
-	if (on && c->ram_size && !c->pt_on) return uc_ctl_remove_cache(uc, 0, c->ram_size);
+	if (on && c->ram_size && !c->pt_on) return hv_remove_cache(uc, c, 0, c->ram_size);
 	if (on && c->pt_on) uc_ctl_flush_tb(uc);
 	return UC_ERR_OK;
 }
@@ -540,7 +671,25 @@ static uc_err hv_flush_tlb(uc_engine *uc, hv_ctx *c) {
 	return uc_ctl_flush_tlb(uc);
 }
 static uc_err hv_flush_code(uc_engine *uc) { return uc_ctl_flush_tb(uc); }
-static uc_err hv_remove_cache(uc_engine *uc, uint64_t begin, uint64_t end) {
+
+// QEMU's invalidation of a physical range (exported by Unicorn 2.1 with
+// its target's suffix). uc_ctl_remove_cache instead translates its start
+// address as an instruction fetch, which would go through the fill hook
+// and mark a data page as code. RAM is one block mapped at 0, so a
+// guest-physical address is its RAM offset.
+typedef void (*hv_inval_fn)(uc_engine *, uint64_t, uint64_t);
+
+static uc_err hv_remove_cache(uc_engine *uc, hv_ctx *c, uint64_t begin, uint64_t end) {
+	static hv_inval_fn inval;
+	static int looked;
+	if (!looked) {
+		inval = (hv_inval_fn)dlsym(RTLD_DEFAULT, "tb_invalidate_phys_range_x86_64");
+		looked = 1;
+	}
+	if (inval != NULL && c->tlb_on) {
+		inval(uc, begin, end);
+		return UC_ERR_OK;
+	}
 	return uc_ctl_remove_cache(uc, begin, end);
 }
 
@@ -710,6 +859,84 @@ out:
 	uc_close(uc);
 	return rc;
 }
+
+// hv_find_halted locates CPUState's "halted" flag: HLT sets it, and
+// uc_emu_start clears it, so after a run it says whether a HLT ran. There
+// is no API for it; its offset is found on a scratch engine, between the
+// CPUState and the CPU registers (found by a marker in RAX), as the one
+// word that is 1 after two runs ended by HLT and 0 after two runs stopped
+// by a block hook. Returns the offset, or a negative step number.
+static void hv_halt_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud) {
+	uint64_t *left = (uint64_t *)ud;
+	if (*left > 0 && --*left == 0) uc_emu_stop(uc);
+}
+
+static int hv_find_halted(void) {
+	void *(*get_cpu)(uc_engine *, int) = (void *(*)(uc_engine *, int))dlsym(RTLD_DEFAULT, "qemu_get_cpu_x86_64");
+	if (get_cpu == NULL) return -1;
+	uc_engine *uc;
+	if (uc_open(UC_ARCH_X86, UC_MODE_64, &uc) != UC_ERR_OK) return -2;
+	int rc = -3;
+	uint32_t *snap[4] = {0};
+	uc_hook hb;
+	uint64_t left = 0;
+	// 0x1000: nop; nop; hlt.  0x1010: jmp 0x1010 (stopped by the hook)
+	static const uint8_t code[] = {0x90, 0x90, 0xf4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xeb, 0xfe};
+	if (uc_mem_map(uc, 0x1000, 0x1000, UC_PROT_ALL) != UC_ERR_OK) goto out;
+	if (uc_mem_write(uc, 0x1000, code, sizeof code) != UC_ERR_OK) goto out;
+	if (uc_hook_add(uc, &hb, UC_HOOK_BLOCK, (void *)hv_halt_block, &left, 1, 0) != UC_ERR_OK) goto out;
+	void *cpu = get_cpu(uc, -1);
+	if (cpu == NULL) cpu = get_cpu(uc, 0);
+	rc = -4;
+	if (cpu == NULL) goto out;
+	uint64_t marker = 0x6876667448414c54ULL;
+	uc_reg_write(uc, UC_X86_REG_RAX, &marker);
+	int env = -1;
+	for (int off = 0; off < (1 << 20); off += 8) {
+		if (memcmp((char *)cpu + off, &marker, 8) == 0) { env = off; break; }
+	}
+	rc = -5;
+	if (env <= 0) goto out;
+	int words = env / 4;
+	for (int i = 0; i < 4; i++) {
+		snap[i] = malloc((size_t)words * 4);
+		if (snap[i] == NULL) goto out;
+	}
+	for (int i = 0; i < 4; i++) {
+		if (i % 2 == 0) {
+			left = 0;
+			uc_emu_start(uc, 0x1000, 0xFFFFFFFFFFFFFFFFULL, 0, 0);
+		} else {
+			left = 3;
+			uc_emu_start(uc, 0x1010, 0xFFFFFFFFFFFFFFFFULL, 0, 0);
+		}
+		memcpy(snap[i], cpu, (size_t)words * 4);
+	}
+	int found = -1, count = 0;
+	for (int w = 0; w < words; w++) {
+		if (snap[0][w] == 1 && snap[2][w] == 1 && snap[1][w] == 0 && snap[3][w] == 0) {
+			found = w * 4;
+			count++;
+		}
+	}
+	rc = -6;
+	if (count != 1) goto out;
+	rc = found;
+out:
+	for (int i = 0; i < 4; i++) free(snap[i]);
+	uc_close(uc);
+	return rc;
+}
+
+// hv_bind_cpu finds the engine's CPU, which exists once the engine has
+// been used (Unicorn creates it lazily).
+static void hv_bind_cpu(uc_engine *uc, hv_ctx *c) {
+	void *(*get_cpu)(uc_engine *, int) = (void *(*)(uc_engine *, int))dlsym(RTLD_DEFAULT, "qemu_get_cpu_x86_64");
+	if (get_cpu == NULL) return;
+	void *cpu = get_cpu(uc, -1);
+	if (cpu == NULL) cpu = get_cpu(uc, 0);
+	c->cpu_state = cpu;
+}
 */
 import "C"
 
@@ -835,6 +1062,7 @@ type Engine struct {
 type layout struct {
 	oldException, hflags int
 	contextSize          int
+	halted               int // in CPUState
 }
 
 var calibrated = sync.OnceValues(func() (layout, error) {
@@ -843,7 +1071,11 @@ var calibrated = sync.OnceValues(func() (layout, error) {
 	if rc := C.hv_calibrate(&old, &hf, &size); rc != 0 {
 		return layout{}, fmt.Errorf("libunicorn %s: its CPU state layout is not the one hvft knows (calibration step %d failed); hvft supports Unicorn 2.1", Version(), -rc)
 	}
-	return layout{oldException: int(old), hflags: int(hf), contextSize: int(size)}, nil
+	halted := int(C.hv_find_halted())
+	if halted < 0 {
+		return layout{}, fmt.Errorf("libunicorn %s: hvft cannot find where it records a HLT (calibration step %d failed); hvft supports Unicorn 2.1", Version(), -halted)
+	}
+	return layout{oldException: int(old), hflags: int(hf), contextSize: int(size), halted: halted}, nil
 })
 
 // Open creates an x86-64 engine with no hooks.
@@ -862,6 +1094,7 @@ func Open() (*Engine, error) {
 	ctx := (*C.hv_ctx)(C.calloc(1, C.sizeof_hv_ctx))
 	ctx.off_old_exception = C.int(lay.oldException)
 	ctx.off_hflags = C.int(lay.hflags)
+	ctx.off_halted = C.int(lay.halted)
 	if err := check("context_alloc", C.uc_context_alloc(h, &ctx.scratch)); err != nil {
 		C.free(unsafe.Pointer(ctx))
 		C.uc_close(h)
@@ -881,7 +1114,7 @@ func (e *Engine) Close() error {
 	C.uc_context_free(c.scratch)
 	for _, p := range []unsafe.Pointer{unsafe.Pointer(c.slot_page), unsafe.Pointer(c.slot_tick),
 		unsafe.Pointer(c.resident), unsafe.Pointer(c.wmap), unsafe.Pointer(c.wlist), unsafe.Pointer(c.wpos), unsafe.Pointer(c.fmap), unsafe.Pointer(c.flist), unsafe.Pointer(c.fpos),
-		unsafe.Pointer(c.dmap), unsafe.Pointer(c.dlist), unsafe.Pointer(c.pt_keys), unsafe.Pointer(c.pt_vals)} {
+		unsafe.Pointer(c.dmap), unsafe.Pointer(c.dlist), unsafe.Pointer(c.cmap), unsafe.Pointer(c.pt_keys), unsafe.Pointer(c.pt_vals)} {
 		C.free(p)
 	}
 	C.free(unsafe.Pointer(c))
@@ -1025,12 +1258,14 @@ func (e *Engine) EnableSoftTLB(t SoftTLB) error {
 	c.fpos = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
 	c.dmap = (*C.uint8_t)(C.calloc(C.size_t(pages), 1))
 	c.dlist = (*C.uint32_t)(C.calloc(C.size_t(pages), 4))
-	if c.slot_page == nil || c.slot_tick == nil || c.resident == nil || c.wmap == nil || c.wlist == nil || c.wpos == nil || c.fmap == nil || c.flist == nil || c.fpos == nil || c.dmap == nil || c.dlist == nil {
+	c.cmap = (*C.uint8_t)(C.calloc(C.size_t(pages), 1))
+	if c.cmap == nil || c.slot_page == nil || c.slot_tick == nil || c.resident == nil || c.wmap == nil || c.wlist == nil || c.wpos == nil || c.fmap == nil || c.flist == nil || c.fpos == nil || c.dmap == nil || c.dlist == nil {
 		return fmt.Errorf("software TLB: out of memory for %d pages", pages)
 	}
 	e.taken = make([]C.uint32_t, pages)
-	if !t.WholeFlushes {
-		C.hv_find_flush_page(e.h, c)
+	C.hv_find_flush_page(e.h, c)
+	if t.WholeFlushes {
+		c.flush_page = nil
 	}
 	var hk C.uc_hook
 	if err := check("hook TLB fill", C.hv_hook_tlb(e.h, &hk, c)); err != nil {
@@ -1054,13 +1289,20 @@ type TLBStats struct {
 	// PageEvictions are evictions that dropped only the victim's pages
 	// from Unicorn's TLB.
 	PageEvictions uint64
+	// CodePages counts pages code was first fetched from; CodeDrops the
+	// writable translations dropped because code was fetched from their
+	// page.
+	CodePages, CodeDrops uint64
+	// PreciseCode reports that a store into translated code switched
+	// the engine to checking every store (docs/architecture.md).
+	PreciseCode bool
 }
 
 // TLBStats returns the counters.
 func (e *Engine) TLBStats() TLBStats {
 	c := e.ctx
 	return TLBStats{Fills: uint64(c.fills), Misses: uint64(c.misses), Evictions: uint64(c.evictions), Flushes: uint64(c.flushes),
-		PageEvictions: uint64(c.page_flushes)}
+		PageEvictions: uint64(c.page_flushes), CodePages: uint64(c.code_pages), CodeDrops: uint64(c.code_drops), PreciseCode: c.smc_precise != 0}
 }
 
 // FlushTLB drops every translation Unicorn caches.
@@ -1235,14 +1477,14 @@ func (e *Engine) PageFault() (vaddr uint64, access Access, ok bool) {
 // ClearPageFault forgets a refused fill.
 func (e *Engine) ClearPageFault() { e.ctx.pt_refused = 0 }
 
-// InvalidateCode discards translations of guest code in [addr, addr+size):
-// a host write into guest RAM is invisible to code already translated
-// until this is called.
+// InvalidateCode discards translations of guest code in the physical
+// range [addr, addr+size): a host write into guest RAM is invisible to
+// code already translated until this is called.
 func (e *Engine) InvalidateCode(addr, size uint64) error {
 	if size == 0 {
 		return nil
 	}
-	return checkAt("invalidate code at", addr, C.hv_remove_cache(e.h, C.uint64_t(addr), C.uint64_t(addr+size)))
+	return checkAt("invalidate code at", addr, C.hv_remove_cache(e.h, e.ctx, C.uint64_t(addr), C.uint64_t(addr+size)))
 }
 
 // InterruptShadow reports whether the last instruction executed was STI or
@@ -1541,11 +1783,35 @@ func (e *Engine) WriteMSR(id uint32, v uint64) error {
 // mean no limit; a non-zero count makes Unicorn install its own
 // per-instruction counter (slow; used only as a benchmark baseline).
 func (e *Engine) Start(begin, until, timeoutMicros uint64, count uint64) error {
-	return check("emu_start", C.uc_emu_start(e.h, C.uint64_t(begin), C.uint64_t(until), C.uint64_t(timeoutMicros), C.size_t(count)))
+	e.ctx.stop_pending, e.ctx.stop_taken = 0, 0
+	if e.ctx.cpu_state == nil {
+		C.hv_bind_cpu(e.h, e.ctx)
+	}
+	err := C.uc_emu_start(e.h, C.uint64_t(begin), C.uint64_t(until), C.uint64_t(timeoutMicros), C.size_t(count))
+	if e.ctx.stop_taken != 0 && err == C.UC_ERR_EXCEPTION {
+		// The refused fill of a precise stop, not a fault.
+		err = C.UC_ERR_OK
+	}
+	e.ctx.stop_pending = 0
+	return check("emu_start", err)
 }
 
-// Stop asks a running engine to stop at the next block boundary.
+// Stop asks a running engine to stop at the next block boundary. Asked
+// for inside an instruction hook, Unicorn may instead leave the block in
+// the middle and rewind to its start, so that instructions before the
+// hook's run again when the engine resumes: hooks use StopPrecise.
 func (e *Engine) Stop() error { return check("emu_stop", C.uc_emu_stop(e.h)) }
+
+// StopPrecise stops a running engine from inside a hook without any part
+// of a block running twice: before the first memory access after the
+// current instruction, or at the next block, whichever comes first. The
+// CPU state is then exactly that of an instruction boundary. It needs the
+// software TLB (without it, it is Stop).
+func (e *Engine) StopPrecise() { C.hv_stop_precise(e.h, e.ctx) }
+
+// Halted reports whether the last run executed a HLT (and so ended with
+// it).
+func (e *Engine) Halted() bool { return C.hv_halted(e.ctx) == 1 }
 
 // Context is a saved CPU state, valid only for the engine that made it.
 type Context struct{ c *C.uc_context }
