@@ -9,10 +9,12 @@ import (
 	"hvft/vm/tlb"
 )
 
-// TestSoak runs exception- and interrupt-heavy guests under the smallest
-// TLB the flags allow (4 entries of 4 KiB), with short epochs and a fresh
-// seed each time, until HVFT_SOAK (a duration, e.g. 10m) has passed: no
-// run may crash, fault or fail its own check. The first version of the
+// TestSoak runs exception- and interrupt-heavy guests, and the guests of
+// stops at environment instructions and of code beside data, under the
+// smallest TLB the flags allow (4 entries of 4 KiB), with short epochs, a
+// fresh seed each time and the two epoch clocks in turn, until HVFT_SOAK
+// (a duration, e.g. 10m) has passed: no run may crash, fault or fail its
+// own check. The first version of the
 // machine crashed libunicorn within about 35 s of this. `make soak` runs
 // it for 10 minutes; without HVFT_SOAK it is skipped.
 func TestSoak(t *testing.T) {
@@ -35,15 +37,19 @@ func TestSoak(t *testing.T) {
 		{"smc", nil, 331},
 		{"faults", nil, 7},
 		{"ticker", []string{"200", "50"}, 1000},
+		{"envstop", []string{"9000"}, 211},
+		{"smcdata", []string{"2000"}, 503},
+		{"printer", []string{"2000"}, 1009},
 	}
 	deadline := time.Now().Add(d)
 	runs := 0
 	for time.Now().Before(deadline) {
 		g := work[runs%len(work)]
-		cfg := Config{TLB: tlbConfig(4<<10, tlb.MinEntries, tlb.Policy(runs%3), seed+uint64(runs))}
+		clock := EpochClock((runs / len(work)) % 2)
+		cfg := Config{TLB: tlbConfig(4<<10, tlb.MinEntries, tlb.Policy(runs%3), seed+uint64(runs)), Clock: clock}
 		r := runGuest(t, g.name, g.args, cfg, nil, nil, g.epochLen)
 		if r.err != nil || r.res.ExitCode != 0 {
-			t.Fatalf("run %d (%s, seed %d): exit %d, %v\n%s", runs, g.name, cfg.TLB.Seed, r.res.ExitCode, r.err, r.out)
+			t.Fatalf("run %d (%s, %v clock, seed %d): exit %d, %v\n%s", runs, g.name, clock, cfg.TLB.Seed, r.res.ExitCode, r.err, r.out)
 		}
 		runs++
 	}

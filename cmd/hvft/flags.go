@@ -19,7 +19,7 @@ func machineFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "ram", Usage: "guest RAM size (bytes, or with K/M/G, KiB/MiB/GiB); default 16MiB, 256MiB with --linux"},
 		&cli.StringFlag{Name: "tlb-page", Value: "64KiB", Usage: "bytes one entry of the modelled software TLB covers (power of two, 4KiB to 1GiB)"},
-		&cli.IntFlag{Name: "tlb-entries", Value: 32, Usage: fmt.Sprintf("entries of the modelled software TLB (%d to %d); a miss that finds it full evicts one and flushes the CPU's TLB", tlb.MinEntries, tlb.MaxEntries)},
+		&cli.IntFlag{Name: "tlb-entries", Usage: fmt.Sprintf("entries of the modelled software TLB (%d to %d); a miss that finds it full evicts one and flushes its pages from the CPU's TLB; a Linux program's default covers a real program's working set (small ones exercise the mechanism and cost it up to half its time)", tlb.MinEntries, tlb.MaxEntries), DefaultText: fmt.Sprintf("%d, or %d with --linux", vm.DefaultTLBEntries, vm.DefaultLinuxTLBEntries)},
 		&cli.StringFlag{Name: "tlb-policy", Value: "random", Usage: "TLB replacement: random, fifo or lru"},
 		&cli.Uint64Flag{Name: "tlb-seed", Usage: "seed of the random policy (0: drawn from the host and logged)"},
 		&cli.Uint64Flag{Name: "epoch-blocks", Value: 100_000, Usage: "epoch length in translation blocks (the epoch clock's unit); every epoch's state hash covers registers, devices and RAM"},
@@ -74,7 +74,14 @@ func machineConfig(c *cli.Context) (vm.Config, error) {
 	if cfg.TLB.PageSize, err = parseSize(c.String("tlb-page")); err != nil {
 		return cfg, fmt.Errorf("--tlb-page: %w", err)
 	}
-	cfg.TLB.Entries = c.Int("tlb-entries")
+	switch {
+	case c.IsSet("tlb-entries"):
+		cfg.TLB.Entries = c.Int("tlb-entries")
+	case c.Bool("linux"):
+		cfg.TLB.Entries = vm.DefaultLinuxTLBEntries
+	default:
+		cfg.TLB.Entries = vm.DefaultTLBEntries
+	}
 	if cfg.TLB.Policy, err = tlb.ParsePolicy(c.String("tlb-policy")); err != nil {
 		return cfg, fmt.Errorf("--tlb-policy: %w", err)
 	}

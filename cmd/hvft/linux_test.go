@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -134,6 +135,58 @@ func TestBusyboxAppletsMatchNative(t *testing.T) {
 
 // TestProgramFoundOnPath: a program named without a slash is looked up
 // on $PATH, as a shell would, and keeps the name it was given as argv[0].
+// TestSyscallStopsRunNothingTwice: testdata/linux/sysstop.c follows a
+// system call, in its block, with a load, a store or a ret; under the
+// adaptive clock quiet epochs end at such calls. Under both clocks its
+// counts must be the native ones.
+func TestSyscallStopsRunNothingTwice(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "sysstop")
+	if out, err := exec.Command("gcc", "-O2", "-static", "-o", bin, filepath.Join("..", "..", "testdata", "linux", "sysstop.c")).CombinedOutput(); err != nil {
+		t.Fatalf("building sysstop: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	native, err := exec.CommandContext(ctx, bin, "20000").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, clock := range []string{"always", "adaptive"} {
+		r := hvft(t, "", "--log-level", "error", "run", "--linux", "--epoch-clock", clock, bin, "--", "20000")
+		if r.code != 0 || r.stdout != string(native) {
+			t.Fatalf("%s clock: exit %d, output %q, native %q\n%s", clock, r.code, r.stdout, native, r.stderr)
+		}
+	}
+}
+
+// TestDefaultTLBByKind: a Linux program's modelled TLB defaults to 1,024
+// entries, a board guest's to 32, and --tlb-entries overrides either.
+func TestDefaultTLBByKind(t *testing.T) {
+	needBusybox(t)
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"--linux", busybox, "--", "true"}, 1024},
+		{[]string{"hello"}, 32},
+		{[]string{"--linux", "--tlb-entries", "8", busybox, "--", "true"}, 8},
+		{[]string{"--tlb-entries", "64", "hello"}, 64},
+	} {
+		report := filepath.Join(dir, "r.json")
+		r := hvft(t, "", append([]string{"--log-level", "error", "run", "--report", report}, c.args...)...)
+		if r.code != 0 {
+			t.Fatalf("%v: exit %d\n%s", c.args, r.code, r.stderr)
+		}
+		var rep struct {
+			Entries int `json:"tlb_entries"`
+		}
+		data, _ := os.ReadFile(report)
+		if err := json.Unmarshal(data, &rep); err != nil || rep.Entries != c.want {
+			t.Fatalf("%v: report %s (%v), want %d entries", c.args, data, err, c.want)
+		}
+	}
+}
+
 func TestProgramFoundOnPath(t *testing.T) {
 	needBusybox(t)
 	r := hvft(t, "hello\n", "--log-level", "error", "run", "--linux", filepath.Base(busybox), "--", "sh", "-c", "echo $0; read x; echo $x")

@@ -30,6 +30,7 @@ type runReport struct {
 	Answers     uint64 `json:"answers"`
 	TLBMisses   uint64 `json:"tlb_misses"`
 	TLBEvicts   uint64 `json:"tlb_evictions"`
+	TLBEntries  int    `json:"tlb_entries"`
 	TLBSeed     uint64 `json:"tlb_seed"`
 	Interrupts  uint64 `json:"interrupts"`
 	ExitCode    *int   `json:"exit_code"`
@@ -69,7 +70,7 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	rep := runReport{Guest: label, ImageDigest: fmt.Sprintf("%x", mach.Image.Digest), Engine: uc.Version(), TLBSeed: mach.Config.TLB.Seed}
+	rep := runReport{Guest: label, ImageDigest: fmt.Sprintf("%x", mach.Image.Digest), Engine: uc.Version(), TLBEntries: mach.Config.TLB.Entries, TLBSeed: mach.Config.TLB.Seed}
 	logBoot(log, label, mach)
 
 	ctx := c.Context
