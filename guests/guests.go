@@ -35,6 +35,7 @@ var descriptions = map[string]string{
 	"ticker":    "timer IRQs; each tick reads clock and random and prints a checksummed line [ticks period-us]",
 	"tlbstress": "touches many scattered pages and verifies them [MiB passes]",
 	"faults":    "divides by zero and executes ud2, handling both",
+	"int1":      "executes INT1 (f1): each must arrive as a #DB trap [count]",
 	"rdtsc":     "uses RDTSC although CPUID says no TSC (diverges when replicated)",
 	"spin":      "never halts, never powers off",
 	"badjump":   "jumps outside RAM",

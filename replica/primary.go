@@ -112,6 +112,11 @@ type primary struct {
 	stop context.CancelFunc
 }
 
+// ErrBackupDiverged is in a primary's error when a backup of its run
+// reported a divergence, mid-run or in its verdict at the end: the guest
+// may have powered off, but the replicas were not copies of each other.
+var ErrBackupDiverged = errors.New("the backup diverged")
+
 // RunPrimary waits for a backup (or not), then runs the guest as primary:
 // every answer and epoch end goes to the backup, outputs leave only under
 // the output rule, and a lost backup leaves the primary running alone.
@@ -173,14 +178,31 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	if p.link != nil {
 		p.report.LogBytes = p.link.BytesSent()
 	}
-	if runErr != nil {
-		p.report.Error = runErr.Error()
-	} else {
+	if runErr == nil {
+		// The guest's own end, kept even when a divergence fails the run.
 		code := int(res.ExitCode)
 		p.report.ExitCode = &code
 	}
+	if runErr = p.divergedErr(res, runErr); runErr != nil {
+		p.report.Error = runErr.Error()
+	}
 	rep := p.report
 	return &rep, runErr
+}
+
+// divergedErr fails a run whose backup reported a divergence, whatever
+// else ended it: a divergence at any point means the replicas were not
+// copies (the guest is nondeterministic, or the machine is), which an
+// exit status of the guest's own would hide. p.mu is held.
+func (p *primary) divergedErr(res vm.Result, runErr error) error {
+	if p.report.Divergence == "" {
+		return runErr
+	}
+	div := fmt.Errorf("%w: %s", ErrBackupDiverged, p.report.Divergence)
+	if runErr != nil {
+		return fmt.Errorf("%w; and %w", runErr, div)
+	}
+	return fmt.Errorf("the guest powered off with exit code %d, but %w", res.ExitCode, div)
 }
 
 func newPrimary(opt PrimaryOptions) *primary {

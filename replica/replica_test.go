@@ -256,7 +256,7 @@ func atoi(s string) int {
 // TestBackupAnsweringFromItsOwnHostIsCaught is the negative control: a
 // backup that answers one clock read from its own host diverges, is caught
 // at that epoch, reports it to the primary and stops; the primary goes on
-// alone.
+// alone to the guest's power-off, then fails naming the divergence.
 func TestBackupAnsweringFromItsOwnHostIsCaught(t *testing.T) {
 	var mu sync.Mutex
 	var badAt vm.Point
@@ -280,16 +280,96 @@ func TestBackupAnsweringFromItsOwnHostIsCaught(t *testing.T) {
 	if div.At.Epoch != badAt.Epoch {
 		t.Errorf("caught at epoch %d; the altered clock read was in epoch %d", div.At.Epoch, badAt.Epoch)
 	}
-	if p.err != nil || *p.rep.ExitCode != 0 {
-		t.Fatalf("primary: %v", p.err)
+	wantPrimaryFailedOnDivergence(t, p)
+	if p.rep.BackupLost == "" {
+		t.Errorf("primary report: backup lost %q", p.rep.BackupLost)
 	}
-	if p.rep.Divergence == "" || p.rep.BackupLost == "" {
-		t.Errorf("primary report: divergence %q, backup lost %q", p.rep.Divergence, p.rep.BackupLost)
+	if strings.Count(p.out.String(), "tick ") != 10 {
+		t.Errorf("the primary did not go on alone to the end:\n%s", p.out.String())
 	}
 	if b.rep.Divergence == "" || b.rep.BecamePrimary || b.rep.OutputsEmitted != 0 {
 		t.Errorf("backup report %+v: a diverged backup must stop, not take over", b.rep)
 	}
-	t.Logf("caught: %v", div)
+	t.Logf("caught: %v; primary: %v", div, p.err)
+}
+
+// wantPrimaryFailedOnDivergence: a primary whose backup diverged goes on
+// alone to the guest's power-off, then fails with an error that names the
+// divergence (hvft exits 125 on it); the report keeps the guest's exit code.
+func wantPrimaryFailedOnDivergence(t *testing.T, p *side) {
+	t.Helper()
+	if p.rep == nil {
+		t.Fatalf("primary: %v, and no report", p.err)
+	}
+	if !errors.Is(p.err, ErrBackupDiverged) || p.rep.Divergence == "" || !strings.Contains(p.err.Error(), p.rep.Divergence) {
+		t.Fatalf("primary error %v, report divergence %q: want an error naming the backup's divergence", p.err, p.rep.Divergence)
+	}
+	if p.rep.ExitCode == nil || *p.rep.ExitCode != 0 || p.rep.Error != p.err.Error() {
+		t.Errorf("primary report: exit code %v, error %q; want the guest's 0 and the error", p.rep.ExitCode, p.rep.Error)
+	}
+}
+
+// TestBackupEndingDifferentlyFailsThePrimary: a backup whose goodbye
+// names another final hash than the primary's diverged at the end of the
+// run (Primary.Verdict); the primary fails on it as on a divergence
+// reported mid-run.
+func TestBackupEndingDifferentlyFailsThePrimary(t *testing.T) {
+	p, b := runPair(t, pairConfig{guest: "ticker", args: []string{"10", "2000"},
+		primaryTLB: tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}, backupTLB: tlb.Config{PageSize: 16 << 10, Entries: 8, Seed: 2},
+		proxy: byeProxy(func(g *epoch.Goodbye) { g.Hash[0] ^= 1 })})
+	if b.err != nil {
+		t.Fatalf("backup: %v", b.err)
+	}
+	wantPrimaryFailedOnDivergence(t, p)
+	if !strings.Contains(p.err.Error(), "final hash") || p.rep.BackupLost != "" {
+		t.Errorf("primary: %v, backup lost %q; want the verdict's divergence, not a lost backup", p.err, p.rep.BackupLost)
+	}
+}
+
+// copyFrames copies the frames read from src to dst until src ends,
+// re-encoding each message edit changed (edit returns true): a fresh
+// checksum, what a replica that sent it would send.
+func copyFrames(t *testing.T, dst io.Writer, src io.Reader, edit func(*epoch.Message) bool) {
+	r := bufio.NewReader(src)
+	for {
+		var hdr [4]byte
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return
+		}
+		body := make([]byte, binary.LittleEndian.Uint32(hdr[:]))
+		if _, err := io.ReadFull(r, body); err != nil {
+			return
+		}
+		out := append(hdr[:], body...)
+		if m, err := epoch.DecodeFrame(body); err == nil && edit(&m) {
+			if out, err = epoch.AppendFrame(nil, m); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+		if _, err := dst.Write(out); err != nil {
+			return
+		}
+	}
+}
+
+// byeProxy forwards a connection, passing the backup's goodbye through
+// edit; every other frame passes as it came.
+func byeProxy(edit func(*epoch.Goodbye)) func(t *testing.T, target string) string {
+	return func(t *testing.T, target string) string {
+		return relay(t, target, func(c, s net.Conn) {
+			done := make(chan struct{})
+			go func() { io.Copy(c, s); c.(*net.TCPConn).CloseWrite(); close(done) }()
+			defer func() { s.(*net.TCPConn).CloseWrite(); <-done; c.Close(); s.Close() }()
+			copyFrames(t, s, c, func(m *epoch.Message) bool {
+				if m.Type != epoch.TypeGoodbye {
+					return false
+				}
+				edit(m.Goodbye)
+				return true
+			})
+		})
+	}
 }
 
 // endProxy forwards a connection, passing every epoch end the primary
@@ -304,28 +384,13 @@ func endProxy(edit func(*epoch.EpochEnd)) func(t *testing.T, target string) stri
 			done := make(chan struct{})
 			go func() { io.Copy(s, c); s.(*net.TCPConn).CloseWrite(); close(done) }()
 			defer func() { c.(*net.TCPConn).CloseWrite(); <-done; c.Close(); s.Close() }()
-			r := bufio.NewReader(s)
-			for {
-				var hdr [4]byte
-				if _, err := io.ReadFull(r, hdr[:]); err != nil {
-					return
+			copyFrames(t, c, s, func(m *epoch.Message) bool {
+				if m.Type != epoch.TypeEpochEnd {
+					return false
 				}
-				body := make([]byte, binary.LittleEndian.Uint32(hdr[:]))
-				if _, err := io.ReadFull(r, body); err != nil {
-					return
-				}
-				out := append(hdr[:], body...)
-				if m, err := epoch.DecodeFrame(body); err == nil && m.Type == epoch.TypeEpochEnd {
-					edit(m.EpochEnd)
-					if out, err = epoch.AppendFrame(nil, m); err != nil {
-						t.Error(err)
-						return
-					}
-				}
-				if _, err := c.Write(out); err != nil {
-					return
-				}
-			}
+				edit(m.EpochEnd)
+				return true
+			})
 		})
 	}
 }
@@ -352,9 +417,7 @@ func TestBackupCountsOnlyRealComparisons(t *testing.T) {
 		t.Errorf("backup report: %d hashes compared (want %d), divergence %q, became primary %v",
 			b.rep.HashesCompared, stripped-1, b.rep.Divergence, b.rep.BecamePrimary)
 	}
-	if p.err != nil || p.rep.Divergence == "" {
-		t.Errorf("primary: %v, divergence %q: the backup's verdict did not reach it; report %+v", p.err, p.rep.Divergence, p.rep)
-	}
+	wantPrimaryFailedOnDivergence(t, p)
 }
 
 // TestRdtscDiverges: the rdtsc guest reads host cycles the hypervisor
@@ -369,8 +432,9 @@ func TestRdtscDiverges(t *testing.T) {
 	if div.At.Epoch != uint64(len(b.trail))+1 || div.At.Clock == 0 || div.At.RIP == 0 {
 		t.Errorf("divergence %v after %d good epochs", div, len(b.trail))
 	}
-	if p.err != nil || b.rep.BecamePrimary || b.rep.OutputsEmitted != 0 {
-		t.Errorf("primary: %v; backup took over %v, emitted %d", p.err, b.rep.BecamePrimary, b.rep.OutputsEmitted)
+	wantPrimaryFailedOnDivergence(t, p)
+	if b.rep.BecamePrimary || b.rep.OutputsEmitted != 0 {
+		t.Errorf("backup took over %v, emitted %d", b.rep.BecamePrimary, b.rep.OutputsEmitted)
 	}
 }
 
@@ -385,8 +449,9 @@ func TestRdtscInRAMDiverges(t *testing.T) {
 	if !errors.As(b.err, &div) {
 		t.Fatalf("backup error %v, want a divergence", b.err)
 	}
-	if p.err != nil || uint64(len(p.trail)) < 10*div.At.Epoch {
-		t.Fatalf("primary: %v after %d epochs; divergence at epoch %d (want it in the first tenth of the run)", p.err, len(p.trail), div.At.Epoch)
+	wantPrimaryFailedOnDivergence(t, p)
+	if uint64(len(p.trail)) < 10*div.At.Epoch {
+		t.Fatalf("primary ran %d epochs; divergence at epoch %d (want it in the first tenth of the run)", len(p.trail), div.At.Epoch)
 	}
 	if b.rep.BecamePrimary || b.rep.OutputsEmitted != 0 {
 		t.Errorf("backup took over %v, emitted %d", b.rep.BecamePrimary, b.rep.OutputsEmitted)

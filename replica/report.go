@@ -8,8 +8,10 @@ type Report struct {
 	Epochs        uint64 `json:"epochs"`
 	// QuietEpochs counts the epochs run without the block clock
 	// (--epoch-clock adaptive).
-	QuietEpochs    uint64 `json:"quiet_epochs"`
-	FinalHash      string `json:"final_hash"`
+	QuietEpochs uint64 `json:"quiet_epochs"`
+	FinalHash   string `json:"final_hash"`
+	// ExitCode is the guest's power-off code, absent when the run did not
+	// get there; a primary whose backup diverged has it beside Error.
 	ExitCode       *int   `json:"exit_code"`
 	OutputsEmitted uint64 `json:"outputs_emitted"`
 	TLBMisses      uint64 `json:"tlb_misses"`

@@ -13,6 +13,7 @@ const (
 	flagNT = 1 << 14
 	flagRF = 1 << 16
 
+	vectorDB = 1
 	vectorUD = 6
 	vectorGP = 13
 
@@ -55,6 +56,22 @@ func (m *Machine) interrupt(rip uint64) error {
 	m.halted = false
 	m.stats.Interrupts++
 	return nil
+}
+
+// int1At reports whether the instruction at rip is INT1 (ICEBP, the single
+// byte f1). Unicorn 2.1 raises #UD for it, with RIP at the byte, where
+// x86-64 raises #DB as a trap; f1 is no prefix, so a #UD whose first byte
+// is f1 can only be INT1's.
+func (m *Machine) int1At(rip uint64) bool {
+	var b [1]byte
+	if m.proc != nil {
+		if err := (linuxMachine{m}).Read(rip, b[:]); err != nil {
+			return false
+		}
+	} else if rip < uint64(len(m.mem)) { // board guests: identity-mapped
+		b[0] = m.mem[rip]
+	}
+	return b[0] == 0xF1
 }
 
 // deliverException delivers a CPU exception raised at rip.

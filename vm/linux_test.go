@@ -233,6 +233,7 @@ func TestLinuxProgramFaults(t *testing.T) {
 	for mode, want := range map[string]string{
 		"segv": "SIGSEGV: write to the page at 0x0",
 		"ud2":  "SIGILL",
+		"int1": "SIGTRAP (debug)", // a #DB trap, though Unicorn reports it as #UD
 		"hlt":  "SIGSEGV (general protection fault)",
 	} {
 		r := runLinux(t, linuxProgram(t, "probe"), []string{mode}, Config{}, nil, nil, "")

@@ -668,6 +668,16 @@ func (m *Machine) Interrupt(intno uint32) {
 				return
 			}
 		}
+		if intno == vectorUD {
+			if rip, err := m.eng.RegRead(uc.RIP); err == nil && m.int1At(rip) {
+				// Linux reports a trap's RIP past the instruction.
+				if err := m.eng.RegWrite(uc.RIP, rip+1); err != nil {
+					m.failHook(fmt.Errorf("INT1 at RIP %#x: %w", rip, err))
+					return
+				}
+				intno = vectorDB
+			}
+		}
 		sig, ok := exceptionSignals[intno]
 		if !ok {
 			sig = fmt.Sprintf("SIGSEGV (exception %d)", intno)
@@ -677,6 +687,10 @@ func (m *Machine) Interrupt(intno uint32) {
 	}
 	rip, err := m.eng.RegRead(uc.RIP)
 	if err == nil {
+		if intno == vectorUD && m.int1At(rip) {
+			// INT1 is a trap: its handler returns past it.
+			intno, rip = vectorDB, rip+1
+		}
 		err = m.deliverException(intno, rip)
 	}
 	if err != nil {

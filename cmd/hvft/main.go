@@ -54,7 +54,7 @@ func newApp() *cli.App {
 			"traps every environment instruction (IN, CPUID), every miss of its software-managed TLB\n" +
 			"and every interrupt, and cuts execution into epochs that a replica can reach again.\n\n" +
 			"Exit status: the guest's power-off code (0-255), or 125 when hvft itself fails\n" +
-			"(bad input, a guest fault, a timeout).",
+			"(bad input, a guest fault, a timeout, a divergence).",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-format", Value: "console", Usage: "log format: console (for people) or json"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error"},

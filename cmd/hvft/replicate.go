@@ -266,10 +266,11 @@ func primaryAction(c *cli.Context) error {
 	defer ln.Close()
 	rep, err := replica.RunPrimary(s.ctx, replica.PrimaryOptions{Options: s.opts, Listener: ln,
 		BackupWait: c.Duration("backup-wait"), Mode: mode, MaxLag: c.Uint64("max-lag")})
-	if dir, ok := strings.CutPrefix(s.opts.Advertise, "file:"); ok && err == nil {
-		// The run is complete: nobody takes it over, so its default
-		// arbiter has nothing left to decide. (After a failure it stays,
-		// for the replica that goes on.)
+	if dir, ok := strings.CutPrefix(s.opts.Advertise, "file:"); ok && rep != nil && rep.ExitCode != nil {
+		// The run is complete (the guest powered off; a backup that
+		// diverged fails the run but stopped): nobody takes it over, so
+		// its default arbiter has nothing left to decide. (After any
+		// other failure it stays, for the replica that goes on.)
 		os.RemoveAll(dir)
 	}
 	return finish(c, s.log, rep, err)

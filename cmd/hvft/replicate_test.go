@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,6 +63,8 @@ func startHvft(t *testing.T, args ...string) *proc {
 	}
 	p := &proc{cmd: exec.CommandContext(ctx, name, args...), done: make(chan struct{}), cancel: cancel}
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	// A grandchild holding the output pipes must not outlast the bound.
+	p.cmd.WaitDelay = 5 * time.Second
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -472,6 +476,45 @@ func TestDemoReportsABackupDivergence(t *testing.T) {
 	}
 	if r.code != exitFailure || !strings.Contains(r.stderr, "hvft: ") || !strings.Contains(r.stderr[strings.LastIndex(r.stderr, "hvft: "):], "diverged") {
 		t.Errorf("demo exit %d, want %d with an hvft: error saying the backup diverged\n%s", r.code, exitFailure, r.stderr)
+	}
+}
+
+// TestPrimaryFailsWhenItsBackupDiverges: rdtsc diverges when replicated.
+// The primary runs the guest to its power-off alone, then exits 125 with
+// an hvft: error naming the backup's divergence; its report keeps the
+// guest's exit code, and its default arbiter is gone (nobody goes on).
+func TestPrimaryFailsWhenItsBackupDiverges(t *testing.T) {
+	addr := freeAddr(t)
+	report := filepath.Join(t.TempDir(), "primary.json")
+	primary := startHvft(t, "primary", "--listen", addr, "--report", report, "rdtsc")
+	backup := startHvft(t, "--log-level", "error", "backup", "--primary", addr, "rdtsc")
+	if code := backup.wait(t); code != exitFailure {
+		t.Errorf("backup exit %d, want %d\n%s", code, exitFailure, backup.stderr.String())
+	}
+	code := primary.wait(t)
+	log := primary.stderr.String()
+	last := log[max(strings.LastIndex(log, "hvft: "), 0):]
+	if code != exitFailure || !strings.HasPrefix(last, "hvft: ") || !strings.Contains(last, "the backup diverged: epoch ") {
+		t.Fatalf("primary exit %d, want %d with an hvft: error naming the divergence\n%s", code, exitFailure, log)
+	}
+	if !strings.Contains(primary.stdout.String(), "rdtsc done") {
+		t.Errorf("the primary did not run the guest to its end:\n%s", primary.stdout.String())
+	}
+	var rep struct {
+		ExitCode   *int   `json:"exit_code"`
+		Divergence string `json:"divergence"`
+		Error      string `json:"error"`
+	}
+	data, _ := os.ReadFile(report)
+	if err := json.Unmarshal(data, &rep); err != nil || rep.ExitCode == nil || *rep.ExitCode != 0 || rep.Divergence == "" || !strings.Contains(rep.Error, rep.Divergence) {
+		t.Errorf("primary report (%v): %s", err, data)
+	}
+	m := regexp.MustCompile(`"arbiter": "file:([^"]+)"`).FindStringSubmatch(log)
+	if m == nil {
+		t.Fatalf("the primary names no default arbiter:\n%s", log)
+	}
+	if _, err := os.Stat(m[1]); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the default arbiter %s outlived the complete run: %v", m[1], err)
 	}
 }
 

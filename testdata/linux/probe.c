@@ -6,7 +6,7 @@
 //   probe files DIR   create, write, append, read back, rename, unlink
 //   probe hwcap       "hwcap consistent" when AT_HWCAP is CPUID leaf 1's EDX
 //                     (musl reads the auxiliary vector; glibc overrides it)
-//   probe segv | ud2 | hlt | unsupported
+//   probe segv | ud2 | int1 | hlt | unsupported
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdint.h>
@@ -113,12 +113,13 @@ int main(int argc, char **argv) {
 	}
 	if (!strcmp(mode, "segv")) { puts("about to fault"); *(volatile int *)16 = 1; return 0; }
 	if (!strcmp(mode, "ud2")) { __asm__ volatile("ud2"); return 0; }
+	if (!strcmp(mode, "int1")) { __asm__ volatile(".byte 0xf1"); return 0; }
 	if (!strcmp(mode, "hlt")) { __asm__ volatile("hlt"); return 0; }
 	if (!strcmp(mode, "unsupported")) {
 		long r1 = syscall(999), r2 = syscall(999);
 		printf("unsupported %ld %ld fork %d\n", r1, r2, (int)syscall(SYS_fork));
 		return 0;
 	}
-	fprintf(stderr, "usage: probe tsc N | mem | env | files DIR | segv | ud2 | hlt | unsupported\n");
+	fprintf(stderr, "usage: probe tsc N | mem | env | files DIR | segv | ud2 | int1 | hlt | unsupported\n");
 	return 2;
 }

@@ -18,6 +18,8 @@ type recorder struct {
 	outs     []uint32
 	intrs    []uint32
 	redirect uint64
+	// onInterrupt, when set, runs in Interrupt in place of the redirect.
+	onInterrupt func()
 }
 
 func (r *recorder) In(port uint32, size int) uint32 {
@@ -32,6 +34,10 @@ func (r *recorder) CPUID() bool {
 }
 func (r *recorder) Interrupt(intno uint32) {
 	r.intrs = append(r.intrs, intno)
+	if r.onInterrupt != nil {
+		r.onInterrupt()
+		return
+	}
 	if r.redirect != 0 {
 		r.e.RegWrite(RIP, r.redirect)
 	}
@@ -154,6 +160,32 @@ func TestExceptionsReachTheInterruptHook(t *testing.T) {
 	}
 	if rip, _ := e.RegRead(RIP); rip != 0x100a || len(r.intrs) != 4 || r.intrs[1] != 0 || r.intrs[2] != 0 || r.intrs[3] != 0 {
 		t.Fatalf("after three #DE: RIP %#x, interrupts %v; want 0x100a and [6 0 0 0]", rip, r.intrs)
+	}
+}
+
+// TestInt1ArrivesAsUD pins what the machine's INT1 correction rests on:
+// Unicorn 2.1 reports INT1 (f1), which x86-64 raises as a #DB trap, as #UD
+// with RIP at the byte. Should a later Unicorn raise #DB itself, vm's
+// int1At must go.
+func TestInt1ArrivesAsUD(t *testing.T) {
+	code := []byte{
+		0x90, // 1000: nop
+		0xf1, // 1001: int1
+		0xf4, // 1002: hlt
+		0xf4, // 1003: hlt
+	}
+	e, r := newEngine(t, code)
+	var at []uint64
+	r.onInterrupt = func() {
+		rip, _ := e.RegRead(RIP)
+		at = append(at, rip)
+		e.RegWrite(RIP, 0x1003)
+	}
+	if err := e.Start(0x1000, never, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.intrs) != 1 || r.intrs[0] != 6 || at[0] != 0x1001 {
+		t.Fatalf("INT1 reached the hook as %v at RIP %#x; want [6] at 0x1001", r.intrs, at)
 	}
 }
 
