@@ -51,6 +51,10 @@ var descriptions = map[string]string{
 	"cpustate":  "MSRs, swapgs, debug, x87 and SSE state read back and rewritten every iteration [iterations every | ticks n period-us every]",
 	"rdtscram":  "stores RDTSC in RAM only, then spins: replicas differ in RAM alone [spins]",
 	"branchy":   "CoreMark-class benchmark of short blocks: lists, state machine, CRCs, matrices [size iterations seed]",
+	"envstop":   "OUT, IN and CPUID followed in their block by a load, a store, a ret or a stray f4: nothing may run twice [iterations]",
+	"smcdata":   "patches code beside a counter it bumps, on one page; no call may run stale code [iterations]",
+	"dmamask":   "DMA over a routine a spin keeps calling, its interrupt masked; it must land (needs --disk) [spins]",
+	"printer":   "prints numbered lines through printf [lines]",
 }
 
 // Guest is one built-in image.

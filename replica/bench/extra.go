@@ -83,6 +83,12 @@ func (e *runner) join(ctx context.Context) (JoinStats, error) {
 	return js, nil
 }
 
+// joinFailureTimeout is the failure timeout of the bench's joins: they
+// measure the state transfer, and a loaded host can delay a frame of the
+// stop-and-copy past the default half second, which would end the
+// measurement as a false death.
+const joinFailureTimeout = 5 * time.Second
+
 func (e *runner) joinOnce(ctx context.Context, w workload, ram uint64) (replica.Join, error) {
 	w.quick = w.args
 	m, err := e.machine(w, defaultEpoch)
@@ -105,7 +111,7 @@ func (e *runner) joinOnce(ctx context.Context, w workload, ram uint64) (replica.
 	go func() {
 		defer wg.Done()
 		prep, perr = replica.RunPrimary(ctx, replica.PrimaryOptions{Options: replica.Options{Machine: m, Sink: replica.NewPlainSink(io.Discard), CPU: e.cpu,
-			OnStart: func() { close(started) }}, Listener: ln, Mode: epoch.Bounded, MaxLag: 4})
+			FailureTimeout: joinFailureTimeout, OnStart: func() { close(started) }}, Listener: ln, Mode: epoch.Bounded, MaxLag: 4})
 	}()
 	select {
 	case <-started:
@@ -113,8 +119,8 @@ func (e *runner) joinOnce(ctx context.Context, w workload, ram uint64) (replica.
 		wg.Wait()
 		return replica.Join{}, fmt.Errorf("the primary did not start: %v", perr)
 	}
-	brep, berr := replica.RunBackup(ctx, replica.BackupOptions{Options: replica.Options{Machine: m, Sink: replica.NewPlainSink(io.Discard), CPU: e.cpu},
-		Primary: ln.Addr().String(), Join: true})
+	brep, berr := replica.RunBackup(ctx, replica.BackupOptions{Options: replica.Options{Machine: m, Sink: replica.NewPlainSink(io.Discard), CPU: e.cpu,
+		FailureTimeout: joinFailureTimeout}, Primary: ln.Addr().String(), Join: true})
 	wg.Wait()
 	if err := errors.Join(perr, berr); err != nil {
 		return replica.Join{}, err
