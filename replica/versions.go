@@ -26,7 +26,7 @@ func Versions() []FormatVersion {
 			"every frame (\"protocol version N, this build speaks M\"): the hello of a peer of another version fails the handshake"},
 		{"log", n(logVersion), "a --record log file's header and its frames' meaning",
 			"reading a log (hvft replay): \"log version N, this build reads M\""},
-		{"board", n(vm.BoardVersion), "the guest's port map and device behaviour (docs/board.md)",
+		{"board", n(vm.BoardVersion), "the guest's port map, device behaviour and boot state, x87/SSE included (docs/board.md)",
 			"the handshake (\"board version differs\") and hvft replay (the log's header names it)"},
 		{"snapshot", n(vm.SnapshotVersion), "the machine's state in a joining backup's state transfer",
 			"the joining backup's restore: \"snapshot version N: this build reads version M\""},

@@ -35,9 +35,12 @@ const (
 // BoardID is what PortBoardID reads: "HVFT" little-endian.
 const BoardID = 0x54465648
 
-// BoardVersion names this port map and device behaviour; a backup must run
-// the same one.
-const BoardVersion = 2
+// BoardVersion names this port map, device behaviour and boot state
+// (docs/board.md); a backup must run the same one, and a log is replayed
+// only on it. The boot state counts because it is in the first epoch's
+// hash: a pair that booted differently would diverge at once rather than
+// be refused at the handshake.
+const BoardVersion = 3
 
 // RXCapacity bounds the console input FIFO. The host side delivers no more
 // than fits, so accepted input is never dropped.

@@ -323,6 +323,9 @@ func (m *Machine) bootLinux(setup *LinuxSetup) error {
 	if err := m.eng.RegWriteBatch([]uc.Reg{uc.RIP, uc.RSP, uc.RFLAGS}, []uint64{entry, sp, 0x202}); err != nil {
 		return err
 	}
+	if err := m.resetFPU(); err != nil {
+		return err
+	}
 	// Ring 3 with CR4.TSD: RDTSC and RDTSCP fault to the hypervisor, which
 	// answers them from the environment.
 	// Unicorn starts with CR4 reading 0 but SSE enabled in its hidden

@@ -288,7 +288,10 @@ func (m *Machine) boot(img *guestelf.Image) error {
 	m.hostWrite(BootInfoAddr, info)
 	regs := []uc.Reg{uc.RIP, uc.RSP, uc.RDI, uc.RFLAGS}
 	vals := []uint64{img.Entry, m.cfg.RAMSize - 16, BootInfoAddr, 0x2}
-	return m.eng.RegWriteBatch(regs, vals)
+	if err := m.eng.RegWriteBatch(regs, vals); err != nil {
+		return err
+	}
+	return m.resetFPU()
 }
 
 // bootInfo lays out the boot information block (docs/board.md).

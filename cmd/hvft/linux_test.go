@@ -323,12 +323,7 @@ func testSeed(t *testing.T) uint64 {
 // libsqlite3 (make deps installs libsqlite3-dev).
 func sqlrowsProgram(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "sqlrows")
-	out, err := exec.Command("gcc", "-O2", "-static", "-o", bin, filepath.Join("..", "..", "testdata", "linux", "sqlrows.c"), "-lsqlite3", "-lm").CombinedOutput()
-	if err != nil {
-		t.Fatalf("building sqlrows (needs libsqlite3-dev): %v\n%s", err, out)
-	}
-	return bin
+	return buildStatic(t, "gcc", "sqlrows", nil, []string{"-lsqlite3", "-lm"})
 }
 
 // TestSQLiteSurvivesPrimaryKills: a program of our own linked with
