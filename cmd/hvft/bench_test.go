@@ -54,7 +54,8 @@ func TestBenchQuick(t *testing.T) {
 		Join struct {
 			PauseMS map[string]float64 `json:"pause_ms"`
 		} `json:"join"`
-		Linux struct {
+		Linux []struct {
+			Name        string             `json:"name"`
 			Skipped     string             `json:"skipped"`
 			QemuMS      map[string]float64 `json:"qemu_ms"`
 			RunMS       map[string]float64 `json:"run_ms"`
@@ -73,9 +74,17 @@ func TestBenchQuick(t *testing.T) {
 	if p := rep.Join.PauseMS; !(p["min"] > 0 && p["min"] <= p["median"] && p["median"] <= p["max"]) {
 		t.Errorf("join pause %v", p)
 	}
-	// make deps installs qemu-user and a static libc: the comparison runs.
-	if l := rep.Linux; l.Skipped != "" || !(l.QemuMS["min"] > 0 && l.RunMS["min"] > 0 && l.RunOverQemu > 0) {
-		t.Errorf("Linux branchy against qemu-x86_64: %+v", l)
+	// make deps installs qemu-user, busybox-static, a static libc and a
+	// static liblua: every comparison runs.
+	names := map[string]bool{}
+	for _, l := range rep.Linux {
+		names[l.Name] = true
+		if l.Skipped != "" || !(l.QemuMS["min"] > 0 && l.RunMS["min"] > 0 && l.RunOverQemu > 0) {
+			t.Errorf("Linux %s against qemu-x86_64: %+v", l.Name, l)
+		}
+	}
+	if !names["branchy"] || !names["bzip2"] || !names["lua"] {
+		t.Errorf("Linux programs compared: %v, want branchy, bzip2 and lua", names)
 	}
 	want := map[string]bool{}
 	for _, g := range []string{"compute", "branchy", "ticker", "tlbstress", "diskkv"} {

@@ -144,10 +144,10 @@ type Report struct {
 	// Instructions are host-instruction counts under callgrind (absent
 	// where valgrind is not installed).
 	Instructions []InstructionCount `json:"instructions,omitempty"`
-	// Linux is the branchy benchmark as a Linux program, against
-	// qemu-x86_64.
-	Linux LinuxBench `json:"linux"`
-	Plots []string   `json:"plots"`
+	// Linux are real programs under hvft run --linux, against
+	// qemu-x86_64 and native runs.
+	Linux []LinuxBench `json:"linux"`
+	Plots []string     `json:"plots"`
 }
 
 // EpochCost is the per-epoch fixed cost (stop, hash, record, restart):

@@ -8,6 +8,7 @@ import (
 	"io"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"gonum.org/v1/plot"
@@ -62,12 +63,19 @@ func (r *Report) Table(w io.Writer) error {
 		}
 		tw.Flush()
 	}
-	if l := r.Linux; l.Skipped != "" {
-		fmt.Fprintf(w, "\nLinux branchy against qemu-x86_64: skipped (%s)\n", l.Skipped)
-	} else {
-		d := func(s Stat) string { return fmt.Sprintf("%.0f ms (%.0f-%.0f)", s.Median, s.Min, s.Max) }
-		fmt.Fprintf(w, "\nLinux branchy %v (gcc -O2 -static), each a process: native %s, qemu-x86_64 %s, hvft run --linux %s (%.2fx qemu), with --epoch-clock adaptive %s (%.2fx qemu)\n",
-			l.Args, d(l.NativeMS), d(l.QemuMS), d(l.RunMS), l.RunOverQemu, d(l.AdaptiveMS), l.AdaptOverQemu)
+	if len(r.Linux) > 0 {
+		fmt.Fprintf(w, "\nLinux programs (static), each a process, against qemu-x86_64 and native:\n")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "program\targs\tnative ms\tqemu ms\trun ms\tx qemu\tadaptive ms\tx qemu\t")
+		for _, l := range r.Linux {
+			if l.Skipped != "" {
+				fmt.Fprintf(tw, "%s\t%v\tskipped: %s\t\t\t\t\t\t\n", l.Name, l.Args, l.Skipped)
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.0f\t%.2fx\t%.0f\t%.2fx\t\n", l.Name, strings.Join(shortArgs(l.Args), " "),
+				l.NativeMS.Median, l.QemuMS.Median, l.RunMS.Median, l.RunOverQemu, l.AdaptiveMS.Median, l.AdaptOverQemu)
+		}
+		tw.Flush()
 	}
 	fmt.Fprintf(w, "\nepoch-length sweep (run time / baseline):\n")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
@@ -149,4 +157,14 @@ func plotSweep(pts []SweepPoint, dir string) ([]string, error) {
 		files = append(files, path)
 	}
 	return files, nil
+}
+
+// shortArgs drops the directories of path arguments, which name the
+// bench's scratch folder.
+func shortArgs(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = filepath.Base(a)
+	}
+	return out
 }
