@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -73,6 +74,13 @@ func OpenArbiter(spec string, log *zap.Logger) (Generations, error) {
 	for _, h := range strings.Split(u.Host, ",") {
 		if h == "" {
 			return nil, fmt.Errorf("--arbiter %q: an empty endpoint", spec)
+		}
+		_, port, err := net.SplitHostPort(h)
+		if err != nil {
+			return nil, fmt.Errorf("--arbiter %q: endpoint %q: want HOST:PORT (%v)", spec, h, err)
+		}
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return nil, fmt.Errorf("--arbiter %q: endpoint %q: the port %q is not a number from 0 to 65535", spec, h, port)
 		}
 		endpoints = append(endpoints, "http://"+h)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"slices"
@@ -22,16 +23,37 @@ import (
 // A log file: the records a run's environment produced, as they cross the
 // wire, after a header that says what produced them:
 //
-//	"HVFTLOG1" | u32 header length | header (JSON) | frames (answer, epoch-end) ...
+//	"HVFTLOG1" | u32 header length | header (JSON) | u32 CRC-32C of length and header
+//	records: u32 frame length | u32 CRC-32C of that length | the frame's rest ...
 //
-// The writer appends frames and writes them out at every epoch end, so a
-// crash leaves whole epochs and at most one torn tail; the reader cuts the
-// tail at the last whole epoch and says so.
+// Every byte is under a checksum: the frame's own covers its version, type
+// and payload, and the one after each length covers the length, so that a
+// damaged length is damage, not a record the file seems to end inside.
+// The writer appends records and writes them out at every epoch end, so a
+// crash leaves whole epochs and at most one torn tail, which can only be
+// at the end of the file; the reader cuts it at the last whole epoch and
+// says so.
 const logMagic = "HVFTLOG1"
 
-// logVersion is the header's layout and the wire frames' meaning; version 2
-// names the emulator library and hashes RAM at every epoch.
-const logVersion = 2
+// logVersion is the file's layout and the wire frames' meaning.
+const logVersion = 3
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// AppendLogRecord appends m as a log record: its wire frame with the
+// length's checksum after the length.
+func AppendLogRecord(buf []byte, m epoch.Message) ([]byte, error) {
+	start := len(buf)
+	buf, err := epoch.AppendFrame(buf, m)
+	if err != nil {
+		return buf[:start], err
+	}
+	sum := crc32.Checksum(buf[start:start+4], castagnoli)
+	buf = append(buf, 0, 0, 0, 0)
+	copy(buf[start+8:], buf[start+4:len(buf)-4])
+	binary.LittleEndian.PutUint32(buf[start+4:], sum)
+	return buf, nil
+}
 
 // maxLogHeader bounds the header a reader accepts.
 const maxLogHeader = 1 << 20
@@ -98,6 +120,7 @@ func CreateLog(path string, h LogHeader, sync bool) (*LogWriter, error) {
 	buf := append([]byte(logMagic), 0, 0, 0, 0)
 	binary.LittleEndian.PutUint32(buf[len(logMagic):], uint32(len(hdr)))
 	buf = append(buf, hdr...)
+	buf = binary.LittleEndian.AppendUint32(buf, crc32.Checksum(buf[len(logMagic):], castagnoli))
 	if _, err := f.Write(buf); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("writing the log header: %w", err)
@@ -111,7 +134,7 @@ func (w *LogWriter) append(m epoch.Message, flush bool) error {
 	if w.err != nil {
 		return w.err
 	}
-	if w.buf, w.err = epoch.AppendFrame(w.buf, m); w.err != nil {
+	if w.buf, w.err = AppendLogRecord(w.buf, m); w.err != nil {
 		return w.err
 	}
 	if !flush {
@@ -228,12 +251,20 @@ func ReadLogFrom(src io.Reader, path string) (*LoadedLog, error) {
 	if n > maxLogHeader {
 		return nil, fmt.Errorf("%s: log header of %d bytes is implausibly large", path, n)
 	}
-	hdr := make([]byte, n)
+	hdr := make([]byte, n+4)
 	if _, err := io.ReadFull(r, hdr); err != nil {
 		return nil, fmt.Errorf("%s: truncated log header", path)
 	}
 	l := &LoadedLog{}
-	if err := json.Unmarshal(hdr, &l.Header); err != nil {
+	sum := crc32.Update(crc32.Checksum(magic[len(logMagic):], castagnoli), castagnoli, hdr[:n])
+	if binary.LittleEndian.Uint32(hdr[n:]) != sum {
+		// An older log has no checksum there: say its version if it has one.
+		if err := json.Unmarshal(hdr[:n], &l.Header); err == nil && l.Header.Version != logVersion {
+			return nil, fmt.Errorf("%s: log version %d, this build reads %d", path, l.Header.Version, logVersion)
+		}
+		return nil, fmt.Errorf("%s: the log header is damaged (its checksum does not match)", path)
+	}
+	if err := json.Unmarshal(hdr[:n], &l.Header); err != nil {
 		return nil, fmt.Errorf("%s: log header: %w", path, err)
 	}
 	if l.Header.Version != logVersion {
@@ -273,6 +304,32 @@ func ReadLogFrom(src io.Reader, path string) (*LoadedLog, error) {
 	return l, nil
 }
 
+// SplitLog splits the bytes of a whole, undamaged log file into its header
+// (from the magic to the header's checksum) and its records, each as the
+// bytes on disk and the message it holds: for tools and tests that edit a
+// log record by record (AppendLogRecord writes one back).
+func SplitLog(data []byte) (header []byte, raw [][]byte, msgs []epoch.Message, err error) {
+	if len(data) < len(logMagic)+4 || string(data[:len(logMagic)]) != logMagic {
+		return nil, nil, nil, errors.New("not an hvft log")
+	}
+	off := len(logMagic) + 4 + int(binary.LittleEndian.Uint32(data[len(logMagic):])) + 4
+	if off > len(data) {
+		return nil, nil, nil, errors.New("truncated log header")
+	}
+	header = data[:off]
+	for off < len(data) {
+		r := bytes.NewReader(data[off:])
+		m, err := readRecord(r)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("record at byte %d: %w", off, err)
+		}
+		n := len(data[off:]) - r.Len()
+		raw, msgs = append(raw, data[off:off+n]), append(msgs, m)
+		off += n
+	}
+	return header, raw, msgs, nil
+}
+
 // tornError is a record a crash cut short.
 type tornError struct{ what string }
 
@@ -282,19 +339,34 @@ func (e tornError) Error() string { return e.what }
 // tornError for a record the file ends inside or one that is the start of
 // unwritten zeros, and an error wrapping epoch.ErrFrame for a damaged one.
 func readRecord(r io.Reader) (epoch.Message, error) {
-	var hdr [4]byte
+	var hdr [8]byte
 	if k, err := io.ReadFull(r, hdr[:]); errors.Is(err, io.ErrUnexpectedEOF) {
 		return epoch.Message{}, tornError{fmt.Sprintf("the file ends %d bytes into a record's length", k)}
 	} else if err != nil {
 		return epoch.Message{}, err
 	}
-	n := binary.LittleEndian.Uint32(hdr[:])
+	n := binary.LittleEndian.Uint32(hdr[:4])
+	if sum := binary.LittleEndian.Uint32(hdr[4:]); sum != crc32.Checksum(hdr[:4], castagnoli) {
+		// Unwritten blocks read as zeros: a record whose length and its
+		// checksum are zeros, followed by nothing but zeros, was never
+		// written.
+		if allZero(hdr[:]) {
+			zeros, rerr := restIsZero(r)
+			if rerr != nil {
+				return epoch.Message{}, rerr
+			}
+			if zeros {
+				return epoch.Message{}, tornError{"the file ends in zeros where a record should be (blocks a crash left unwritten)"}
+			}
+		}
+		return epoch.Message{}, fmt.Errorf("%w: its length %d does not match its checksum", epoch.ErrFrame, n)
+	}
 	if n > epoch.MaxFrame {
 		return epoch.Message{}, fmt.Errorf("%w: length %d exceeds %d", epoch.ErrFrame, n, epoch.MaxFrame)
 	}
 	body := make([]byte, n)
 	if k, err := io.ReadFull(r, body); errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return epoch.Message{}, tornError{fmt.Sprintf("the file ends inside a record (%d of its %d bytes)", 4+k, 4+n)}
+		return epoch.Message{}, tornError{fmt.Sprintf("the file ends inside a record (%d of its %d bytes)", 8+k, 8+n)}
 	} else if err != nil {
 		return epoch.Message{}, err
 	}
@@ -302,12 +374,10 @@ func readRecord(r io.Reader) (epoch.Message, error) {
 	if err == nil {
 		return m, nil
 	}
-	// Unwritten blocks read as zeros: a record whose checksum (or, for a
-	// length that cannot be, whose length) is zeros, followed by nothing
-	// but zeros, was never written. A record whose checksum was written
-	// and does not match, or one with anything after it, is damaged.
-	frame := append(hdr[:], body...)
-	if !allZero(frame[len(frame)-4:]) {
+	// A record written up to its length, the rest of its blocks left
+	// unwritten: its checksum reads as zeros, and nothing but zeros
+	// follows.
+	if len(body) < 4 || !allZero(body[len(body)-4:]) {
 		return epoch.Message{}, err
 	}
 	zeros, rerr := restIsZero(r)

@@ -3,8 +3,8 @@ package replica
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -121,7 +121,7 @@ func TestReplayCatchesDamage(t *testing.T) {
 			break
 		}
 	}
-	frame, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeAnswer, Answer: l.Log.Records[idx].Answer})
+	frame, _ := AppendLogRecord(nil, epoch.Message{Type: epoch.TypeAnswer, Answer: l.Log.Records[idx].Answer})
 	at := bytes.Index(data, frame)
 	if at < 0 {
 		t.Fatal("answer frame not found in the file")
@@ -138,7 +138,7 @@ func TestReplayCatchesDamage(t *testing.T) {
 		b[off] ^= 0x01
 		return b
 	}
-	heartbeat, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeHeartbeat})
+	heartbeat, _ := AppendLogRecord(nil, epoch.Message{Type: epoch.TypeHeartbeat})
 	zeros := make([]byte, 4096)
 
 	damaged := []struct {
@@ -170,7 +170,7 @@ func TestReplayCatchesDamage(t *testing.T) {
 
 	forged := *l.Log.Records[idx].Answer
 	forged.Value ^= 0x40
-	forgedFrame, _ := epoch.AppendFrame(nil, epoch.Message{Type: epoch.TypeAnswer, Answer: &forged})
+	forgedFrame, _ := AppendLogRecord(nil, epoch.Message{Type: epoch.TypeAnswer, Answer: &forged})
 	_, _, err := replayFile(t, write("forged.log", data[:at], forgedFrame, data[at+len(frame):]), 0)
 	var div *vm.DivergenceError
 	if !errors.As(err, &div) || div.At.Epoch != answerEpoch {
@@ -203,16 +203,9 @@ func TestReplayCatchesDamage(t *testing.T) {
 // as the bytes on disk and the message it decodes to.
 func logFrames(t *testing.T, data []byte) (header []byte, raw [][]byte, msgs []epoch.Message) {
 	t.Helper()
-	off := len(logMagic) + 4 + int(binary.LittleEndian.Uint32(data[len(logMagic):]))
-	header = data[:off]
-	for off < len(data) {
-		n := int(binary.LittleEndian.Uint32(data[off:]))
-		m, err := epoch.DecodeFrame(data[off+4 : off+4+n])
-		if err != nil {
-			t.Fatalf("frame at offset %d: %v", off, err)
-		}
-		raw, msgs = append(raw, data[off:off+4+n]), append(msgs, m)
-		off += 4 + n
+	header, raw, msgs, err := SplitLog(data)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return header, raw, msgs
 }
@@ -231,7 +224,7 @@ func editEnd(t *testing.T, path string, e uint64, edit func(*epoch.EpochEnd)) st
 	for i, m := range msgs {
 		if m.Type == epoch.TypeEpochEnd && m.EpochEnd.Epoch == e {
 			edit(m.EpochEnd)
-			if out, err = epoch.AppendFrame(out, m); err != nil {
+			if out, err = AppendLogRecord(out, m); err != nil {
 				t.Fatal(err)
 			}
 			found = true
@@ -296,5 +289,65 @@ func TestReplayCountsOnlyComparedHashes(t *testing.T) {
 				t.Errorf("%d hashes matched, want %d: the uncompared epoch was counted", res.Matched, c.epoch-1)
 			}
 		})
+	}
+}
+
+// TestEveryBitFlipIsRefusedAndEveryTruncationReplays: every byte of a log
+// is under a checksum, so 1,000 single-bit flips at random offsets (seeded)
+// are each refused: the reader fails or reports damage, never a torn tail
+// and never a clean log; and 100 truncations at random offsets after the
+// header each replay their whole epochs with no error, noting a torn tail
+// unless the cut falls exactly after an epoch's end.
+func TestEveryBitFlipIsRefusedAndEveryTruncationReplays(t *testing.T) {
+	path, _, _ := recordRun(t, "ticker", []string{"12", "1000"}, false)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	header, _, _, err := SplitLog(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(20, 26))
+	flips := 1000
+	if testing.Short() {
+		flips = 200
+	}
+	for i := range flips {
+		off, bit := rng.IntN(len(data)), byte(1)<<rng.IntN(8)
+		b := append([]byte(nil), data...)
+		b[off] ^= bit
+		l, err := ReadLogFrom(bytes.NewReader(b), "flipped")
+		switch {
+		case err != nil:
+		case l.Damage != "" && l.Torn == "":
+		default:
+			t.Fatalf("flip %d, byte %d bit %#x: accepted (torn %q, %d epochs)", i, off, bit, l.Torn, l.Epochs)
+		}
+	}
+	whole, err := ReadLogFrom(bytes.NewReader(data), "whole")
+	if err != nil || whole.Torn != "" || whole.Damage != "" {
+		t.Fatalf("the intact log: %v, torn %q, damage %q", err, whole.Torn, whole.Damage)
+	}
+	img := machine(t, "ticker", nil, tlb.Config{}).Image
+	cuts := 100
+	if testing.Short() {
+		cuts = 20
+	}
+	for i := range cuts {
+		cut := len(header) + rng.IntN(len(data)-len(header))
+		l, err := ReadLogFrom(bytes.NewReader(data[:cut]), "truncated")
+		if err != nil || l.Damage != "" {
+			t.Fatalf("cut %d at byte %d: %v, damage %q", i, cut, err, l.Damage)
+		}
+		res, err := Replay(context.Background(), ReplayOptions{Log: l, Image: img, TLB: tlb.Config{PageSize: 16 << 10, Entries: 5, Policy: tlb.FIFO, Seed: 9}})
+		if err != nil || res.Epochs != l.Epochs || res.Matched != l.Epochs {
+			t.Fatalf("cut %d at byte %d: replay %v, %+v, want its %d whole epochs matched", i, cut, err, res, l.Epochs)
+		}
+		if l.Torn == "" && len(l.Log.Records) > 0 && cut != len(data) {
+			if end := l.Log.Records[len(l.Log.Records)-1].End; end == nil {
+				t.Fatalf("cut %d at byte %d: no torn tail noted, and the log does not end on an epoch's end", i, cut)
+			}
+		}
 	}
 }

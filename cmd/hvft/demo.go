@@ -138,6 +138,9 @@ func demoAction(c *cli.Context) error {
 	if err := checkDetector(c); err != nil {
 		return err
 	}
+	if err := checkReportPath(c); err != nil {
+		return err
+	}
 	kills := c.Int("kills")
 	if kills < 1 || kills > 100 {
 		return fmt.Errorf("--kills %d: want 1 to 100", kills)

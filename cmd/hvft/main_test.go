@@ -183,6 +183,14 @@ func TestBadInput(t *testing.T) {
 			"--heartbeat", "1s", "--failure-timeout", "300ms", "hello"}, "heartbeat shorter than the timeout"},
 		{"zero failure timeout", []string{"backup", "--primary", "127.0.0.1:1", "--failure-timeout", "0s", "hello"}, "both must be positive"},
 		{"demo heartbeat", []string{"demo", "--heartbeat", "2s", "hello"}, "heartbeat shorter than the timeout"},
+		// Checked before the run, so that nothing it measures is lost.
+		{"report into a missing directory", []string{"run", "--report", "/nonexistent/dir/r.json", "hello"}, "--report /nonexistent/dir/r.json"},
+		{"replay report into a missing directory", []string{"replay", "--report", "/nonexistent/dir/r.json", "/nonexistent.log"}, "--report"},
+		{"primary report into a missing directory", []string{"primary", "--listen", "127.0.0.1:0", "--report", "/nonexistent/dir/r.json", "hello"}, "--report"},
+		{"listen without a port", []string{"primary", "--listen", "notanaddr", "hello"}, `--listen "notanaddr": want HOST:PORT`},
+		{"primary with a bad port", []string{"backup", "--primary", "127.0.0.1:notaport", "hello"}, `the port "notaport" is not a number`},
+		{"etcd endpoint with a bad port", []string{"primary", "--listen", "127.0.0.1:0", "--arbiter", "etcd://127.0.0.1:99999/run", "hello"}, `the port "99999" is not a number`},
+		{"replay flag after the log", []string{"replay", "x.log", "--until-epoch", "3"}, "flags go before the arguments"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

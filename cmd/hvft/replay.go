@@ -46,14 +46,26 @@ func replayCommand() *cli.Command {
 }
 
 func replayAction(c *cli.Context) error {
-	if c.NArg() < 1 || c.NArg() > 2 {
-		return fmt.Errorf("replay takes LOG and an optional GUEST (got %d arguments)", c.NArg())
+	args, then, err := trailingFlag(c.Args().Slice(), "then")
+	if err != nil {
+		return fmt.Errorf("replay: %w", err)
 	}
-	log, err := replica.ReadLog(c.Args().Get(0))
+	if then == "" {
+		then = c.String("then")
+	} else if c.String("then") != "" {
+		return fmt.Errorf("replay: --then given twice")
+	}
+	if len(args) < 1 || len(args) > 2 {
+		return fmt.Errorf("replay takes LOG and an optional GUEST (got %d arguments)", len(args))
+	}
+	if err := checkReportPath(c); err != nil {
+		return err
+	}
+	log, err := replica.ReadLog(args[0])
 	if err != nil {
 		return err
 	}
-	if then := c.String("then"); then != "" {
+	if then != "" {
 		second, err := replica.ReadLog(then)
 		if err != nil {
 			return err
@@ -73,9 +85,9 @@ func replayAction(c *cli.Context) error {
 	var img *guestelf.Image
 	var prog *linux.Program
 	if log.Header.Linux != nil {
-		prog, img, err = replayProgram(c.Args().Get(1), log.Header.Linux, log.Header.ImageDigest)
+		prog, img, err = replayProgram(argAt(args, 1), log.Header.Linux, log.Header.ImageDigest)
 	} else {
-		img, err = replayImage(c.Args().Get(1), log.Header)
+		img, err = replayImage(argAt(args, 1), log.Header)
 	}
 	if err != nil {
 		return err

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"testing"
 
 	"hvft/epoch"
+	"hvft/replica"
 )
 
 // TestReplayAfterFailover: a primary and a backup record their logs; the
@@ -77,24 +77,21 @@ func TestReplayAfterFailover(t *testing.T) {
 // the number of the log's last epoch.
 func forgeEnd(t *testing.T, data []byte, e uint64, edit func(*epoch.EpochEnd)) (out []byte, at int, last uint64) {
 	t.Helper()
-	hdrLen := len("HVFTLOG1") + 4 + int(binary.LittleEndian.Uint32(data[len("HVFTLOG1"):]))
-	off := hdrLen
+	header, raws, msgs, err := replica.SplitLog(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdrLen := len(header)
 	type frame struct {
 		raw []byte
 		m   epoch.Message
 	}
 	var frames []frame
-	for off < len(data) {
-		n := int(binary.LittleEndian.Uint32(data[off:]))
-		m, err := epoch.DecodeFrame(data[off+4 : off+4+n])
-		if err != nil {
-			t.Fatalf("frame at offset %d: %v", off, err)
-		}
+	for i, m := range msgs {
 		if m.Type == epoch.TypeEpochEnd {
 			last = m.EpochEnd.Epoch
 		}
-		frames = append(frames, frame{data[off : off+4+n], m})
-		off += 4 + n
+		frames = append(frames, frame{raws[i], m})
 	}
 	if e == 0 {
 		e = last
@@ -106,7 +103,7 @@ func forgeEnd(t *testing.T, data []byte, e uint64, edit func(*epoch.EpochEnd)) (
 			edit(f.m.EpochEnd)
 			at = len(out)
 			var err error
-			if out, err = epoch.AppendFrame(out, f.m); err != nil {
+			if out, err = replica.AppendLogRecord(out, f.m); err != nil {
 				t.Fatal(err)
 			}
 			continue
@@ -186,5 +183,20 @@ func TestReplayExitStatus(t *testing.T) {
 	r = hvft(t, "", "replay", writeFile(t, "torn.log", data[:at+7]))
 	if r.code != 0 || !strings.Contains(r.stderr, "torn") || !strings.Contains(r.stderr, "replayed 2 epochs") {
 		t.Errorf("torn log: exit %d, want 0 with the torn tail reported\n%s", r.code, r.stderr)
+	}
+}
+
+// TestReplayThenAnywhere: --then is accepted after the log's path too (the
+// command-line parser stops at the first argument).
+func TestReplayThenAnywhere(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "t.log")
+	if r := hvft(t, "", "--log-level", "error", "run", "--record", log, "ticker", "--", "3", "1000"); r.code != 0 {
+		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+	}
+	for _, args := range [][]string{{"replay", "--then", log, log}, {"replay", log, "--then", log}, {"replay", log, "--then=" + log}} {
+		r := hvft(t, "", args...)
+		if r.code != 0 || !strings.Contains(r.stderr, "prefix of the first") {
+			t.Fatalf("%v: exit %d\n%s", args, r.code, r.stderr)
+		}
 	}
 }

@@ -112,6 +112,16 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkReportPath(c); err != nil {
+		return nil, err
+	}
+	for _, flag := range []string{"listen", "primary"} {
+		if c.IsSet(flag) {
+			if err := checkHostPort(flag, c.String(flag)); err != nil {
+				return nil, err
+			}
+		}
+	}
 	mach, label, err := loadMachine(c, cfg)
 	if err != nil {
 		return nil, err

@@ -66,6 +66,9 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkReportPath(c); err != nil {
+		return err
+	}
 	mach, label, err := loadMachine(c, cfg)
 	if err != nil {
 		return err
