@@ -87,6 +87,10 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		buf = appendString(buf, c.Console)
 		buf = appendString(buf, c.Engine)
 		buf = appendString(buf, c.Clock)
+		buf = appendString(buf, c.Arbiter)
+		buf = appendString(buf, c.DiskFile)
+		buf = appendString(buf, c.Root)
+		buf = appendString(buf, c.Journal)
 		buf = appendBool(buf, m.Hello.Join)
 	case TypeWelcome:
 		if m.Welcome == nil {
@@ -238,6 +242,8 @@ func DecodeFrame(body []byte) (Message, error) {
 		c.Console = d.string()
 		c.Engine = d.string()
 		c.Clock = d.string()
+		c.Arbiter = d.string()
+		c.DiskFile, c.Root, c.Journal = d.string(), d.string(), d.string()
 		m.Hello = &Hello{Config: c, Join: d.bool()}
 	case TypeWelcome:
 		m.Welcome = &Welcome{Accepted: d.bool(), Reason: d.string(), Arbiter: d.string()}

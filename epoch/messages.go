@@ -11,7 +11,7 @@ import "hvft/record"
 
 // Version is the wire protocol's version; a frame of another version is
 // refused.
-const Version = 4
+const Version = 5
 
 // Type names a message.
 type Type uint8
@@ -78,6 +78,17 @@ type MachineConfig struct {
 	Console string
 	// Clock is the epoch clock ("always" or "adaptive"): where epochs end.
 	Clock string
+	// Arbiter identifies the run's arbiter (empty without one): its
+	// register's name and the nonce stored with it when the run first
+	// used it, so that a leftover register of another run, or another
+	// arbiter reached at the same address, does not match.
+	Arbiter string
+	// DiskFile, Root and Journal identify the disk image, a Linux
+	// program's root directory and its journal directory on their host
+	// (host, device, inode; empty where unused), as Console does: two
+	// replicas on one host that name different files or directories
+	// (a byte copy included) must not pair.
+	DiskFile, Root, Journal string
 }
 
 // Hello opens a link: the backup's configuration, and whether it joins a

@@ -89,6 +89,13 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	if err := opt.Machine.identifyDisk(); err != nil {
 		return nil, err
 	}
+	if opt.Arbiter != nil {
+		id, err := arbiterIdentity(ctx, opt.Arbiter)
+		if err != nil {
+			return nil, err
+		}
+		opt.Machine.ArbiterID = id
+	}
 	start := time.Now()
 	b := &backup{opt: opt, log: opt.Log, proto: epoch.NewBackup()}
 	b.cond = sync.NewCond(&b.mu)

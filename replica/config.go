@@ -45,6 +45,9 @@ type Machine struct {
 	// unrepeatable call (docs/linux.md); both replicas name the same one.
 	// Empty: Root.
 	JournalDir string
+	// ArbiterID is the run's arbiter's identity (arbiterIdentity), set by
+	// RunPrimary and RunBackup before the handshake.
+	ArbiterID string
 }
 
 // linuxHost returns the host a Linux program's live side performs its
@@ -100,8 +103,11 @@ func (m *Machine) identifyDisk() error {
 
 // consoleFileID names the console file at path on this host: host name,
 // device and inode ("HOST:absent" when there is no such file yet). Across
-// hosts it proves nothing, and is not compared.
-func consoleFileID(path string) string {
+// hosts it proves nothing, and is not compared. Disk images, roots and
+// journal directories are named the same way (fileID).
+func consoleFileID(path string) string { return fileID(path) }
+
+func fileID(path string) string {
 	if path == "" {
 		return ""
 	}
@@ -151,12 +157,37 @@ func (m Machine) wireConfig() epoch.MachineConfig {
 		DiskID:       m.DiskID,
 		Console:      consoleFileID(m.ConsolePath),
 		Clock:        m.Config.Clock.String(),
+		Arbiter:      m.ArbiterID,
+		DiskFile:     fileID(m.DiskPath),
+		Root:         m.linuxDir(m.Root),
+		Journal:      m.linuxDir(m.journalDir()),
 	}
 }
 
+// linuxDir names dir on this host for a Linux program's machine, and
+// nothing for a board guest.
+func (m Machine) linuxDir(dir string) string {
+	if m.Config.Linux == nil {
+		return ""
+	}
+	if dir == "" {
+		dir = "/"
+	}
+	return fileID(dir)
+}
+
+// journalDir is where the journal lives: JournalDir, or the root.
+func (m Machine) journalDir() string {
+	if m.JournalDir != "" {
+		return m.JournalDir
+	}
+	return m.Root
+}
+
 // compareConfigs explains why a backup's configuration cannot replicate
-// the primary's, or returns "" when it can.
-func compareConfigs(primary, backup epoch.MachineConfig) string {
+// the primary's, or returns "" when it can. adoptable says the primary's
+// arbiter is a default one a backup given none adopts from the welcome.
+func compareConfigs(primary, backup epoch.MachineConfig, adoptable bool) string {
 	var why []string
 	if primary.ImageDigest != backup.ImageDigest {
 		why = append(why, fmt.Sprintf("guest image differs (primary %x..., backup %x...)", primary.ImageDigest[:6], backup.ImageDigest[:6]))
@@ -182,11 +213,27 @@ func compareConfigs(primary, backup epoch.MachineConfig) string {
 	if primary.DiskID != backup.DiskID {
 		why = append(why, "the disk images are different files (their fence files' identities differ): both replicas must name the same shared image")
 	}
-	// A file absent on either side proves nothing: the backup may have
-	// looked before the primary created it.
-	if p, b := strings.SplitN(primary.Console, ":", 2), strings.SplitN(backup.Console, ":", 2); len(p) == 2 && len(b) == 2 &&
-		p[0] == b[0] && p[1] != b[1] && p[1] != "absent" && b[1] != "absent" {
-		why = append(why, "the console files are different files on this host: --console-out must name the one file both replicas share")
+	for _, f := range []struct{ primary, backup, what string }{
+		{primary.Console, backup.Console, "the console files are different files on this host: --console-out must name the one file both replicas share"},
+		{primary.DiskFile, backup.DiskFile, "the disk images are different files on this host (a copy is not the shared disk): --disk must name the one image both replicas share"},
+		{primary.Root, backup.Root, "the roots are different directories on this host: --root must name the one directory both replicas share"},
+		{primary.Journal, backup.Journal, "the journal directories are different directories on this host: --journal-dir (or --root) must name the one directory both replicas share"},
+	} {
+		if differentOnThisHost(f.primary, f.backup) {
+			why = append(why, f.what)
+		}
+	}
+	switch {
+	case primary.Arbiter == backup.Arbiter:
+	case backup.Arbiter == "" && adoptable:
+		// The backup adopts the primary's default arbiter (the welcome
+		// names it).
+	case backup.Arbiter == "":
+		why = append(why, fmt.Sprintf("the primary arbitrates at %s, this backup at none: give it the same --arbiter", arbiterName(primary.Arbiter)))
+	case primary.Arbiter == "":
+		why = append(why, fmt.Sprintf("this backup arbitrates at %s, the primary at none: give both replicas the same --arbiter", arbiterName(backup.Arbiter)))
+	default:
+		why = append(why, fmt.Sprintf("the arbiters differ (primary %s, backup %s): both replicas must name the same --arbiter, and one another run left behind does not match", primary.Arbiter, backup.Arbiter))
 	}
 	if primary.BoardVersion != backup.BoardVersion {
 		why = append(why, fmt.Sprintf("board version differs (primary %d, backup %d)", primary.BoardVersion, backup.BoardVersion))
@@ -215,4 +262,18 @@ func consoleOnly(outs []epoch.Output) []epoch.Output {
 		}
 	}
 	return c
+}
+
+// differentOnThisHost reports whether two fileIDs name different files on
+// one host. A file absent on either side proves nothing (the backup may
+// have looked before the primary created it), nor do two hosts.
+func differentOnThisHost(a, b string) bool {
+	p, q := strings.SplitN(a, ":", 2), strings.SplitN(b, ":", 2)
+	return len(p) == 2 && len(q) == 2 && p[0] == q[0] && p[1] != q[1] && p[1] != "absent" && q[1] != "absent"
+}
+
+// arbiterName is an arbiter's identity without its nonce, for messages.
+func arbiterName(id string) string {
+	name, _, _ := strings.Cut(id, "#")
+	return name
 }

@@ -17,11 +17,11 @@ func TestHandshakeRefusesAnotherEngine(t *testing.T) {
 		t.Fatal("the handshake carries no engine version")
 	}
 	b := p
-	if why := compareConfigs(p, b); why != "" {
+	if why := compareConfigs(p, b, false); why != "" {
 		t.Fatalf("equal configurations refused: %s", why)
 	}
 	b.Engine = "2.0.1"
-	if why := compareConfigs(p, b); !strings.Contains(why, "emulator library differs") || !strings.Contains(why, "2.0.1") {
+	if why := compareConfigs(p, b, false); !strings.Contains(why, "emulator library differs") || !strings.Contains(why, "2.0.1") {
 		t.Fatalf("another engine: %q", why)
 	}
 }

@@ -78,7 +78,7 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 		l.Close()
 		return
 	}
-	reason := compareConfigs(want, hello.Config)
+	reason := compareConfigs(want, hello.Config, p.opt.Advertise != "")
 	p.mu.Lock()
 	first := p.awaiting
 	p.mu.Unlock()

@@ -138,6 +138,11 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 		}
 		p.proto.Arbitrate(gen)
 		p.log.Info("holding the run's generation", zap.Uint64("generation", gen), zap.Stringer("arbiter", opt.Arbiter))
+		id, err := arbiterIdentity(ctx, opt.Arbiter)
+		if err != nil {
+			return nil, err
+		}
+		p.opt.Machine.ArbiterID = id
 	}
 	if opt.Listener != nil {
 		p.awaiting = opt.BackupWait > 0

@@ -191,6 +191,10 @@ func TestBadInput(t *testing.T) {
 		{"primary with a bad port", []string{"backup", "--primary", "127.0.0.1:notaport", "hello"}, `the port "notaport" is not a number`},
 		{"etcd endpoint with a bad port", []string{"primary", "--listen", "127.0.0.1:0", "--arbiter", "etcd://127.0.0.1:99999/run", "hello"}, `the port "99999" is not a number`},
 		{"replay flag after the log", []string{"replay", "x.log", "--until-epoch", "3"}, "flags go before the arguments"},
+		// Like a link in the clear, a pair across hosts without an
+		// arbiter needs an explicit opt-in (192.0.2.1 is never bound).
+		{"no arbiter across hosts", []string{"primary", "--listen", "192.0.2.1:7700", "--insecure", "hello"}, "no --arbiter for a pair across hosts"},
+		{"no arbiter across hosts, backup", []string{"backup", "--primary", "192.0.2.1:7700", "--insecure", "hello"}, "--no-arbiter to accept that risk"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

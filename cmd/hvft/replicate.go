@@ -37,6 +37,7 @@ func linkFlags() []cli.Flag {
 		&cli.StringFlag{Name: "lease", Usage: "DIR: the same as --arbiter file:DIR (the older, renewed lease is gone; kept so that scripts naming it keep working)"},
 		&cli.DurationFlag{Name: "lease-ttl", Usage: "ignored: the arbiter renews nothing (accepted for old scripts)"},
 		&cli.BoolFlag{Name: "insecure", Usage: "allow the replication link in the clear off loopback (it carries guest RAM, input and disk data)"},
+		&cli.BoolFlag{Name: "no-arbiter", Usage: "allow a pair across hosts without --arbiter, accepting that a partition can leave two primaries"},
 		&cli.StringFlag{Name: "console-out", Usage: "write the console to this file instead, shared by primary and backup: each output lands once (a new primary appends after what the file holds)"},
 	}
 }
@@ -204,8 +205,10 @@ func setupReplica(c *cli.Context) (*replicaSetup, error) {
 			return nil, err
 		}
 		log.Info("no --arbiter: arbitrating on this host", zap.String("arbiter", advertise))
+	case !local && !c.Bool("no-arbiter"):
+		return nil, fmt.Errorf("no --arbiter for a pair across hosts: a partition between them would leave two primaries; give both replicas --arbiter etcd://HOST:PORT/PREFIX, or --no-arbiter to accept that risk")
 	case !local:
-		log.Warn("no --arbiter: a partition between the hosts can leave two primaries (give both replicas --arbiter etcd://HOST:PORT/PREFIX)")
+		log.Warn("--no-arbiter: a partition between the hosts can leave two primaries")
 	}
 	if auth == nil {
 		log.Warn("the replication link is not authenticated: any local process can connect to it (--key-file authenticates and encrypts it)")

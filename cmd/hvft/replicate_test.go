@@ -669,3 +669,103 @@ func running(pid int) bool {
 	i := strings.LastIndex(s, ")")
 	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
 }
+
+// TestHandshakeRefusesAnotherWorld: a backup must share the primary's
+// world, not only its guest: the arbiter (the same register and the run's
+// nonce stored beside it), the disk image (the one file, not a copy), a
+// Linux program's root and journal directory, and the console file. Each
+// mismatched cell is refused at the handshake, naming what differs, so
+// none of them can run, and none can split; the matching backup then
+// replicates.
+func TestHandshakeRefusesAnotherWorld(t *testing.T) {
+	dir := t.TempDir()
+	arb, other, leftover := filepath.Join(dir, "arb"), filepath.Join(dir, "other"), filepath.Join(dir, "leftover")
+	// A register another run left behind: a run that held generations.
+	if r := hvft(t, "", "--log-level", "error", "primary", "--listen", freeAddr(t), "--backup-wait", "0", "--arbiter", "file:"+leftover, "hello"); r.code != 0 {
+		t.Fatalf("leaving a register behind: exit %d\n%s", r.code, r.stderr)
+	}
+	img := filepath.Join(dir, "disk.img")
+	cp := filepath.Join(dir, "copy.img")
+	console, console2 := filepath.Join(dir, "out"), filepath.Join(dir, "out2")
+	addr := freeAddr(t)
+	guest := []string{"diskkv", "--", "run", "20"}
+	primary := startHvft(t, append([]string{"primary", "--listen", addr, "--backup-wait", "60s", "--arbiter", "file:" + arb,
+		"--disk", img, "--console-out", console}, guest...)...)
+	primary.waitFor(t, "the wait for a backup", func() bool { return strings.Contains(primary.stderr.String(), "waiting for a backup") })
+	// A byte copy of the image and its fence file, made once the primary
+	// has both.
+	for _, f := range [][2]string{{img, cp}, {img + ".fence", cp + ".fence"}} {
+		data, err := os.ReadFile(f[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f[1], data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := []string{"--disk", img, "--console-out", console}
+	cells := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no arbiter", base, "the primary arbitrates at file:"},
+		{"another arbiter", append([]string{"--arbiter", "file:" + other}, base...), "the arbiters differ"},
+		{"a leftover arbiter", append([]string{"--arbiter", "file:" + leftover}, base...), "the arbiters differ"},
+		{"a copy of the disk", []string{"--arbiter", "file:" + arb, "--disk", cp, "--console-out", console}, "the disk images are different files"},
+		{"another console file", []string{"--arbiter", "file:" + arb, "--disk", img, "--console-out", console2}, "the console files are different files"},
+	}
+	for _, c := range cells {
+		os.WriteFile(console2, nil, 0o644)
+		args := append(append([]string{"--log-level", "error", "backup", "--primary", addr}, c.args...), guest...)
+		r := hvft(t, "", args...)
+		if r.code != exitFailure || !strings.Contains(r.stderr, "refused") || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%s: exit %d, stderr %s", c.name, r.code, r.stderr)
+		}
+	}
+	good := hvft(t, "", append(append([]string{"--log-level", "error", "backup", "--primary", addr}, "--arbiter", "file:"+arb, "--disk", img, "--console-out", console), guest...)...)
+	if good.code != 0 {
+		t.Errorf("matching backup: exit %d stderr %s", good.code, good.stderr)
+	}
+	if code := primary.wait(t); code != 0 {
+		t.Fatalf("primary exit %d\n%s", code, primary.stderr.String())
+	}
+	if n := strings.Count(primary.stderr.String(), "refused a backup"); n != len(cells) {
+		t.Errorf("the primary refused %d backups, want %d:\n%s", n, len(cells), primary.stderr.String())
+	}
+}
+
+// TestHandshakeRefusesAnotherRoot: a Linux program's replicas on one host
+// must name the same --root and the same journal directory.
+func TestHandshakeRefusesAnotherRoot(t *testing.T) {
+	needBusybox(t)
+	dir := t.TempDir()
+	root, root2, journal2 := filepath.Join(dir, "root"), filepath.Join(dir, "root2"), filepath.Join(dir, "journal2")
+	for _, d := range []string{root, root2, journal2} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr := freeAddr(t)
+	prog := []string{"--linux", busybox, "--", "true"}
+	primary := startHvft(t, append([]string{"--log-level", "warn", "primary", "--listen", addr, "--backup-wait", "60s", "--root", root}, prog...)...)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--root", root2}, "the roots are different directories"},
+		{[]string{"--root", root, "--journal-dir", journal2}, "the journal directories are different"},
+	} {
+		r := hvft(t, "", append(append([]string{"--log-level", "error", "backup", "--primary", addr}, c.args...), prog...)...)
+		if r.code != exitFailure || !strings.Contains(r.stderr, "refused") || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("backup %v: exit %d, stderr %s", c.args, r.code, r.stderr)
+		}
+	}
+	good := hvft(t, "", append([]string{"--log-level", "error", "backup", "--primary", addr, "--root", root}, prog...)...)
+	if good.code != 0 {
+		t.Errorf("matching backup: exit %d stderr %s", good.code, good.stderr)
+	}
+	if code := primary.wait(t); code != 0 {
+		t.Fatalf("primary exit %d\n%s", code, primary.stderr.String())
+	}
+}
