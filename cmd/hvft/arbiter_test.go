@@ -108,7 +108,9 @@ func TestRejoinsUnderTheArbiter(t *testing.T) {
 	}
 	var names []string
 	for _, e := range entries {
-		names = append(names, e.Name())
+		if strings.HasPrefix(e.Name(), "gen-") { // the run's nonce lies beside them
+			names = append(names, e.Name())
+		}
 	}
 	if len(names) != 3 || names[2] != "gen-00000000000000000003" {
 		t.Fatalf("generations %v, want 1, 2 and 3", names)

@@ -382,7 +382,7 @@ func TestLinkOffLoopbackNeedsAKey(t *testing.T) {
 	if r := hvft(t, "", "keygen", key); r.code != exitFailure {
 		t.Errorf("keygen overwrote %s", key)
 	}
-	r = hvft(t, "", "--log-level", "error", "primary", "--listen", "0.0.0.0:0", "--key-file", key, "--backup-wait", "0", "hello")
+	r = hvft(t, "", "--log-level", "error", "primary", "--listen", "0.0.0.0:0", "--key-file", key, "--no-arbiter", "--backup-wait", "0", "hello")
 	if r.code != 0 || !strings.Contains(r.stdout, "hello from hvft") {
 		t.Errorf("primary with a key: exit %d %s", r.code, r.stderr)
 	}
@@ -713,6 +713,7 @@ func TestHandshakeRefusesAnotherWorld(t *testing.T) {
 		{"another arbiter", append([]string{"--arbiter", "file:" + other}, base...), "the arbiters differ"},
 		{"a leftover arbiter", append([]string{"--arbiter", "file:" + leftover}, base...), "the arbiters differ"},
 		{"a copy of the disk", []string{"--arbiter", "file:" + arb, "--disk", cp, "--console-out", console}, "the disk images are different files"},
+		{"another disk", []string{"--arbiter", "file:" + arb, "--disk", filepath.Join(dir, "other.img"), "--console-out", console}, "the disk images are different files"},
 		{"another console file", []string{"--arbiter", "file:" + arb, "--disk", img, "--console-out", console2}, "the console files are different files"},
 	}
 	for _, c := range cells {
