@@ -6,7 +6,8 @@
 #                a short fuzz run
 #   make bench   the go benchmarks, then hvft bench (plots into docs/)
 #   make chaos   the long chaos run (500 trials; CHAOS_TRIALS=N for another count),
-#                then 50 SIGKILLs of a replicated SQLite program (LINUX_TRIALS=N)
+#                then 50 SIGKILLs each of a replicated SQLite program and of one
+#                that claims file names (LINUX_TRIALS=N)
 #   make soak    exception- and interrupt-heavy guests on the smallest TLB
 #                for 10 minutes (SOAK=30m for longer)
 #   make guests  rebuild the guest images in guests/images
@@ -56,7 +57,7 @@ chaos: deps
 	@log=$$(mktemp); HVFT_CHAOS_TRIALS=$(CHAOS_TRIALS) $(GO) test -count=1 -timeout 120m -run '^TestChaos$$' -v ./cmd/hvft > $$log 2>&1; status=$$?; \
 	grep -E '^(=== RUN|\s*--- FAIL|ok|FAIL)|chaos:|_test\.go:' $$log; \
 	[ $$status -eq 0 ] || { echo '--- a trial failed: the whole log, with the output of the replicas:'; cat $$log; }; rm -f $$log; [ $$status -eq 0 ] || exit $$status; \
-	log=$$(mktemp); HVFT_LINUX_TRIALS=$(LINUX_TRIALS) $(GO) test -count=1 -timeout 60m -run '^TestSQLiteSurvivesPrimaryKills$$' -v ./cmd/hvft > $$log 2>&1; status=$$?; \
+	log=$$(mktemp); HVFT_LINUX_TRIALS=$(LINUX_TRIALS) $(GO) test -count=1 -timeout 60m -run '^(TestSQLiteSurvivesPrimaryKills|TestFileClaimsSurvivePrimaryKills)$$' -v ./cmd/hvft > $$log 2>&1; status=$$?; \
 	grep -E '^(=== RUN|\s*--- |ok|FAIL)|_test\.go:' $$log; \
 	[ $$status -eq 0 ] || { echo '--- a trial failed: the whole log:'; cat $$log; }; rm -f $$log; exit $$status
 

@@ -690,6 +690,9 @@ func (b *backup) goLive(at vm.Point) error {
 			return fmt.Errorf("taking over: %w", err)
 		}
 		g.host.SetRunID(info.Random)
+		if err := g.host.CheckJournal(); err != nil {
+			return fmt.Errorf("taking over: %w", err)
+		}
 	}
 	live.StartClock(b.lastClock)
 	b.mu.Lock()

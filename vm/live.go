@@ -225,7 +225,10 @@ func (l *Live) Host(at Point, seq uint64, c linux.Call) (linux.Result, error) {
 			return linux.Result{}, err
 		}
 	}
-	r := l.cfg.Host.DoAt(seq, c)
+	r, err := l.cfg.Host.DoAt(seq, c)
+	if err != nil {
+		return linux.Result{}, fmt.Errorf("at %v: the %v request: %w", at, c.Op, err)
+	}
 	return r, l.record(Answer{Seq: seq, Kind: KindHost, Port: uint32(c.Op), Value: uint64(r.Value), Data: r.Data})
 }
 

@@ -334,17 +334,7 @@ func sqlrowsProgram(t *testing.T) string {
 // number of trials (make chaos runs 50).
 func TestSQLiteSurvivesPrimaryKills(t *testing.T) {
 	prog := sqlrowsProgram(t)
-	trials := 6
-	if s := os.Getenv("HVFT_LINUX_TRIALS"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			t.Fatalf("HVFT_LINUX_TRIALS %q: want a positive count", s)
-		}
-		trials = n
-	}
-	if testing.Short() {
-		trials = 2
-	}
+	trials := linuxTrials(t, 6)
 	const rows = 400
 	// How many epochs an unkilled replicated run lasts bounds the kills.
 	probe := filepath.Join(t.TempDir(), "probe.db")

@@ -46,6 +46,7 @@ func hvft(t *testing.T, stdin string, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, hvftBin, args...)
+	cmd.WaitDelay = childWaitDelay // a child it started holding the pipes cannot hang the test
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -7,12 +7,13 @@ import (
 
 	"hvft/epoch"
 	"hvft/vm"
+	"hvft/vm/linux"
 	"hvft/vm/uc"
 )
 
 // TestVersionTable: `hvft version --json` is the one table of versions,
 // and it says what the code checks: the wire, board, snapshot and engine
-// versions are the ones this build compares, each named once.
+// versions are the ones this build compares (the journal's too), each named once.
 func TestVersionTable(t *testing.T) {
 	r := hvft(t, "", "version", "--json")
 	if r.code != 0 {
@@ -37,6 +38,7 @@ func TestVersionTable(t *testing.T) {
 		"board":    strconv.Itoa(vm.BoardVersion),
 		"snapshot": strconv.Itoa(vm.SnapshotVersion),
 		"engine":   uc.Version(),
+		"journal":  strconv.Itoa(linux.JournalVersion),
 	} {
 		if got[name] != want {
 			t.Errorf("%s version %q, the code's is %q", name, got[name], want)

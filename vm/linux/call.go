@@ -61,13 +61,18 @@ func (c Call) Commits() bool {
 
 // repeatable reports whether performing c a second time leaves the world
 // as once did, with the same result. A failover may re-execute the last
-// committing call; one that is not repeatable is journaled.
+// committing call; one that is not repeatable is journaled (journal.go).
+// An open is not repeatable only with both O_CREAT and O_EXCL: Linux
+// ignores O_EXCL without O_CREAT, and such an open does not commit, so it
+// may run ahead of the backup, where no journal record may be written
+// (a replica re-executing from an earlier answer could reach its sequence
+// number with another call).
 func (c Call) repeatable() bool {
 	switch c.Op {
 	case OpUnlink, OpRename, OpMkdir, OpSymlink, OpLink:
 		return false
 	case OpOpen:
-		return c.Flags&oExcl == 0
+		return c.Flags&(oCreat|oExcl) != oCreat|oExcl
 	}
 	return true
 }
@@ -160,178 +165,6 @@ func (h *Host) SkipStdin(n uint64) error {
 		return fmt.Errorf("standard input: the old primary read %d bytes, this replica's has %d: %w", n, got, err)
 	}
 	return nil
-}
-
-// EnableJournal makes the host journal every call that is not repeatable
-// in a file in JournalDir (the root by default), named after the run (the
-// first answer's random bytes, AT_RANDOM, which every replica of the run
-// holds): a replica that takes over and re-executes the old primary's last
-// call finds there whether it happened. It fails when the directory
-// takes no file, before the program runs rather than at its first unlink.
-func (h *Host) EnableJournal() error {
-	probe, err := os.CreateTemp(h.journalDir(), ".hvft-journal-probe-*")
-	if err != nil {
-		return fmt.Errorf("the journal of a replicated Linux program needs a directory both replicas can write (--journal-dir, by default --root): %w", err)
-	}
-	probe.Close()
-	os.Remove(probe.Name())
-	h.journaled = true
-	return nil
-}
-
-func (h *Host) journalDir() string {
-	if h.JournalDir != "" {
-		return h.JournalDir
-	}
-	return h.Root
-}
-
-// SetRunID names the run whose journal this host keeps (a backup taking
-// over, from the logged AT_RANDOM).
-func (h *Host) SetRunID(random []byte) {
-	if len(random) >= 8 && h.runID == "" {
-		h.runID = fmt.Sprintf("%x", random[:8])
-	}
-}
-
-// JournalPath is the journal's file, or "" when none is kept yet.
-func (h *Host) JournalPath() string {
-	if !h.journaled || h.runID == "" {
-		return ""
-	}
-	return filepath.Join(h.journalDir(), ".hvft-journal-"+h.runID)
-}
-
-// RemoveJournal deletes the journal at the end of a run.
-func (h *Host) RemoveJournal() error {
-	p := h.JournalPath()
-	if p == "" {
-		return nil
-	}
-	h.mu.Lock()
-	if h.journal != nil {
-		h.journal.Close()
-		h.journal = nil
-	}
-	h.mu.Unlock()
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
-const journalSize = 8 + 1 + 8
-
-// DoAt performs c, the answer with sequence number seq. A call that is not
-// repeatable goes through the journal: an intent before, the result after;
-// found again at the same seq, it is not performed twice.
-func (h *Host) DoAt(seq uint64, c Call) Result {
-	if c.Op == OpRandom && seq == 1 {
-		r := h.Do(c)
-		h.SetRunID(r.Data)
-		return r
-	}
-	if c.repeatable() || h.JournalPath() == "" {
-		return h.Do(c)
-	}
-	if j, done, value, ok := h.readJournal(); ok && j == seq {
-		if done {
-			return Result{Value: value}
-		}
-		return h.resolve(c)
-	}
-	if err := h.writeJournal(seq, false, 0); err != nil {
-		return Result{Value: -EIO}
-	}
-	r := h.Do(c)
-	if err := h.writeJournal(seq, true, r.Value); err != nil {
-		return Result{Value: -EIO}
-	}
-	return r
-}
-
-func (h *Host) journalFile() (*os.File, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.journal != nil {
-		return h.journal, nil
-	}
-	f, err := os.OpenFile(h.JournalPath(), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	h.journal = f
-	return f, nil
-}
-
-func (h *Host) readJournal() (seq uint64, done bool, value int64, ok bool) {
-	f, err := h.journalFile()
-	if err != nil {
-		return 0, false, 0, false
-	}
-	var b [journalSize]byte
-	if _, err := f.ReadAt(b[:], 0); err != nil {
-		return 0, false, 0, false
-	}
-	le := binary.LittleEndian
-	return le.Uint64(b[0:]), b[8] == 1, int64(le.Uint64(b[9:])), true
-}
-
-// writeJournal replaces the journal's one record with a single write,
-// which a killed process either made or did not.
-func (h *Host) writeJournal(seq uint64, done bool, value int64) error {
-	f, err := h.journalFile()
-	if err != nil {
-		return err
-	}
-	b := binary.LittleEndian.AppendUint64(nil, seq)
-	if done {
-		b = append(b, 1)
-	} else {
-		b = append(b, 0)
-	}
-	b = binary.LittleEndian.AppendUint64(b, uint64(value))
-	_, err = f.WriteAt(b, 0)
-	return err
-}
-
-// resolve performs a call that is not repeatable whose intent the journal
-// holds without a result: the old primary died around it. What the world
-// shows now says whether it happened.
-func (h *Host) resolve(c Call) Result {
-	exists := func(p string) bool {
-		_, err := os.Lstat(h.hostPath(p))
-		return err == nil
-	}
-	switch c.Op {
-	case OpUnlink:
-		if !exists(c.Path) {
-			return Result{}
-		}
-	case OpRename:
-		if !exists(c.Path) && exists(c.Path2) {
-			return Result{}
-		}
-	case OpMkdir:
-		if st, err := os.Stat(h.hostPath(c.Path)); err == nil && st.IsDir() {
-			return Result{}
-		}
-	case OpSymlink:
-		if t, err := os.Readlink(h.hostPath(c.Path)); err == nil && t == c.Path2 {
-			return Result{}
-		}
-	case OpLink:
-		a, errA := os.Stat(h.hostPath(c.Path))
-		b, errB := os.Stat(h.hostPath(c.Path2))
-		if errA == nil && errB == nil && os.SameFile(a, b) {
-			return Result{}
-		}
-	case OpOpen:
-		if exists(c.Path) {
-			c.Flags &^= oExcl // the old primary created it
-		}
-	}
-	return h.Do(c)
 }
 
 // Close releases the host files held open.

@@ -104,7 +104,7 @@ func (f *fakeMachine) SetFSBase(v uint64) error { f.fs = v; return nil }
 func (f *fakeMachine) Ask(c Call) (Result, error) {
 	f.seq++
 	f.asks = append(f.asks, c)
-	return f.host.DoAt(f.seq, c), nil
+	return f.host.DoAt(f.seq, c)
 }
 
 func (f *fakeMachine) Emit(fd int, data []byte) error {
@@ -348,7 +348,7 @@ func TestJournalResolvesTheLastCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	old.DoAt(1, Call{Op: OpRandom, Size: 16})
-	if r := old.DoAt(5, Call{Op: OpUnlink, Path: "/victim"}); r.Value != 0 {
+	if r, _ := old.DoAt(5, Call{Op: OpUnlink, Path: "/victim"}); r.Value != 0 {
 		t.Fatalf("unlink = %d", r.Value)
 	}
 	old.Close()
@@ -358,18 +358,20 @@ func TestJournalResolvesTheLastCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	next.SetRunID(random)
-	if r := next.DoAt(5, Call{Op: OpUnlink, Path: "/victim"}); r.Value != 0 {
+	if r, _ := next.DoAt(5, Call{Op: OpUnlink, Path: "/victim"}); r.Value != 0 {
 		t.Fatalf("re-executed unlink = %d, want the journaled 0", r.Value)
 	}
 	// Without the journal, the same re-execution reports ENOENT: what the
 	// journal is for.
 	bare, _ := NewHost(root, nil, nil)
-	if r := bare.DoAt(5, Call{Op: OpUnlink, Path: "/victim"}); r.Value != -ENOENT {
+	if r, _ := bare.DoAt(5, Call{Op: OpUnlink, Path: "/victim"}); r.Value != -ENOENT {
 		t.Fatalf("unjournaled re-execution = %d, want -ENOENT", r.Value)
 	}
-	// Only the intent: the file is gone, so the unlink happened.
-	next.writeJournal(6, false, 0)
-	if r := next.DoAt(6, Call{Op: OpUnlink, Path: "/victim"}); r.Value != 0 {
+	// Only the intent, which found the file: it is gone, so the unlink
+	// happened.
+	again := Call{Op: OpUnlink, Path: "/victim"}
+	next.writeRecord(journalIntentAt, journalRecord{kind: recIntent, existed: true, seq: 6, call: again.digest()})
+	if r, _ := next.DoAt(6, again); r.Value != 0 {
 		t.Fatalf("uncertain unlink = %d, want 0", r.Value)
 	}
 	if err := next.RemoveJournal(); err != nil {
