@@ -91,6 +91,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		buf = appendString(buf, c.DiskFile)
 		buf = appendString(buf, c.Root)
 		buf = appendString(buf, c.Journal)
+		buf = le.AppendUint32(buf, c.JournalVersion)
 		buf = appendBool(buf, m.Hello.Join)
 	case TypeWelcome:
 		if m.Welcome == nil {
@@ -244,6 +245,7 @@ func DecodeFrame(body []byte) (Message, error) {
 		c.Clock = d.string()
 		c.Arbiter = d.string()
 		c.DiskFile, c.Root, c.Journal = d.string(), d.string(), d.string()
+		c.JournalVersion = d.u32()
 		m.Hello = &Hello{Config: c, Join: d.bool()}
 	case TypeWelcome:
 		m.Welcome = &Welcome{Accepted: d.bool(), Reason: d.string(), Arbiter: d.string()}

@@ -89,6 +89,9 @@ type MachineConfig struct {
 	// replicas on one host that name different files or directories
 	// (a byte copy included) must not pair.
 	DiskFile, Root, Journal string
+	// JournalVersion is the on-disk format of a Linux program's journal,
+	// which a backup reads when it takes over.
+	JournalVersion uint32
 }
 
 // Hello opens a link: the backup's configuration, and whether it joins a

@@ -147,20 +147,21 @@ func (m Machine) wireConfig() epoch.MachineConfig {
 	var args [32]byte
 	copy(args[:], h.Sum(nil))
 	return epoch.MachineConfig{
-		ImageDigest:  m.Image.Digest,
-		ArgsDigest:   args,
-		RAMSize:      m.Config.RAMSize,
-		EpochBlocks:  m.EpochBlocks,
-		BoardVersion: vm.BoardVersion,
-		Engine:       uc.Version(),
-		DiskSectors:  m.Config.DiskSectors,
-		DiskID:       m.DiskID,
-		Console:      consoleFileID(m.ConsolePath),
-		Clock:        m.Config.Clock.String(),
-		Arbiter:      m.ArbiterID,
-		DiskFile:     fileID(m.DiskPath),
-		Root:         m.linuxDir(m.Root),
-		Journal:      m.linuxDir(m.journalDir()),
+		ImageDigest:    m.Image.Digest,
+		ArgsDigest:     args,
+		RAMSize:        m.Config.RAMSize,
+		EpochBlocks:    m.EpochBlocks,
+		BoardVersion:   vm.BoardVersion,
+		Engine:         uc.Version(),
+		DiskSectors:    m.Config.DiskSectors,
+		DiskID:         m.DiskID,
+		Console:        consoleFileID(m.ConsolePath),
+		Clock:          m.Config.Clock.String(),
+		Arbiter:        m.ArbiterID,
+		DiskFile:       fileID(m.DiskPath),
+		Root:           m.linuxDir(m.Root),
+		Journal:        m.linuxDir(m.journalDir()),
+		JournalVersion: linux.JournalVersion,
 	}
 }
 
@@ -234,6 +235,9 @@ func compareConfigs(primary, backup epoch.MachineConfig, adoptable bool) string 
 		why = append(why, fmt.Sprintf("this backup arbitrates at %s, the primary at none: give both replicas the same --arbiter", arbiterName(backup.Arbiter)))
 	default:
 		why = append(why, fmt.Sprintf("the arbiters differ (primary %s, backup %s): both replicas must name the same --arbiter, and one another run left behind does not match", primary.Arbiter, backup.Arbiter))
+	}
+	if primary.JournalVersion != backup.JournalVersion {
+		why = append(why, fmt.Sprintf("journal version differs (primary %d, backup %d): a takeover could not read the journal", primary.JournalVersion, backup.JournalVersion))
 	}
 	if primary.BoardVersion != backup.BoardVersion {
 		why = append(why, fmt.Sprintf("board version differs (primary %d, backup %d)", primary.BoardVersion, backup.BoardVersion))

@@ -34,7 +34,7 @@ func Versions() []FormatVersion {
 		{"boot-info", n(vm.BootInfoVersion), "the boot information block a board guest reads at boot",
 			"by nobody yet: the built-in guests are built with this build; a guest may check the block's version field"},
 		{"journal", n(linux.JournalVersion), "the journal of a replicated Linux program's last unrepeatable call (vm/linux/journal.go, docs/linux.md)",
-			"a backup taking over, as it goes live and before it answers anything (\"taking over: journal FILE, the intent at offset 0: journal version N, this build reads version M\"), and any later read of the journal"},
+			"the handshake (\"journal version differs\"), and a backup taking over, as it goes live and before it answers anything (\"taking over: journal FILE, the intent at offset 0: journal version N, this build reads version M\")"},
 		{"engine", uc.Version(), "the emulator library: block boundaries, and so epochs, differ between versions",
 			"the handshake (\"emulator library differs\") and hvft replay (the log's header names it)"},
 	}
