@@ -337,8 +337,9 @@ func (b *backup) endLink(err error) {
 
 // suspect presumes the primary dead (rule 5) and carries out what the
 // protocol decides: with an arbiter, first the claim of the next
-// generation (rule 7), whose loss means the primary went on without this
-// replica, which then steps down instead of becoming a second primary. The
+// generation (rule 7). Lost, or with an outcome that cannot be settled,
+// the primary may have gone on without this replica, which then steps
+// down instead of becoming a second primary. The
 // link's end is marked in the same step as the decision, so the machine
 // never sees a link that is gone without one.
 func (b *backup) suspect(reason string) {
@@ -346,7 +347,7 @@ func (b *backup) suspect(reason string) {
 	act := b.proto.Suspect(reason)
 	if gen := act.Claim; gen != 0 {
 		b.mu.Unlock()
-		err := b.opt.Arbiter.Claim(b.ctx, gen, b.opt.Holder)
+		err := claim(b.ctx, b.opt.Arbiter, gen, b.opt.Holder, b.opt.claimReadBack, b.log)
 		b.mu.Lock()
 		act = b.proto.Claimed(gen, err)
 		if err == nil {
@@ -358,7 +359,7 @@ func (b *backup) suspect(reason string) {
 	case act.Stop != nil:
 		b.cond.Broadcast()
 		b.mu.Unlock()
-		b.log.Error("not taking over: "+act.Stop.Error(), zap.String("reason", reason))
+		b.log.Error("stepping down", zap.Error(act.Stop), zap.String("reason", reason))
 		b.link.Close()
 	case act.TakeOver != "":
 		b.takeOver(act)
