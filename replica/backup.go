@@ -22,7 +22,7 @@ import (
 type BackupOptions struct {
 	Options
 	Primary        string        // the primary's address
-	ConnectTimeout time.Duration // how long to keep trying to reach it
+	ConnectTimeout time.Duration // how long to keep trying to reach it and complete the handshake
 	// Join joins a primary that is already running, by state transfer.
 	Join bool
 	// Listener, if set, takes joining backups once this replica has
@@ -30,6 +30,10 @@ type BackupOptions struct {
 	Listener net.Listener
 	Mode     epoch.Mode
 	MaxLag   uint64
+
+	// handshake, in tests, bounds each attempt's wait for the primary's
+	// welcome (0: handshakeTimeout).
+	handshake time.Duration
 }
 
 // backup is the backup role's shared state. mu guards everything below it;
@@ -94,7 +98,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.cond = sync.NewCond(&b.mu)
 	b.report.Role, b.report.Engine = "backup", uc.Version()
 	dctx, cancel := context.WithTimeout(ctx, opt.ConnectTimeout)
-	link, advertised, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig, opt.Join, opt.Auth, b.log)
+	link, advertised, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig, opt.Join, opt.Auth, opt.handshake, b.log)
 	cancel()
 	if err != nil {
 		return nil, err
