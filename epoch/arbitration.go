@@ -1,6 +1,9 @@
 package epoch
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // Arbitration is rule 7 for one replica: a replica acts alone (a backup
 // taking over, a primary going on without its backup) only once it has
@@ -72,4 +75,80 @@ func (a *Arbitration) Stopped() error {
 		return nil
 	}
 	return a.lostErr
+}
+
+// ErrClaimLost is the arbiter's answer that a claim failed: its register
+// holds something other than the generation before the one claimed.
+// Errors that wrap it are definite; a *LostClaim says what the register
+// holds.
+var ErrClaimLost = errors.New("another replica holds that generation")
+
+// ErrClaimUnknown is a claim whose answer was lost and whose outcome
+// could not be read back: it may have landed or not. The replica does not
+// act alone on it (rule 7: safety before availability).
+var ErrClaimUnknown = errors.New("the claim's outcome is unknown")
+
+// Register is the arbiter's register as read: the generation and the
+// replica recorded as its holder, which the compare-and-swap writes
+// together.
+type Register struct {
+	Gen    uint64
+	Holder string
+}
+
+// LostClaim is a claim of generation Claimed that the register does not
+// record for the claimant: it holds Register instead. It wraps
+// ErrClaimLost.
+type LostClaim struct {
+	Claimed uint64
+	Register
+}
+
+func (e *LostClaim) Error() string {
+	holder := e.Holder
+	if holder == "" {
+		holder = "no one named"
+	}
+	switch {
+	case e.Gen == e.Claimed:
+		return fmt.Sprintf("generation %d is held by %s", e.Gen, holder)
+	case e.Gen > e.Claimed:
+		return fmt.Sprintf("the register moved past generation %d: generation %d is held by %s", e.Claimed, e.Gen, holder)
+	case e.Gen+1 == e.Claimed:
+		return fmt.Sprintf("the claim of generation %d did not land: the register still holds generation %d, held by %s", e.Claimed, e.Gen, holder)
+	}
+	return fmt.Sprintf("generation %d cannot be claimed: the register holds generation %d, held by %s", e.Claimed, e.Gen, holder)
+}
+
+// Unwrap makes a LostClaim an ErrClaimLost.
+func (e *LostClaim) Unwrap() error { return ErrClaimLost }
+
+// ClaimAnswered reports whether err is the arbiter's answer to a claim:
+// won (nil) or lost (ErrClaimLost). Any other error (a timeout, a broken
+// connection, a failed write) leaves the outcome open: the
+// compare-and-swap may have landed with only its answer lost, and
+// SettleClaim decides it from the register read back.
+func ClaimAnswered(err error) bool { return err == nil || errors.Is(err, ErrClaimLost) }
+
+// SettleClaim decides a claim of generation gen by holder self whose
+// answer was lost (claimErr), from the register read back after it (reg,
+// or readErr if it could not be read). The holder is written with the
+// generation in one compare-and-swap, so the register says who won: this
+// replica won if it is recorded as the holder of exactly gen. Otherwise
+// it lost, and the result names who holds what. A register that could not
+// be read leaves the outcome unknown: the replica must not act alone (it
+// may have lost), and says so. A replica with no name cannot recognise
+// itself in the register, so its outcome is unknown too.
+func SettleClaim(gen uint64, self string, claimErr error, reg Register, readErr error) error {
+	switch {
+	case readErr != nil:
+		return fmt.Errorf("%w: the answer to the claim of generation %d was lost (%v), and the register could not be read back (%v)",
+			ErrClaimUnknown, gen, claimErr, readErr)
+	case self == "":
+		return fmt.Errorf("%w: the answer to the claim of generation %d was lost (%v), and this replica has no holder name to find in the register",
+			ErrClaimUnknown, gen, claimErr)
+	case reg.Gen == gen && reg.Holder == self:
+		return nil
+	}
+	return &LostClaim{Claimed: gen, Register: reg}
 }

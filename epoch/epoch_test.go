@@ -2,7 +2,9 @@ package epoch
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"testing"
@@ -339,5 +341,27 @@ func TestArbitrationClaimsTheNextGenerationOnce(t *testing.T) {
 	}
 	if _, ok := a.Claim(); ok {
 		t.Fatal("a replica that lost claimed again")
+	}
+}
+
+// TestClaimAnswered: only a won claim and a definite refusal answer a
+// claim; a timeout or a broken connection leaves it to SettleClaim.
+func TestClaimAnswered(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, true},
+		{&LostClaim{Claimed: 2, Register: Register{Gen: 2, Holder: "b"}}, true},
+		{fmt.Errorf("claiming generation 2 at x: %w", ErrClaimLost), true},
+		{context.DeadlineExceeded, false},
+		{fmt.Errorf("claiming generation 2 at x: %w", io.ErrUnexpectedEOF), false},
+	} {
+		if got := ClaimAnswered(c.err); got != c.want {
+			t.Errorf("ClaimAnswered(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+	if err := SettleClaim(2, "a", context.DeadlineExceeded, Register{Gen: 2, Holder: "b"}, nil); !errors.Is(err, ErrClaimLost) {
+		t.Errorf("settled against another holder: %v, want ErrClaimLost", err)
 	}
 }

@@ -169,8 +169,12 @@ func (p *Primary) Suspect(reason string) Actions {
 }
 
 // Claimed takes the arbiter's answer to the claim Suspect asked for: won,
-// the primary goes on alone; lost, it is fenced (the backup won and is
-// the primary now).
+// the primary goes on alone; any error fences it. The answer must be
+// settled: a claim whose answer was lost (ClaimAnswered is false) is
+// decided by SettleClaim first, so that a compare-and-swap that landed
+// is not taken for a loss. Lost, the error says who holds the
+// generation; unknown (ErrClaimUnknown), the primary stops all the same,
+// since the backup may have won.
 func (p *Primary) Claimed(gen uint64, err error) Actions {
 	if p.arb == nil {
 		return p.Stop(fmt.Errorf("arbitration: generation %d claimed without an arbiter", gen))
@@ -376,7 +380,7 @@ type Backup struct {
 	stopped   string       // the goodbye's reason for a run that ended without power-off
 	arb       *Arbitration // rule 7's state; nil without an arbiter
 	suspicion string       // why the primary is presumed dead (a claim is under way)
-	stepDown  error        // another replica is the primary: never take over
+	stepDown  error        // the claim was lost or its outcome is unknown: never take over
 	ended     bool         // this replica's run is over: never take over
 	linkGone  bool         // the primary's link is gone, and what follows is decided
 }
@@ -528,8 +532,8 @@ func (b *Backup) Arbitrate(gen uint64) { b.arb = &Arbitration{held: gen} }
 // arbiter): the run's, or the one it won by taking over.
 func (b *Backup) Generation() uint64 { return b.arb.Held() }
 
-// SteppedDown is why this replica may never take over (another replica
-// won the generation), or nil.
+// SteppedDown is why this replica may never take over (its claim of the
+// next generation was lost, or its outcome is unknown), or nil.
 func (b *Backup) SteppedDown() error { return b.stepDown }
 
 // Suspect says the primary is presumed dead: its link closed, broke or
@@ -571,9 +575,11 @@ func (b *Backup) Suspect(reason string) Actions {
 // decided: a takeover, a step down, or nothing (the run is ending).
 func (b *Backup) LinkGone() bool { return b.linkGone }
 
-// Claimed takes the arbiter's answer to the claim Suspect asked for: won,
-// the backup takes over; lost, the primary went on without it (or the
-// arbiter could not be reached), and it steps down for good.
+// Claimed takes the arbiter's answer to the claim Suspect asked for,
+// settled as for Primary.Claimed: won, the backup takes over; any error
+// and it steps down for good. The error says only what the register
+// holds (who won, or that the outcome is unknown), never that the
+// primary went on: the holder of the generation may have stopped since.
 func (b *Backup) Claimed(gen uint64, err error) Actions {
 	b.linkGone = true
 	if b.arb == nil {
@@ -582,7 +588,7 @@ func (b *Backup) Claimed(gen uint64, err error) Actions {
 		err = b.arb.Won(gen)
 	} else {
 		b.arb.Lost(err)
-		err = fmt.Errorf("another replica went on as the primary: %w", err)
+		err = fmt.Errorf("not taking over: %w", err)
 	}
 	if err != nil {
 		b.stepDown = err

@@ -81,7 +81,11 @@ func runScript(t *testing.T, file string) {
 //	recv answer N | end E answers=A | release W | goodbye exit=C [stopped=WHY]
 //	                                   [more=true: more frames wait, no ack yet]
 //	suspect WHY...                     the peer is presumed lost
-//	claimed G [lost=WHY]               the arbiter's answer
+//	claimed G [lost=WHY] [settled]     the arbiter's answer (settled: the
+//	                                   last settle's result)
+//	settle G self=H [reg=G/HOLDER] [claimerr=WHY] [readerr=WHY]
+//	                                   a claim whose answer was lost, and
+//	                                   the register read back (SettleClaim)
 //	stop WHY...                        primary: fenced, or its sink failed
 //	maystart E                         primary: may epoch E begin (rule 2)
 //	mayfinish | finish exit=C hash=H   primary: the end of the run
@@ -93,9 +97,10 @@ func runScript(t *testing.T, file string) {
 //	tick [heard]                       the failure detector: an interval ends
 //	state                              the role's observable state
 type script struct {
-	p    *Primary
-	b    *Backup
-	live *Liveness
+	p       *Primary
+	b       *Backup
+	live    *Liveness
+	settled error // the last settle's result, for "claimed G settled"
 }
 
 func (s *script) step(line string) string {
@@ -180,10 +185,37 @@ func (s *script) step(line string) string {
 		if why := kv["lost"]; why != "" {
 			err = errors.New(why)
 		}
+		if len(words) > 1 && words[1] == "settled" {
+			err = s.settled
+		}
 		if s.b != nil {
 			return render(s.b.Claimed(arg(0), err))
 		}
 		return render(s.p.Claimed(arg(0), err))
+	case "settle":
+		var claimErr, readErr error
+		if why := kv["claimerr"]; why != "" {
+			claimErr = errors.New(strings.ReplaceAll(why, "-", " "))
+		}
+		if why := kv["readerr"]; why != "" {
+			readErr = errors.New(strings.ReplaceAll(why, "-", " "))
+		}
+		var reg Register
+		if r := kv["reg"]; r != "" {
+			g, h, _ := strings.Cut(r, "/")
+			reg.Gen, _ = strconv.ParseUint(g, 10, 64)
+			reg.Holder = h
+		}
+		s.settled = SettleClaim(arg(0), kv["self"], claimErr, reg, readErr)
+		switch {
+		case s.settled == nil:
+			return "won"
+		case errors.Is(s.settled, ErrClaimLost):
+			return "lost: " + s.settled.Error()
+		case errors.Is(s.settled, ErrClaimUnknown):
+			return "unknown: " + s.settled.Error()
+		}
+		return "error: " + s.settled.Error()
 	case "stop":
 		return render(s.p.Stop(errors.New(rest)))
 	case "maystart":

@@ -22,7 +22,7 @@ import (
 type BackupOptions struct {
 	Options
 	Primary        string        // the primary's address
-	ConnectTimeout time.Duration // how long to keep trying to reach it
+	ConnectTimeout time.Duration // how long to keep trying to reach it and complete the handshake
 	// Join joins a primary that is already running, by state transfer.
 	Join bool
 	// Listener, if set, takes joining backups once this replica has
@@ -30,6 +30,10 @@ type BackupOptions struct {
 	Listener net.Listener
 	Mode     epoch.Mode
 	MaxLag   uint64
+
+	// handshake, in tests, bounds each attempt's wait for the primary's
+	// welcome (0: handshakeTimeout).
+	handshake time.Duration
 }
 
 // backup is the backup role's shared state. mu guards everything below it;
@@ -101,7 +105,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.cond = sync.NewCond(&b.mu)
 	b.report.Role, b.report.Engine = "backup", uc.Version()
 	dctx, cancel := context.WithTimeout(ctx, opt.ConnectTimeout)
-	link, advertised, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig, opt.Join, opt.Auth, b.log)
+	link, advertised, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig, opt.Join, opt.Auth, opt.handshake, b.log)
 	cancel()
 	if err != nil {
 		return nil, err
@@ -344,8 +348,9 @@ func (b *backup) endLink(err error) {
 
 // suspect presumes the primary dead (rule 5) and carries out what the
 // protocol decides: with an arbiter, first the claim of the next
-// generation (rule 7), whose loss means the primary went on without this
-// replica, which then steps down instead of becoming a second primary. The
+// generation (rule 7). Lost, or with an outcome that cannot be settled,
+// the primary may have gone on without this replica, which then steps
+// down instead of becoming a second primary. The
 // link's end is marked in the same step as the decision, so the machine
 // never sees a link that is gone without one.
 func (b *backup) suspect(reason string) {
@@ -353,7 +358,7 @@ func (b *backup) suspect(reason string) {
 	act := b.proto.Suspect(reason)
 	if gen := act.Claim; gen != 0 {
 		b.mu.Unlock()
-		err := b.opt.Arbiter.Claim(b.ctx, gen, b.opt.Holder)
+		err := claim(b.ctx, b.opt.Arbiter, gen, b.opt.Holder, b.opt.claimReadBack, b.log)
 		b.mu.Lock()
 		act = b.proto.Claimed(gen, err)
 		if err == nil {
@@ -365,7 +370,7 @@ func (b *backup) suspect(reason string) {
 	case act.Stop != nil:
 		b.cond.Broadcast()
 		b.mu.Unlock()
-		b.log.Error("not taking over: "+act.Stop.Error(), zap.String("reason", reason))
+		b.log.Error("stepping down", zap.Error(act.Stop), zap.String("reason", reason))
 		b.link.Close()
 	case act.TakeOver != "":
 		b.takeOver(act)

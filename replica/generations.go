@@ -15,6 +15,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"hvft/epoch"
 )
 
 // Generations is the arbiter of rule 7 (epoch.Arbitration): a register
@@ -25,7 +27,10 @@ type Generations interface {
 	// Current reads the generation (0 before any) and its holder.
 	Current(ctx context.Context) (gen uint64, holder string, err error)
 	// Claim moves the register from gen-1 to gen for holder. It fails
-	// with ErrClaimLost when the register holds anything else.
+	// with an *epoch.LostClaim (ErrClaimLost) naming what the register
+	// holds when it holds anything else. Any other error leaves the
+	// outcome open (the swap may have landed with its answer lost):
+	// claim settles it by reading the register back.
 	Claim(ctx context.Context, gen uint64, holder string) error
 	// Close releases the connection.
 	Close() error
@@ -37,11 +42,13 @@ type Generations interface {
 	RunName() string
 }
 
-// ErrClaimLost means another replica holds the generation claimed.
-var ErrClaimLost = errors.New("another replica holds that generation")
+// ErrClaimLost means another replica holds the generation claimed: the
+// arbiter answered so.
+var ErrClaimLost = epoch.ErrClaimLost
 
 // arbiterTimeout bounds one call to the arbiter: a replica that cannot
-// reach it in that time does not act alone.
+// reach it in that time does not act alone. It also bounds the read-back
+// that settles a claim whose answer was lost.
 const arbiterTimeout = 5 * time.Second
 
 // EtcdGenerations keeps the register in etcd: key PREFIX/generation
@@ -107,26 +114,47 @@ func (e *EtcdGenerations) RunName() string { return "etcd:" + e.prefix }
 func (e *EtcdGenerations) Current(ctx context.Context) (uint64, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, arbiterTimeout)
 	defer cancel()
-	resp, err := e.client.Txn(ctx).Then(clientv3.OpGet(e.genKey()), clientv3.OpGet(e.holderKey())).Commit()
+	resp, err := e.client.Txn(ctx).Then(e.readOps()...).Commit()
 	if err != nil {
 		return 0, "", fmt.Errorf("reading the arbiter %s: %w", e.desc, err)
 	}
-	var gen uint64
-	var holder string
-	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-		if gen, err = strconv.ParseUint(string(kvs[0].Value), 10, 64); err != nil {
-			return 0, "", fmt.Errorf("the arbiter's %s holds %q, not a generation", e.genKey(), kvs[0].Value)
+	reg, err := e.register(resp)
+	if err != nil {
+		return 0, "", err
+	}
+	return reg.Gen, reg.Holder, nil
+}
+
+// readOps read the register: its generation and its holder, in one
+// transaction so that the two belong together.
+func (e *EtcdGenerations) readOps() []clientv3.Op {
+	return []clientv3.Op{clientv3.OpGet(e.genKey()), clientv3.OpGet(e.holderKey())}
+}
+
+// register parses the answers to readOps.
+func (e *EtcdGenerations) register(resp *clientv3.TxnResponse) (epoch.Register, error) {
+	var reg epoch.Register
+	resps := resp.Responses
+	if len(resps) != 2 {
+		return reg, fmt.Errorf("the arbiter %s answered %d reads, not 2", e.desc, len(resps))
+	}
+	if kvs := resps[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		gen, err := strconv.ParseUint(string(kvs[0].Value), 10, 64)
+		if err != nil {
+			return reg, fmt.Errorf("the arbiter's %s holds %q, not a generation", e.genKey(), kvs[0].Value)
 		}
+		reg.Gen = gen
 	}
-	if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
-		holder = string(kvs[0].Value)
+	if kvs := resps[1].GetResponseRange().Kvs; len(kvs) > 0 {
+		reg.Holder = string(kvs[0].Value)
 	}
-	return gen, holder, nil
+	return reg, nil
 }
 
 // Claim implements Generations: an etcd transaction that puts gen only
 // if the register still holds gen-1 (or, for a first generation, holds
-// nothing).
+// nothing), and otherwise reads what it holds, so that a lost claim names
+// the holder as the same transaction saw it.
 func (e *EtcdGenerations) Claim(ctx context.Context, gen uint64, holder string) error {
 	if gen == 0 {
 		return errors.New("generation 0 cannot be claimed")
@@ -138,12 +166,18 @@ func (e *EtcdGenerations) Claim(ctx context.Context, gen uint64, holder string) 
 		cond = clientv3.Compare(clientv3.CreateRevision(e.genKey()), "=", 0)
 	}
 	resp, err := e.client.Txn(ctx).If(cond).
-		Then(clientv3.OpPut(e.genKey(), strconv.FormatUint(gen, 10)), clientv3.OpPut(e.holderKey(), holder)).Commit()
+		Then(clientv3.OpPut(e.genKey(), strconv.FormatUint(gen, 10)), clientv3.OpPut(e.holderKey(), holder)).
+		Else(e.readOps()...).Commit()
 	if err != nil {
 		return fmt.Errorf("claiming generation %d at %s: %w", gen, e.desc, err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("%w (generation %d at %s)", ErrClaimLost, gen, e.desc)
+		reg, err := e.register(resp)
+		if err != nil {
+			// Still a definite refusal: the comparison failed.
+			return fmt.Errorf("claiming generation %d at %s: %w (%v)", gen, e.desc, ErrClaimLost, err)
+		}
+		return fmt.Errorf("claiming generation %d at %s: %w", gen, e.desc, &epoch.LostClaim{Claimed: gen, Register: reg})
 	}
 	return nil
 }
@@ -153,15 +187,70 @@ func (e *EtcdGenerations) Close() error { return e.client.Close() }
 
 // claimFirst makes a primary that starts a run the holder of the next
 // generation: it reads the register and claims the one after.
-func claimFirst(ctx context.Context, g Generations, holder string) (uint64, error) {
+func claimFirst(ctx context.Context, g Generations, holder string, readBack time.Duration, log *zap.Logger) (uint64, error) {
 	cur, _, err := g.Current(ctx)
 	if err != nil {
 		return 0, err
 	}
-	if err := g.Claim(ctx, cur+1, holder); err != nil {
+	if err := claim(ctx, g, cur+1, holder, readBack, log); err != nil {
 		return 0, err
 	}
 	return cur + 1, nil
+}
+
+// claim claims gen for holder at g (rule 7) and settles a claim whose
+// answer was lost. A compare-and-swap can land while its answer does not
+// come back (the arbiter's reply dropped, the connection broken after the
+// request left): taking that for a loss would fence a primary that won
+// and leave nobody running. So any error but a definite refusal is settled by
+// reading the register back, retried for up to readBack (0: the
+// arbiter's timeout), and deciding by epoch.SettleClaim: won if holder is
+// recorded for gen, otherwise lost naming the holder; a register that
+// cannot be read leaves the outcome unknown (epoch.ErrClaimUnknown), and
+// the caller must not act alone.
+func claim(ctx context.Context, g Generations, gen uint64, holder string, readBack time.Duration, log *zap.Logger) error {
+	err := g.Claim(ctx, gen, holder)
+	if epoch.ClaimAnswered(err) {
+		return err
+	}
+	if readBack <= 0 {
+		readBack = arbiterTimeout
+	}
+	log.Warn("the answer to a claim was lost: reading the register back", zap.Uint64("generation", gen),
+		zap.Stringer("arbiter", g), zap.Error(err))
+	reg, rerr := readRegister(ctx, g, readBack)
+	settled := epoch.SettleClaim(gen, holder, err, reg, rerr)
+	switch {
+	case settled == nil:
+		log.Info("read back: this replica holds the generation it claimed", zap.Uint64("generation", gen))
+		return nil
+	case errors.Is(settled, ErrClaimLost):
+		return fmt.Errorf("%v; read back: %w", err, settled)
+	}
+	return settled // unknown: it names the claim's error and the read's
+}
+
+// readRegister reads the register until it answers or bound runs out,
+// pausing between attempts (growing, at most a second): a connection the
+// lost answer broke may take a moment to come back.
+func readRegister(ctx context.Context, g Generations, bound time.Duration) (epoch.Register, error) {
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	pause := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		gen, holder, err := g.Current(ctx)
+		if err == nil {
+			return epoch.Register{Gen: gen, Holder: holder}, nil
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return epoch.Register{}, fmt.Errorf("%d reads in %v, the last: %w", attempt, bound, err)
+		case <-t.C:
+		}
+		pause = min(2*pause, time.Second)
+	}
 }
 
 // FileGenerations keeps the register in a directory on one machine's
@@ -240,7 +329,7 @@ func (f *FileGenerations) Claim(ctx context.Context, gen uint64, holder string) 
 		return err
 	}
 	if cur != gen-1 {
-		return fmt.Errorf("%w (generation %d claimed from %d at %s)", ErrClaimLost, gen, cur, f)
+		return f.lost(ctx, gen)
 	}
 	tmp, err := os.CreateTemp(f.dir, ".claim-")
 	if err != nil {
@@ -255,7 +344,7 @@ func (f *FileGenerations) Claim(ctx context.Context, gen uint64, holder string) 
 	}
 	if err := os.Link(tmp.Name(), f.path(gen)); err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("%w (generation %d at %s)", ErrClaimLost, gen, f)
+			return f.lost(ctx, gen)
 		}
 		return fmt.Errorf("claiming generation %d at %s: %w", gen, f, err)
 	}
@@ -265,6 +354,16 @@ func (f *FileGenerations) Claim(ctx context.Context, gen uint64, holder string) 
 		d.Close()
 	}
 	return nil
+}
+
+// lost is the definite refusal of a claim of gen, naming what the
+// register holds (or only the refusal, if it cannot be read now).
+func (f *FileGenerations) lost(ctx context.Context, gen uint64) error {
+	cur, holder, err := f.Current(ctx)
+	if err != nil {
+		return fmt.Errorf("claiming generation %d at %s: %w (%v)", gen, f, ErrClaimLost, err)
+	}
+	return fmt.Errorf("claiming generation %d at %s: %w", gen, f, &epoch.LostClaim{Claimed: gen, Register: epoch.Register{Gen: cur, Holder: holder}})
 }
 
 // Close implements Generations.

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"hvft/epoch"
 	"hvft/guests"
 	"hvft/replica/etcdtest"
 	"hvft/vm/tlb"
@@ -77,19 +78,27 @@ func testClaimIsCompareAndSwap(t *testing.T, open func() Generations) {
 		}
 		wg.Wait()
 		won := 0
-		for _, err := range errs {
-			switch {
-			case err == nil:
+		winner := ""
+		for i, err := range errs {
+			if err == nil {
 				won++
-			case !errors.Is(err, ErrClaimLost):
-				t.Fatalf("round %d: %v", round, err)
+				winner = fmt.Sprintf("replica-%d", i)
 			}
 		}
 		if won != 1 {
 			t.Fatalf("round %d: %d replicas won generation %d", round, won, round)
 		}
+		// A refusal is definite and names the winner, as the register
+		// records it.
+		for _, err := range errs {
+			var lc *epoch.LostClaim
+			if err != nil && (!errors.As(err, &lc) || lc.Gen != round || lc.Holder != winner) {
+				t.Fatalf("round %d, won by %s: %v", round, winner, err)
+			}
+		}
 	}
-	if err := gens[0].Claim(ctx, 9, "late"); !errors.Is(err, ErrClaimLost) {
+	err := gens[0].Claim(ctx, 9, "late")
+	if !errors.Is(err, ErrClaimLost) || !strings.Contains(err.Error(), "generation 9 cannot be claimed: the register holds generation 5, held by replica-") {
 		t.Fatalf("claiming 9 from 5: %v", err)
 	}
 	if gen, holder, _ := gens[1].Current(ctx); gen != 5 || !strings.HasPrefix(holder, "replica-") {
@@ -188,7 +197,8 @@ func testPartitionLeavesOnePrimary(t *testing.T, open func(run string) Generatio
 }
 
 // TestArbiterUnreachableMeansNobodyGoesOnAlone: with etcd gone, a pair
-// that loses its link has no replica that may act alone: both stop.
+// that loses its link has no replica that may act alone: both stop, each
+// saying its claim's outcome is unknown.
 func TestArbiterUnreachableMeansNobodyGoesOnAlone(t *testing.T) {
 	e := startEtcd(t)
 	tl := tlb.Config{PageSize: 64 << 10, Entries: 32, Seed: 1}
@@ -199,6 +209,10 @@ func TestArbiterUnreachableMeansNobodyGoesOnAlone(t *testing.T) {
 	}
 	if b.rep != nil && b.rep.BecamePrimary {
 		t.Fatal("the backup took over without the arbiter")
+	}
+	// Neither can know whether its claim landed, and neither says more.
+	for role, err := range map[string]error{"primary": p.err, "backup": b.err} {
+		wantNamed(t, role, err, "the claim's outcome is unknown")
 	}
 }
 

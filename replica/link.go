@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -275,45 +277,129 @@ func (l *Link) answerHello(reason, arbiter string, timeout time.Duration) error 
 	return nil
 }
 
-// dialPrimary connects to the primary, retrying until ctx ends, and
-// presents cfg; it returns the link and the arbiter the primary
-// advertised (Welcome.Arbiter). A refusal is final. The configuration is
-// taken at each connection: a console file the primary creates at its
-// start may appear only after this replica began.
-func dialPrimary(ctx context.Context, addr string, cfg func() epoch.MachineConfig, join bool, auth *Auth, log *zap.Logger) (*Link, string, error) {
-	var d net.Dialer
-	warned := false
-	for {
-		conn, err := d.DialContext(ctx, "tcp", addr)
+// dialPrimary connects to the primary and presents cfg, retrying until
+// ctx ends (--connect-timeout); it returns the link and the arbiter the
+// primary advertised (Welcome.Arbiter). The configuration is taken at
+// each connection: a console file the primary creates at its start may
+// appear only after this replica began.
+//
+// An attempt that fails in a way that can pass is retried, after a pause
+// that grows to dialPauseMax: a primary not listening yet, a connection
+// reset or closed before the welcome, a handshake that timed out. A
+// primary out of file descriptors leaves connections in its listen queue
+// unanswered (or closes them): a joiner that gave up at the first one
+// would stay locked out while the primary runs on alone. A refusal (the
+// primary's welcome says why) or a peer that is not an hvft primary (a
+// corrupt frame, another key) is final at once. handshake bounds each
+// attempt's wait for the welcome (0: handshakeTimeout).
+func dialPrimary(ctx context.Context, addr string, cfg func() epoch.MachineConfig, join bool, auth *Auth, handshake time.Duration, log *zap.Logger) (*Link, string, error) {
+	if handshake <= 0 {
+		handshake = handshakeTimeout
+	}
+	start := time.Now()
+	pause := dialPauseMin
+	var last error
+	attempts := 0
+	for ctx.Err() == nil {
+		attempts++
+		l, arbiter, dialed, err := connectOnce(ctx, addr, cfg, join, auth, handshake)
 		if err == nil {
-			if conn, err = auth.secure(ctx, conn, false); err != nil {
-				return nil, "", err
-			}
-			l := newLink(conn)
-			arbiter, err := l.hello(cfg(), join)
-			if err != nil {
-				l.Close()
-				return nil, "", err
-			}
 			return l, arbiter, nil
 		}
-		if ctx.Err() != nil {
-			return nil, "", fmt.Errorf("no primary at %s: %w", addr, err)
+		if dialed && !mayPass(err) {
+			return nil, "", err
 		}
-		if !warned {
+		if ctx.Err() == nil || last == nil {
+			// An attempt cut by the end of ctx says nothing about the
+			// primary: the failure before it does.
+			last = err
+		}
+		switch {
+		case ctx.Err() != nil:
+		case dialed:
+			log.Warn("the primary did not complete the handshake; retrying", zap.String("addr", addr), zap.Int("attempt", attempts), zap.Error(err))
+		case attempts == 1:
 			log.Info("waiting for the primary", zap.String("addr", addr), zap.Error(err))
-			warned = true
 		}
+		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
-			return nil, "", fmt.Errorf("no primary at %s: %w", addr, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
+			t.Stop()
+		case <-t.C:
 		}
+		pause = min(2*pause, dialPauseMax)
 	}
+	if last == nil {
+		last = ctx.Err()
+	}
+	why := "stopped"
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		why = "the connect timeout ran out"
+	}
+	return nil, "", fmt.Errorf("no primary at %s took this backup: %s after %d attempts in %v; the last failed: %w",
+		addr, why, attempts, time.Since(start).Round(time.Millisecond), last)
 }
 
-func (l *Link) hello(cfg epoch.MachineConfig, join bool) (arbiter string, err error) {
-	l.conn.SetDeadline(time.Now().Add(handshakeTimeout))
+// The pause between two attempts to reach the primary grows from
+// dialPauseMin to dialPauseMax: quick while a primary is starting, and
+// no faster than that against one that is overwhelmed.
+const (
+	dialPauseMin = 100 * time.Millisecond
+	dialPauseMax = 500 * time.Millisecond
+)
+
+// connectOnce makes one attempt to reach the primary: connect, secure,
+// hello and welcome, the wait for the welcome bounded by handshake and by
+// ctx. dialed says whether a connection was made (a failure to connect
+// at all can always pass: the primary may not be listening yet).
+func connectOnce(ctx context.Context, addr string, cfg func() epoch.MachineConfig, join bool, auth *Auth, handshake time.Duration) (l *Link, arbiter string, dialed bool, err error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, "", false, err
+	}
+	// The run's end cuts a handshake under way: closing the connection
+	// ends its reads and writes.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	deadline := time.Now().Add(handshake)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if conn, err = auth.secure(ctx, conn, false); err != nil {
+		return nil, "", true, err
+	}
+	l = newLink(conn)
+	if arbiter, err = l.hello(cfg(), join, deadline); err != nil {
+		l.Close()
+		return nil, "", true, err
+	}
+	if !stop() {
+		l.Close()
+		return nil, "", true, fmt.Errorf("handshake: %w", ctx.Err())
+	}
+	return l, arbiter, true, nil
+}
+
+// mayPass reports whether a failed handshake may succeed if tried again:
+// the connection was reset, closed or timed out before the welcome. A
+// refusal, a frame that is not hvft's and a peer with another key are
+// answers, and final.
+func mayPass(err error) bool {
+	var refused *RefusedError
+	if errors.As(err, &refused) || errors.Is(err, epoch.ErrFrame) || errors.Is(err, errPeerKey) {
+		return false
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func (l *Link) hello(cfg epoch.MachineConfig, join bool, deadline time.Time) (arbiter string, err error) {
+	l.conn.SetDeadline(deadline)
 	defer l.conn.SetDeadline(time.Time{})
 	if err := l.Send(epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: cfg, Join: join}}); err != nil {
 		return "", fmt.Errorf("handshake: %w", err)

@@ -52,6 +52,9 @@ type Options struct {
 
 	// mutateAnswer, in tests, lets a backup answer from its own host.
 	mutateAnswer func(at vm.Point, port uint32, seq, v uint64) uint64
+	// claimReadBack, in tests, bounds the read-back that settles a claim
+	// whose answer was lost (0: the arbiter's timeout).
+	claimReadBack time.Duration
 }
 
 func (o *Options) defaults() {
@@ -132,7 +135,7 @@ func RunPrimary(ctx context.Context, opt PrimaryOptions) (*Report, error) {
 	defer cancel()
 	p.stop = cancel
 	if opt.Arbiter != nil {
-		gen, err := claimFirst(ctx, opt.Arbiter, opt.Holder)
+		gen, err := claimFirst(ctx, opt.Arbiter, opt.Holder, opt.claimReadBack, p.log)
 		if err != nil {
 			return nil, fmt.Errorf("starting the run at the arbiter: %w", err)
 		}
@@ -548,7 +551,7 @@ func (p *primary) loseBackup(l *Link, reason string) {
 		p.link.Close()
 		disk := p.disk
 		p.mu.Unlock()
-		err := p.opt.Arbiter.Claim(context.Background(), gen, p.opt.Holder)
+		err := claim(context.Background(), p.opt.Arbiter, gen, p.opt.Holder, p.opt.claimReadBack, p.log)
 		if err == nil && disk != nil {
 			// The disk's fence moves on to the new generation before the
 			// protocol lets anything more reach the disk.

@@ -71,8 +71,15 @@ type pairConfig struct {
 	primarySink func(Sink) Sink
 	backupSink  func(Sink) Sink
 	// arbiter, if set, gives each side its own connection to one
-	// generation register (rule 7).
+	// generation register (rule 7). Each side's holder name there is its
+	// role and its side's address (holder).
 	arbiter func() Generations
+	// wrapArbiter, if set, wraps the arbiter of the side with role
+	// ("primary" or "backup").
+	wrapArbiter func(role string, g Generations) Generations
+	// claimReadBack bounds both sides' read-back of a claim whose answer
+	// was lost (0: the default).
+	claimReadBack time.Duration
 	// beforeBackup, if set, runs once the primary's listener is up and
 	// before the backup starts, with the address the backup will dial.
 	beforeBackup func(t *testing.T, addr string)
@@ -98,7 +105,7 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 	if c.proxy != nil {
 		addr = c.proxy(t, addr)
 	}
-	opts := func(s *side, tlbCfg tlb.Config) Options {
+	opts := func(role string, s *side, tlbCfg tlb.Config) Options {
 		m := machine(t, c.guest, c.args, tlbCfg)
 		if c.epochBlocks != 0 {
 			m.EpochBlocks = c.epochBlocks
@@ -107,7 +114,10 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 		o := Options{Machine: m, Sink: NewPlainSink(&s.out), CPU: cpu, MaxEpochs: c.maxEpochs, FailureTimeout: quietLinkTimeout,
 			TimerJitter: 200 * time.Microsecond, OnEpoch: func(st vm.Stop) { s.trail = append(s.trail, st) }}
 		if c.arbiter != nil {
-			o.Arbiter, o.Holder = c.arbiter(), fmt.Sprintf("side-%p", s)
+			o.Arbiter, o.Holder, o.claimReadBack = c.arbiter(), holder(role, s), c.claimReadBack
+			if c.wrapArbiter != nil {
+				o.Arbiter = c.wrapArbiter(role, o.Arbiter)
+			}
 			if os.Getenv("HVFT_TEST_LOG") != "" {
 				o.Log, _ = zap.NewDevelopment()
 			}
@@ -118,7 +128,7 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		o := opts(p, c.primaryTLB)
+		o := opts("primary", p, c.primaryTLB)
 		if c.primarySink != nil {
 			o.Sink = c.primarySink(o.Sink)
 		}
@@ -129,7 +139,7 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 	}
 	go func() {
 		defer wg.Done()
-		o := opts(b, c.backupTLB)
+		o := opts("backup", b, c.backupTLB)
 		o.mutateAnswer = c.mutateAnswer
 		if c.backupSink != nil {
 			o.Sink = c.backupSink(o.Sink)
@@ -142,6 +152,9 @@ func runPair(t *testing.T, c pairConfig) (p, b *side) {
 	}
 	return p, b
 }
+
+// holder is the name of a side of runPair at its arbiter.
+func holder(role string, s *side) string { return fmt.Sprintf("%s-%p", role, s) }
 
 // TestPairReplicates: equal per-epoch hash trails and final hashes under
 // different TLBs and jittered timers; different miss counts; the backup

@@ -145,3 +145,44 @@ func TestJoinAfterDescriptorExhaustion(t *testing.T) {
 		t.Fatalf("the primary did not log the join\n%s", primary.stderr.String())
 	}
 }
+
+// TestJoinDuringDescriptorExhaustion: a joiner that starts while the
+// primary is out of file descriptors (100 idle connections held against a
+// limit of 40 files) waits in the primary's listen queue and gets no
+// welcome within its handshake's 5 s. It tries again (--connect-timeout
+// has time left) and joins once the flood is gone. Before, it gave up at
+// its first handshake, and joiners were locked out of a primary that
+// recovered.
+func TestJoinDuringDescriptorExhaustion(t *testing.T) {
+	addr := freeAddr(t)
+	guest := []string{"ticker", "--", "100000", "5000"}
+	primary := startHvft(t, append([]string{"__nofile", "40", "--log-level", "info", "primary", "--listen", addr, "--backup-wait", "0"}, guest...)...)
+	primary.waitFor(t, "the primary's first tick", func() bool { return strings.Contains(primary.stdout.String(), "tick 1 ") })
+	var flood []net.Conn
+	defer func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	}()
+	for range 100 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flood = append(flood, c)
+	}
+	primary.waitFor(t, "a failed accept in the log", func() bool {
+		return strings.Contains(primary.stderr.String(), "accepting a connection failed; retrying")
+	})
+	backup := startHvft(t, append([]string{"--log-level", "info", "backup", "--primary", addr, "--join", "--connect-timeout", "1m"}, guest...)...)
+	backup.waitFor(t, "a handshake that failed and is retried", func() bool {
+		return strings.Contains(backup.stderr.String(), "the primary did not complete the handshake; retrying")
+	})
+	for _, c := range flood {
+		c.Close()
+	}
+	flood = nil
+	backup.waitFor(t, "the join", func() bool {
+		return strings.Contains(backup.stderr.String(), "received the primary's state")
+	})
+}

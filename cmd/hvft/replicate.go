@@ -73,7 +73,7 @@ func backupCommand() *cli.Command {
 			"primary: a takeover skips the input the primary had read.",
 		Flags: append(append(append(machineFlags(), runFlags()...), linkFlags()...), recordFlag(),
 			&cli.StringFlag{Name: "primary", Required: true, Usage: "the primary's address (host:port)"},
-			&cli.DurationFlag{Name: "connect-timeout", Value: 30 * time.Second, Usage: "how long to keep trying to reach the primary"},
+			&cli.DurationFlag{Name: "connect-timeout", Value: 30 * time.Second, Usage: "how long to keep trying to reach the primary and complete the handshake (connections refused, reset or unanswered are tried again; a refusal is final)"},
 			&cli.BoolFlag{Name: "join", Usage: "join a primary that is already running (alone): receive its state, then its log"},
 			&cli.StringFlag{Name: "listen", Usage: "once this replica has taken over, accept a new backup (--join) here (host:port or fd:N)"},
 			&cli.StringFlag{Name: "protocol", Value: "bounded", Usage: "the protocol it uses with such a backup: bounded or strict"},
