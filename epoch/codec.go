@@ -100,6 +100,7 @@ func appendPayload(buf []byte, m Message) ([]byte, error) {
 		buf = appendBool(buf, m.Welcome.Accepted)
 		buf = appendString(buf, m.Welcome.Reason)
 		buf = appendString(buf, m.Welcome.Arbiter)
+		buf = appendString(buf, m.Welcome.Proof)
 	case TypeAnswer:
 		a := m.Answer
 		if a == nil {
@@ -248,7 +249,7 @@ func DecodeFrame(body []byte) (Message, error) {
 		c.JournalVersion = d.u32()
 		m.Hello = &Hello{Config: c, Join: d.bool()}
 	case TypeWelcome:
-		m.Welcome = &Welcome{Accepted: d.bool(), Reason: d.string(), Arbiter: d.string()}
+		m.Welcome = &Welcome{Accepted: d.bool(), Reason: d.string(), Arbiter: d.string(), Proof: d.string()}
 	case TypeAnswer:
 		a := &Answer{Seq: d.u64(), Kind: record.AnswerKind(d.u8()), Size: d.u8(), Port: d.u32(), Sub: d.u32(), Value: d.u64()}
 		for i := range a.Regs {

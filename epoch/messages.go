@@ -126,6 +126,10 @@ type Welcome struct {
 	Accepted bool
 	Reason   string
 	Arbiter  string
+	// Proof is a token the primary wrote, just before answering, into a
+	// file beside the shared disk image: a backup that reads another one
+	// there names another image (a copy, or another host's file).
+	Proof string
 }
 
 // The records the log carries are package record's, the machine's own:

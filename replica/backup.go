@@ -105,7 +105,7 @@ func RunBackup(ctx context.Context, opt BackupOptions) (*Report, error) {
 	b.cond = sync.NewCond(&b.mu)
 	b.report.Role, b.report.Engine = "backup", uc.Version()
 	dctx, cancel := context.WithTimeout(ctx, opt.ConnectTimeout)
-	link, advertised, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig, opt.Join, opt.Auth, opt.handshake, b.log)
+	link, advertised, err := dialPrimary(dctx, opt.Primary, opt.Machine.wireConfig, opt.Machine.checkProof, opt.Join, opt.Auth, opt.handshake, b.log)
 	cancel()
 	if err != nil {
 		return nil, err

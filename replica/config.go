@@ -8,9 +8,11 @@ package replica
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -280,4 +282,59 @@ func differentOnThisHost(a, b string) bool {
 func arbiterName(id string) string {
 	name, _, _ := strings.Cut(id, "#")
 	return name
+}
+
+// ProofPath is the file beside a shared disk image where a primary writes
+// a fresh token before it welcomes a backup.
+func ProofPath(image string) string { return image + ".hvft-proof" }
+
+func (m Machine) proofPath() string {
+	if m.DiskPath == "" {
+		return ""
+	}
+	return ProofPath(m.DiskPath)
+}
+
+// writeProof writes a fresh token beside the shared disk image (replacing
+// the file whole, so that a reader sees the old token or the new one) and
+// returns it ("" without a disk). A backup that reads another token there
+// names another image: device and inode numbers prove that only on one
+// host, the token on any storage both replicas share.
+func (m Machine) writeProof() (string, error) {
+	path := m.proofPath()
+	if path == "" {
+		return "", nil
+	}
+	token, err := newNonce()
+	if err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".hvft-proof-*")
+	if err != nil {
+		return "", fmt.Errorf("writing %s: %w", path, err)
+	}
+	_, werr := tmp.WriteString(token)
+	if err := errors.Join(werr, tmp.Sync(), tmp.Close()); err != nil {
+		os.Remove(tmp.Name())
+		return "", fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		return "", fmt.Errorf("writing %s: %w", path, err)
+	}
+	return token, nil
+}
+
+// checkProof compares the token beside this replica's disk image with
+// the one the primary wrote beside its own.
+func (m Machine) checkProof(token string) error {
+	path := m.proofPath()
+	if path == "" || token == "" {
+		return nil
+	}
+	got, err := os.ReadFile(path)
+	if err != nil || string(got) != token {
+		return fmt.Errorf("the disk image %s is not the primary's: the token the primary just wrote beside its image is not beside this one (a copy, or a file on another host's storage); both replicas must name the one shared image", m.DiskPath)
+	}
+	return nil
 }

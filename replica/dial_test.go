@@ -122,7 +122,7 @@ func refusingPrimary(t *testing.T, ctx context.Context, reason string) (addr str
 			l := newLink(c)
 			defer l.Close()
 			if _, err := l.readHello(handshakeTimeout); err == nil {
-				l.answerHello(reason, "", handshakeTimeout)
+				l.answerHello(reason, "", "", handshakeTimeout)
 			}
 		}()
 	})

@@ -99,7 +99,14 @@ func (p *primary) admit(ctx context.Context, conn net.Conn, want epoch.MachineCo
 		Busy: !p.proto.Alone() || p.transfer != nil || len(p.joins) > 0 || p.proto.Ended()}
 	p.mu.Unlock()
 	reason, first = adm.Admit(reason, hello.Join)
-	if err := l.answerHello(reason, p.opt.Advertise, p.handshake); err != nil {
+	proof := ""
+	if reason == "" {
+		var err error
+		if proof, err = p.opt.Machine.writeProof(); err != nil {
+			reason = fmt.Sprintf("the primary cannot prove which disk it shares: %v", err)
+		}
+	}
+	if err := l.answerHello(reason, p.opt.Advertise, proof, p.handshake); err != nil {
 		p.log.Warn("turned away a peer that failed the handshake", zap.String("peer", peer), zap.Error(err))
 		l.Close()
 		return

@@ -255,10 +255,10 @@ func (l *Link) readHello(timeout time.Duration) (*epoch.Hello, error) {
 // answerHello sends the Welcome (refused when reason is set). An accepted
 // peer must confirm with a heartbeat: a backup that gave up waiting (its
 // Hello was still queued when it left) is not taken for a backup.
-func (l *Link) answerHello(reason, arbiter string, timeout time.Duration) error {
+func (l *Link) answerHello(reason, arbiter, proof string, timeout time.Duration) error {
 	l.conn.SetDeadline(time.Now().Add(timeout))
 	defer l.conn.SetDeadline(time.Time{})
-	if err := l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason, Arbiter: arbiter}}); err != nil {
+	if err := l.Send(epoch.Message{Type: epoch.TypeWelcome, Welcome: &epoch.Welcome{Accepted: reason == "", Reason: reason, Arbiter: arbiter, Proof: proof}}); err != nil {
 		return err
 	}
 	if err := l.Drain(timeout); err != nil {
@@ -292,7 +292,10 @@ func (l *Link) answerHello(reason, arbiter string, timeout time.Duration) error 
 // primary's welcome says why) or a peer that is not an hvft primary (a
 // corrupt frame, another key) is final at once. handshake bounds each
 // attempt's wait for the welcome (0: handshakeTimeout).
-func dialPrimary(ctx context.Context, addr string, cfg func() epoch.MachineConfig, join bool, auth *Auth, handshake time.Duration, log *zap.Logger) (*Link, string, error) {
+//
+// verify checks the welcome's proof (Machine.checkProof) before this
+// replica confirms; its failure is final.
+func dialPrimary(ctx context.Context, addr string, cfg func() epoch.MachineConfig, verify func(proof string) error, join bool, auth *Auth, handshake time.Duration, log *zap.Logger) (*Link, string, error) {
 	if handshake <= 0 {
 		handshake = handshakeTimeout
 	}
@@ -302,7 +305,7 @@ func dialPrimary(ctx context.Context, addr string, cfg func() epoch.MachineConfi
 	attempts := 0
 	for ctx.Err() == nil {
 		attempts++
-		l, arbiter, dialed, err := connectOnce(ctx, addr, cfg, join, auth, handshake)
+		l, arbiter, dialed, err := connectOnce(ctx, addr, cfg, verify, join, auth, handshake)
 		if err == nil {
 			return l, arbiter, nil
 		}
@@ -352,7 +355,7 @@ const (
 // hello and welcome, the wait for the welcome bounded by handshake and by
 // ctx. dialed says whether a connection was made (a failure to connect
 // at all can always pass: the primary may not be listening yet).
-func connectOnce(ctx context.Context, addr string, cfg func() epoch.MachineConfig, join bool, auth *Auth, handshake time.Duration) (l *Link, arbiter string, dialed bool, err error) {
+func connectOnce(ctx context.Context, addr string, cfg func() epoch.MachineConfig, verify func(string) error, join bool, auth *Auth, handshake time.Duration) (l *Link, arbiter string, dialed bool, err error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -370,7 +373,7 @@ func connectOnce(ctx context.Context, addr string, cfg func() epoch.MachineConfi
 		return nil, "", true, err
 	}
 	l = newLink(conn)
-	if arbiter, err = l.hello(cfg(), join, deadline); err != nil {
+	if arbiter, err = l.hello(cfg(), verify, join, deadline); err != nil {
 		l.Close()
 		return nil, "", true, err
 	}
@@ -398,7 +401,7 @@ func mayPass(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-func (l *Link) hello(cfg epoch.MachineConfig, join bool, deadline time.Time) (arbiter string, err error) {
+func (l *Link) hello(cfg epoch.MachineConfig, verify func(string) error, join bool, deadline time.Time) (arbiter string, err error) {
 	l.conn.SetDeadline(deadline)
 	defer l.conn.SetDeadline(time.Time{})
 	if err := l.Send(epoch.Message{Type: epoch.TypeHello, Hello: &epoch.Hello{Config: cfg, Join: join}}); err != nil {
@@ -413,6 +416,12 @@ func (l *Link) hello(cfg epoch.MachineConfig, join bool, deadline time.Time) (ar
 	}
 	if !m.Welcome.Accepted {
 		return "", &RefusedError{Reason: m.Welcome.Reason}
+	}
+	if verify != nil {
+		if err := verify(m.Welcome.Proof); err != nil {
+			// Unconfirmed, the primary does not take this replica.
+			return "", &RefusedError{Reason: err.Error()}
+		}
 	}
 	// Confirm: the primary takes this replica for its backup only now.
 	if err := l.Send(epoch.Message{Type: epoch.TypeHeartbeat}); err != nil {

@@ -292,6 +292,7 @@ func cleanup(m replica.Machine) {
 	if m.DiskPath != "" {
 		os.Remove(m.DiskPath)
 		os.Remove(vm.FencePath(m.DiskPath)) // the replicas' handshake made it
+		os.Remove(replica.ProofPath(m.DiskPath))
 	}
 }
 
