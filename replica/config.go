@@ -115,11 +115,15 @@ func fileID(path string) string {
 	}
 	host, _ := os.Hostname()
 	host = strings.ReplaceAll(host, ":", "_")
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	// The path after "@" is for messages only.
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
-		return host + ":absent"
+		return host + ":absent@" + path
 	}
-	return fmt.Sprintf("%s:%d:%d", host, st.Dev, st.Ino)
+	return fmt.Sprintf("%s:%d:%d@%s", host, st.Dev, st.Ino, path)
 }
 
 // fenceToken is the disk fence's token for generation gen of the run
@@ -223,7 +227,7 @@ func compareConfigs(primary, backup epoch.MachineConfig, adoptable bool) string 
 		{primary.Journal, backup.Journal, "the journal directories are different directories on this host: --journal-dir (or --root) must name the one directory both replicas share"},
 	} {
 		if differentOnThisHost(f.primary, f.backup) {
-			why = append(why, f.what)
+			why = append(why, fmt.Sprintf("%s (primary %s, backup %s)", f.what, filePath(f.primary), filePath(f.backup)))
 		}
 	}
 	switch {
@@ -274,6 +278,8 @@ func consoleOnly(outs []epoch.Output) []epoch.Output {
 // one host. A file absent on either side proves nothing (the backup may
 // have looked before the primary created it), nor do two hosts.
 func differentOnThisHost(a, b string) bool {
+	a, _, _ = strings.Cut(a, "@")
+	b, _, _ = strings.Cut(b, "@")
 	p, q := strings.SplitN(a, ":", 2), strings.SplitN(b, ":", 2)
 	return len(p) == 2 && len(q) == 2 && p[0] == q[0] && p[1] != q[1] && p[1] != "absent" && q[1] != "absent"
 }
@@ -337,4 +343,10 @@ func (m Machine) checkProof(token string) error {
 		return fmt.Errorf("the disk image %s is not the primary's: the token the primary just wrote beside its image is not beside this one (a copy, or a file on another host's storage); both replicas must name the one shared image", m.DiskPath)
 	}
 	return nil
+}
+
+// filePath is the path a fileID was made from.
+func filePath(id string) string {
+	_, path, _ := strings.Cut(id, "@")
+	return path
 }
