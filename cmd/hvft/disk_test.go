@@ -2,13 +2,10 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -262,24 +259,5 @@ func TestConsoleOutFileExactlyOnce(t *testing.T) {
 // handshake, a replica on another host, or one that cannot write.
 func hvftUnshared(t *testing.T, setup string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", append([]string{"--uts", "--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh", hvftBin}, args...)...)
-	cmd.WaitDelay = time.Second
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("unshare hvft %v: %v", args, err)
-	}
-	if ctx.Err() != nil {
-		t.Fatalf("hvft %v did not finish within its bound", args)
-	}
-	return r
+	return runHvft(t, "", []string{"unshare", "--uts", "--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh"}, args...)
 }

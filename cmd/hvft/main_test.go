@@ -43,9 +43,18 @@ type result struct {
 // hvft runs the built binary with a bound on its run time.
 func hvft(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
+	return runHvft(t, stdin, nil, args...)
+}
+
+// runHvft runs the hvft binary with args, bounded, or, with wrap, the
+// command wrap names before it (wrap ends with the arguments its own
+// command passes on: hvftBin and args follow).
+func runHvft(t *testing.T, stdin string, wrap []string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, hvftBin, args...)
+	argv := append(append(append([]string{}, wrap...), hvftBin), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.WaitDelay = childWaitDelay // a child it started holding the pipes cannot hang the test
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer

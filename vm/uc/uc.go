@@ -286,6 +286,30 @@ static inline void hv_filled(hv_ctx *c, uint32_t pg) {
 	c->flist[c->fcount++] = pg;
 }
 
+// hv_flush_one drops page pg from Unicorn's TLB with the per-page flush
+// (which must exist): a page Unicorn may have held writable becomes
+// "written, to hash", and must ask again (a write fill) before its next
+// store.
+static void hv_flush_one(hv_ctx *c, uint32_t pg) {
+	c->flush_page(c->cpu, (uint64_t)pg << 12);
+	if (c->fmap[pg]) {
+		c->fmap[pg] = 0;
+		uint32_t fat = c->fpos[pg], flast = c->flist[--c->fcount];
+		c->flist[fat] = flast;
+		c->fpos[flast] = fat;
+	}
+	if (c->wmap[pg]) {
+		c->wmap[pg] = 0;
+		uint32_t at = c->wpos[pg], last = c->wlist[--c->wcount];
+		c->wlist[at] = last;
+		c->wpos[last] = at;
+		if (!c->dmap[pg]) {
+			c->dmap[pg] = 1;
+			c->dlist[c->dcount++] = pg;
+		}
+	}
+}
+
 // hv_tlb_evict drops the pages of modelled entry mp from Unicorn's TLB.
 // Only identity translation allows it (with a page table, the model is
 // of physical pages and Unicorn caches virtual ones), and only for entries
@@ -302,21 +326,7 @@ static void hv_tlb_evict(uc_engine *uc, hv_ctx *c, uint64_t mp) {
 	uint64_t pages = c->ram_size >> 12;
 	for (uint64_t pg = first; pg < first + per && pg < pages; pg++) {
 		if (!c->fmap[pg]) continue; // not cached since the last flush
-		c->fmap[pg] = 0;
-		uint32_t fat = c->fpos[pg], flast = c->flist[--c->fcount];
-		c->flist[fat] = flast;
-		c->fpos[flast] = fat;
-		c->flush_page(c->cpu, pg << 12);
-		if (c->wmap[pg]) {
-			c->wmap[pg] = 0;
-			uint32_t at = c->wpos[pg], last = c->wlist[--c->wcount];
-			c->wlist[at] = last;
-			c->wpos[last] = at;
-			if (!c->dmap[pg]) {
-				c->dmap[pg] = 1;
-				c->dlist[c->dcount++] = (uint32_t)pg;
-			}
-		}
+		hv_flush_one(c, (uint32_t)pg);
 	}
 	c->page_flushes++;
 }
@@ -448,23 +458,7 @@ static void hv_drop_writable(uc_engine *uc, hv_ctx *c, uint32_t pg) {
 		hv_tlb_flush(uc, c);
 		return;
 	}
-	c->flush_page(c->cpu, (uint64_t)pg << 12);
-	if (c->fmap[pg]) {
-		c->fmap[pg] = 0;
-		uint32_t fat = c->fpos[pg], flast = c->flist[--c->fcount];
-		c->flist[fat] = flast;
-		c->fpos[flast] = fat;
-	}
-	if (c->wmap[pg]) {
-		c->wmap[pg] = 0;
-		uint32_t at = c->wpos[pg], last = c->wlist[--c->wcount];
-		c->wlist[at] = last;
-		c->wpos[last] = at;
-		if (!c->dmap[pg]) {
-			c->dmap[pg] = 1;
-			c->dlist[c->dcount++] = pg;
-		}
-	}
+	hv_flush_one(c, pg);
 }
 
 // hv_code_perms applies the code-page rule to a fill of physical page pg
