@@ -18,6 +18,9 @@ HVFT    := ./hvft
 # slow input on a loaded machine and was reported as "context deadline
 # exceeded".
 FUZZTIME ?= 100000x
+# Each test package's bound: cmd/hvft takes about 4.5 minutes alone and
+# over 8 beside a second make test, past go test's default of 10.
+TEST_TIMEOUT ?= 30m
 LINUX_TRIALS ?= 50
 
 .PHONY: all deps build run test fuzz bench chaos soak guests clean
@@ -37,8 +40,8 @@ test: deps
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) test -count=1 ./...
-	$(GO) test -race -count=1 ./epoch ./replica ./vm/linux
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./epoch ./replica ./vm/linux
 	$(MAKE) --no-print-directory fuzz
 
 fuzz: deps

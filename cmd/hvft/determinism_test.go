@@ -42,7 +42,9 @@ func TestDeterminismGuestsSurvivePrimaryKill(t *testing.T) {
 		// quiet epochs end inside its blocks: 58 of them
 		{"envstop", []string{"20000"}, false, "5000", "adaptive"},
 		{"smcdata", []string{"20000"}, false, "5000", "always"},
-		{"dmamask", nil, true, "5000", "always"},
+		// dmamask is not here: how many epochs it takes depends on when its
+		// transfer lands, so a kill point drawn from one run can miss the
+		// next (the replay matrix covers it).
 	} {
 		t.Run(g.name+"/"+g.clock, func(t *testing.T) {
 			dir := t.TempDir()

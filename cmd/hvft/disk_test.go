@@ -259,5 +259,5 @@ func TestConsoleOutFileExactlyOnce(t *testing.T) {
 // handshake, a replica on another host, or one that cannot write.
 func hvftUnshared(t *testing.T, setup string, args ...string) result {
 	t.Helper()
-	return runHvft(t, "", []string{"unshare", "--uts", "--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh"}, args...)
+	return runHvft(t, hvftBound, "", []string{"unshare", "--uts", "--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh"}, args...)
 }

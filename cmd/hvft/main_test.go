@@ -43,15 +43,19 @@ type result struct {
 // hvft runs the built binary with a bound on its run time.
 func hvft(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
-	return runHvft(t, stdin, nil, args...)
+	return runHvft(t, hvftBound, stdin, nil, args...)
 }
 
-// runHvft runs the hvft binary with args, bounded, or, with wrap, the
-// command wrap names before it (wrap ends with the arguments its own
+// hvftBound bounds one hvft command of a test: a guard against a hang,
+// far above what a command takes on a loaded machine.
+const hvftBound = 2 * time.Minute
+
+// runHvft runs the hvft binary with args within bound, or, with wrap,
+// the command wrap names before it (wrap ends with the arguments its own
 // command passes on: hvftBin and args follow).
-func runHvft(t *testing.T, stdin string, wrap []string, args ...string) result {
+func runHvft(t *testing.T, bound time.Duration, stdin string, wrap []string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	argv := append(append(append([]string{}, wrap...), hvftBin), args...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
