@@ -19,7 +19,7 @@ func benchCommand() *cli.Command {
 			"paper's figure re-measured (normalized run time against epoch length, written as SVG and PNG);\n" +
 			"then failover timings over many kills of the primary, with a closed link and with a silent one.",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "quick", Usage: "smaller workloads, fewer repetitions and kills (about a minute)"},
+			&cli.BoolFlag{Name: "quick", Usage: "smaller workloads, fewer repetitions and kills (about two minutes on an idle 2-core machine)"},
 			&cli.IntFlag{Name: "reps", Usage: "repetitions per figure (default 5, or 2 with --quick)"},
 			&cli.IntFlag{Name: "kills", Usage: "failovers per kind of death (default 20, or 4 with --quick)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
